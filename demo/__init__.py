@@ -1,0 +1,1 @@
+"""`make demo`: the whole loop on simulated GPUs with a real Prometheus."""
