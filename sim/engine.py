@@ -65,6 +65,8 @@ class RunResult:
     replica_seconds: float
     cold_starts: int
     duration_s: float
+    decisions: list[tuple[float, float, bool, str, int]]
+    """Each trigger answer: (t_s, metric value, active, reason, replicas set after it)."""
     series: dict[str, list[float]]
     """Time series every ``sample_s``: t_s, arrival_rps, replicas (ready), replicas_total, power_w,
     latency_p99_s (histogram quantile over the sample window, NaN when none finished), mean_cap_w."""
@@ -110,6 +112,7 @@ def simulate(
     span = trace.span_s
     end_limit = span + cfg.max_tail_s
     sample_energy = 0.0
+    decisions: list[tuple[float, float, bool, str, int]] = []
     k = 0
     t = 0.0
     while True:
@@ -142,6 +145,8 @@ def simulate(
             if k % poll_every == 0:
                 answer = answer or policy.trigger.answer(prom, t)
                 autoscaler.keda_poll(t, answer.active)
+            if answer is not None:
+                decisions.append((t, answer.value, answer.active, answer.reason, autoscaler.replicas))
             if len(cluster.active()) != autoscaler.replicas:
                 cluster.scale_to(autoscaler.replicas, t)
 
@@ -170,6 +175,7 @@ def simulate(
         replica_seconds=cluster.replica_seconds + prestart_seconds,
         cold_starts=cluster.cold_starts,
         duration_s=t,
+        decisions=decisions,
         series=series,
     )
 

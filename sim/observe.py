@@ -85,13 +85,17 @@ class SimPrometheus:
         return self._done[end] - self._done[start]
 
     def rate(self, window_s: float, now_s: float) -> float:
-        """``rate(requests_total[window])`` in requests per second."""
-        return self.increase(window_s, now_s) / window_s
+        """``rate(requests_total[window])`` in requests per second.
+
+        A window reaching before 0 s is divided by the part after 0 s: the service ran before the trace
+        started, at about the trace's opening rate, so its history does not show a ramp from zero.
+        """
+        return self.increase(window_s, now_s) / max(min(window_s, now_s), self.step_s)
 
     def arrival_rate(self, window_s: float, now_s: float) -> float:
         """Requests per second arriving at the gateway (an ingress metric, seen at zero replicas too)."""
         start, end = self._window(window_s, now_s)
-        return (self._arrived[end] - self._arrived[start]) / window_s
+        return (self._arrived[end] - self._arrived[start]) / max(min(window_s, now_s), self.step_s)
 
     def latency_quantile(self, q: float, window_s: float, now_s: float) -> float | None:
         """``histogram_quantile(q, sum by (le) (rate(latency_bucket[window])))``."""

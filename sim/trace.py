@@ -53,10 +53,21 @@ def _parse_timestamp(text: str) -> float:
 
 
 def _tokens(text: str, what: str) -> int:
-    value = int(text.strip())
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{what}: {text.strip()!r} is not a whole number") from None
     if value < 0:
         raise ValueError(f"{what} must be >= 0, got {value}")
     return value
+
+
+def _arrival(text: str, azure: bool) -> float:
+    try:
+        return _parse_timestamp(text) if azure else float(text)
+    except ValueError:
+        what = "a timestamp like 2023-11-16 18:17:03.9799600" if azure else "a number of seconds"
+        raise ValueError(f"arrival {text!r} is not {what}") from None
 
 
 def parse_rows(rows: Iterable[Sequence[str]], name: str) -> Trace:
@@ -75,7 +86,7 @@ def parse_rows(rows: Iterable[Sequence[str]], name: str) -> Trace:
         if len(cells) != 3:
             raise TraceError(f"{name}:{lineno}: expected 3 columns, got {len(cells)}: {','.join(row)!r}")
         try:
-            arrival = _parse_timestamp(cells[0]) if azure else float(cells[0])
+            arrival = _arrival(cells[0], azure)
             prompt = _tokens(cells[1], "prompt tokens")
             output = _tokens(cells[2], "output tokens")
         except ValueError as exc:
