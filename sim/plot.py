@@ -53,6 +53,6 @@ def plot(results: Sequence[RunResult], summaries: Sequence[Summary], slo_s: floa
     for ax in axes[-1]:
         ax.set_xlabel("time (min)")
     fig.suptitle(f"{title}\n{ATTRIBUTION}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.8 * rows + 0.8)))
     fig.savefig(path, dpi=90)
     plt.close(fig)
