@@ -186,11 +186,13 @@ def _decide(
         restored = replace(state, mode="restored", setpoint=state.original, last_change_s=now)
         return restored, CapDecision("restore", state.original, REASON_STALE, current)
     if state.mode == "restored":
-        # Fresh again: resume from the original (pulled into bounds), then wait a settle period.
-        target = config.clamp(state.original)
-        resumed = replace(state, mode="controlling", setpoint=target, last_change_s=now)
-        action: Action = "set" if target != current else "hold"
-        return resumed, CapDecision(action, target, REASON_RESUME, current)
+        # Fresh again: resume from the original pulled into bounds, judged by this reading at once (a
+        # breach still raises), then lower only after a settle period.
+        resumed = replace(state, mode="controlling", setpoint=config.clamp(state.original), last_change_s=now)
+        new_state, d = _decide(resumed, reading, config, load_jumped)
+        action: Action = "set" if new_state.setpoint != current else "hold"
+        reason = d.reason if d.action == "set" else REASON_RESUME
+        return new_state, CapDecision(action, new_state.setpoint, reason, current)
 
     if (
         reading.temperature_c is not None

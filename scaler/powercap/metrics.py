@@ -103,7 +103,7 @@ class MetricsServer:
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="eo-powercap-http", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="eo-powercap-http", daemon=True
         )
         self._thread.start()
 
