@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,14 +70,15 @@ def vllm_histogram(buckets: dict[float, float], name: str = "vllm:e2e_request_la
 class TextServer:
     """A real HTTP server on 127.0.0.1:0 whose body the test sets (a vLLM /metrics stand-in)."""
 
-    def __init__(self, body: str = "") -> None:
+    def __init__(self, body: str = "", body_fn: Callable[[], str] | None = None) -> None:
         self.body = body
+        self.body_fn = body_fn
         self.status = 200
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                data = outer.body.encode()
+                data = (outer.body_fn() if outer.body_fn else outer.body).encode()
                 self.send_response(outer.status)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(data)))

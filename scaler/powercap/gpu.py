@@ -44,6 +44,8 @@ class ControlledGpu:
         self.status: Status = "restored"
         self.error_since_s: float | None = None
         self.restore_pending = False
+        self.recovered = False
+        """True when this sidecar restored what a crashed predecessor left in force."""
         low_mw, high_mw = device.power_limit_constraints_mw()
         self.limit_range_w = (low_mw / 1000, high_mw / 1000)
         clocks = sorted(device.supported_sm_clocks_mhz())
@@ -82,6 +84,7 @@ class ControlledGpu:
                 ) from exc
             restored = replace(previous, status="restored", pod=self._pod)
             self._store.save(restored)
+            self.recovered = True
             return replace(restored, actuator=self.actuator)
         return GpuRecord(
             uuid=self.uuid,

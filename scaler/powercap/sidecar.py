@@ -69,6 +69,9 @@ class Sidecar:
         self._source_failing = False
         self._tick_lock = threading.Lock()
         self._publish_static()
+        for g in self.gpus:
+            if g.recovered:
+                self._restored(g, "crash_recovery")
 
     def _controller_config(self) -> tuple[ControllerConfig, float]:
         s = self.settings
@@ -197,8 +200,8 @@ class Sidecar:
         g.status = "error"
         g.error_since_s = now
         g.restore_pending = not self.settings.dry_run and g.record.status == "controlling"
+        self._events.emit(CapEvent("PowerCapError", f"GPU {g.uuid}: {exc}; restoring its original setting", True))
         self._try_restore(g)
-        self._events.emit(CapEvent("PowerCapError", f"GPU {g.uuid}: {exc}; original setting restored", True))
 
     def _try_restore(self, g: ControlledGpu) -> None:
         if not g.restore_pending:
@@ -207,6 +210,19 @@ class Sidecar:
             g.restore()
         except GpuError as exc:
             log.error("GPU %s: restore failed (retried next tick): %s", g.uuid, exc)
+            return
+        self._restored(g, "gpu_error")
+
+    def _restored(self, g: ControlledGpu, reason: str) -> None:
+        """Count and report a restore the controller did not decide (crash recovery, error, shutdown)."""
+        self.metrics.changes.labels(uuid=g.uuid, reason=reason).inc()
+        self._events.emit(
+            CapEvent(
+                "PowerCapRestored",
+                f"GPU {g.uuid}: original setting ({g.original_w:.0f} W, clocks unlocked) restored ({reason})",
+                warning=reason != "shutdown",
+            )
+        )
 
     def _recover_errors(self, now: float) -> None:
         for g in self.gpus:
@@ -278,6 +294,7 @@ class Sidecar:
                 try:
                     g.restore()
                     self.metrics.set_state(g.uuid, "restored")
+                    self._restored(g, "shutdown")
                     log.info("GPU %s: original setting restored", g.uuid)
                 except GpuError as exc:
                     ok = False

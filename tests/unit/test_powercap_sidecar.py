@@ -190,7 +190,9 @@ def test_restart_after_crash_restores_first_and_keeps_the_true_original(
     assert h.sidecar.gpus[0].original_w == ORIGINAL_MW / 1000, (
         "the original is the persisted one, not the cap"
     )
-    assert f'eo_powercap_original_watts{{uuid="{gpu.uuid}"}} 700.0' in scrape(h)
+    text = scrape(h)
+    assert f'eo_powercap_original_watts{{uuid="{gpu.uuid}"}} 700.0' in text
+    assert f'eo_powercap_changes_total{{reason="crash_recovery",uuid="{gpu.uuid}"}} 1.0' in text
 
 
 def test_gpu_error_mid_change_restores_and_does_not_crash(
@@ -217,6 +219,7 @@ def test_gpu_error_mid_change_restores_and_does_not_crash(
     tick(h, clock)  # the pending restore is retried
     assert gpu.power_limit_mw() == ORIGINAL_MW
     assert record(tmp_path, gpu)["status"] == "restored"
+    assert any(e.reason == "PowerCapRestored" and "(gpu_error)" in e.message for e in sink.events)
     tick(h, clock, times=2)
     assert gpu.power_limit_mw() == ORIGINAL_MW, "paused during the back-off"
     tick(h, clock, times=4)
