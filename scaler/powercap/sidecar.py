@@ -200,7 +200,8 @@ class Sidecar:
         g.status = "error"
         g.error_since_s = now
         g.restore_pending = not self.settings.dry_run and g.record.status == "controlling"
-        self._events.emit(CapEvent("PowerCapError", f"GPU {g.uuid}: {exc}; restoring its original setting", True))
+        message = f"GPU {g.uuid}: {exc}; restoring its original setting"
+        self._events.emit(CapEvent("PowerCapError", message, warning=True))
         self._try_restore(g)
 
     def _try_restore(self, g: ControlledGpu) -> None:
