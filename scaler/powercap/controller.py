@@ -7,7 +7,9 @@ deadband between "comfortably under target" and "headroom shrinking":
 * above ``raise_above_ratio``: raise by ``raise_fraction`` of the gap to the ceiling (at least one step),
   so the cap approaches the ceiling geometrically while headroom stays short;
 * below ``lower_below_ratio``, and no change in the last ``settle_s`` (the latency window must first
-  reflect the previous step): lower by at most ``max_step_down``, proportionally to the headroom;
+  reflect the previous step): lower by at most ``max_step_down``, proportionally to the headroom. A power
+  cap still a step above the GPU's draw even after the step does not bind, so the settle wait is skipped
+  there (each step is still bounded): the cap walks down to the draw in a few intervals;
 * otherwise hold.
 
 Around that law sit the safety rules of the sidecar (docs/powercap.md): stale readings restore the
@@ -119,6 +121,8 @@ class Reading:
     """Hottest of the controlled GPUs."""
     slowdown_temperature_c: float | None = None
     """Lowest slowdown threshold of the controlled GPUs."""
+    power_w: float | None = None
+    """Highest board power draw of the controlled GPUs (W); lets the power actuator tell a binding cap."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,15 @@ def _decide(
         return move(current + raise_step, REASON_HEADROOM_LOW, state)
 
     if ratio < config.lower_below_ratio:
-        if state.last_change_s is not None and now - state.last_change_s < config.settle_s:
+        # A cap well above the draw does not bind: lowering it cannot change latency, so there is
+        # nothing to wait for (the step stays bounded; only the settle wait is skipped).
+        binding = not (
+            config.actuator == "power"
+            and reading.power_w is not None
+            and current - config.max_step_down >= reading.power_w + config.max_step_down
+        )
+        settling = state.last_change_s is not None and now - state.last_change_s < config.settle_s
+        if binding and settling:
             return hold(REASON_SETTLING, state)
         lowest = config.floor
         remembering = state.breach_s is not None and now - state.breach_s < config.breach_memory_s

@@ -129,10 +129,12 @@ class Sidecar:
             self._recover_errors(now)
             temps: list[float] = []
             slowdowns: list[float] = []
+            powers: list[float] = []
             for g in self._active():
                 try:
                     temps.append(g.device.temperature_c())
                     slowdowns.append(g.device.slowdown_temperature_c())
+                    powers.append(g.device.power_usage_mw() / 1000)
                 except GpuError as exc:
                     self._gpu_error(g, exc, now)
             age = now - (self._last_ok_s if self._last_ok_s is not None else self._started_s)
@@ -143,6 +145,7 @@ class Sidecar:
                 load_rps=load,
                 temperature_c=max(temps) if temps else None,
                 slowdown_temperature_c=min(slowdowns) if slowdowns else None,
+                power_w=max(powers) if powers else None,
             )
             self.state, decision = step(self.state, reading, self.config)
             for g in self._active():
