@@ -196,7 +196,7 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=5.0)
     p.add_argument("--settle", type=float, default=30.0)
     p.add_argument("--window", type=float, default=60.0)
-    p.add_argument("--lower-below-ratio", type=float, default=0.8)
+    p.add_argument("--lower-below-ratio", type=float, default=0.85)
     p.add_argument("--raise-above-ratio", type=float, default=0.95)
     p.add_argument("--trace", type=Path, default=next((t for t in TRACES if t.exists()), TRACES[0]))
     args = p.parse_args()

@@ -66,7 +66,7 @@ class ControllerConfig:
     ceiling: float
     target_latency_s: float
     max_step_down: float
-    lower_below_ratio: float = 0.8
+    lower_below_ratio: float = 0.85
     """Lower the cap while latency / target stays below this ratio."""
     raise_above_ratio: float = 0.95
     """Raise the cap when latency / target climbs above this ratio (but is still under 1)."""

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(c, "--floor-sm-clock-mhz", "lowest SM clock cap (default: the GPU's lowest clock)", type=float)
     _add(c, "--ceiling-sm-clock-mhz", "highest SM clock cap (default: the GPU's maximum)", type=float)
     _add(c, "--max-step-mhz", "largest clock step down per interval", type=float, default=90.0)
-    _add(c, "--lower-below-ratio", "lower while latency/target is below this", type=float, default=0.8)
+    _add(c, "--lower-below-ratio", "lower while latency/target is below this", type=float, default=0.85)
     _add(c, "--raise-above-ratio", "raise when latency/target exceeds this", type=float, default=0.95)
     _add(
         c, "--raise-fraction", "share of the gap to the ceiling closed by one raise", type=float, default=0.5

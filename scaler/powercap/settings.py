@@ -27,7 +27,7 @@ class Settings:
     floor_mhz: float | None = None
     ceiling_mhz: float | None = None
     max_step_mhz: float = 90.0
-    lower_below_ratio: float = 0.8
+    lower_below_ratio: float = 0.85
     raise_above_ratio: float = 0.95
     raise_fraction: float = 0.5
     settle_s: float = 30.0

@@ -40,6 +40,16 @@ def test_lowers_by_at_most_one_step_while_latency_is_comfortably_under_target() 
     assert d.setpoint == 650.0
 
 
+def test_a_cap_above_the_draw_walks_down_without_waiting_but_in_bounded_steps() -> None:
+    state = initial_state(700.0, CFG)
+    setpoints = []
+    for t in range(0, 60, 5):
+        state, d = run(state, Reading(now_s=float(t), latency_s=0.2, power_w=480.0))
+        setpoints.append(d.setpoint)
+    # One step per interval while the cap cannot bind, then the settle wait applies again near the draw.
+    assert setpoints[:8] == [675.0, 650.0, 625.0, 600.0, 575.0, 550.0, 525.0, 525.0]
+
+
 def test_step_shrinks_as_headroom_narrows() -> None:
     state = initial_state(700.0, CFG)
     _, d = run(state, Reading(now_s=0.0, latency_s=0.78))
@@ -137,6 +147,7 @@ readings = st.tuples(
     st.floats(min_value=0.0, max_value=120.0),  # age
     st.one_of(st.none(), st.floats(min_value=0.0, max_value=1000.0)),  # load
     st.one_of(st.none(), st.floats(min_value=20.0, max_value=100.0)),  # temperature
+    st.one_of(st.none(), st.floats(min_value=0.0, max_value=800.0)),  # power draw
 )
 
 
@@ -155,7 +166,7 @@ def test_no_input_sequence_leaves_the_bounds_or_steps_down_more_than_max(
     original: float,
     max_step: float,
     settle: float,
-    inputs: list[tuple[float, float | None, float, float | None, float | None]],
+    inputs: list[tuple[float, float | None, float, float | None, float | None, float | None]],
 ) -> None:
     cfg = ControllerConfig(
         actuator="power",
@@ -168,9 +179,9 @@ def test_no_input_sequence_leaves_the_bounds_or_steps_down_more_than_max(
     state = initial_state(original, cfg)
     assert cfg.floor <= state.setpoint <= cfg.ceiling
     now = 0.0
-    for dt, latency, age, load, temp in inputs:
+    for dt, latency, age, load, temp, power in inputs:
         now += dt
-        reading = Reading(now, latency, age, load, temp, 87.0 if temp is not None else None)
+        reading = Reading(now, latency, age, load, temp, 87.0 if temp is not None else None, power)
         before = state.setpoint
         state, d = step(state, reading, cfg)
         assert d.previous == before
@@ -200,9 +211,9 @@ def test_step_is_deterministic(
 ) -> None:
     def replay() -> list[CapDecision]:
         state, out, now = initial_state(700.0, CFG), [], 0.0
-        for dt, latency, age, load, temp in inputs:
+        for dt, latency, age, load, temp, power in inputs:
             now += dt
-            state, d = step(state, Reading(now, latency, age, load, temp, 87.0), CFG)
+            state, d = step(state, Reading(now, latency, age, load, temp, 87.0, power), CFG)
             out.append(d)
         return out
 
