@@ -323,6 +323,9 @@ def build_events(a: argparse.Namespace) -> EventSink:
     if a.kube_events == "off" or (a.kube_events == "auto" and url is None):
         return NullEventSink()
     if url is None or not a.pod_name or not a.pod_namespace:
+        if a.kube_events == "auto":
+            log.warning("Kubernetes Events off: --pod-name and --pod-namespace (downward API) are not set")
+            return NullEventSink()
         raise StartupRefused(
             "--kube-events on needs --kube-api-url (or in-cluster), --pod-name, --pod-namespace"
         )
