@@ -151,12 +151,15 @@ class PrometheusSource:
             resp = self._session.get(
                 self._url, params={"query": query}, headers=headers, timeout=self._timeout_s
             )
-            resp.raise_for_status()
+            # Prometheus explains a bad query in a JSON body with a 4xx status: keep its words.
+            if not resp.headers.get("Content-Type", "").startswith("application/json"):
+                resp.raise_for_status()
             body = resp.json()
         except (requests.RequestException, ValueError) as exc:
             raise LatencySourceError(f"Prometheus query {query!r}: {exc}") from exc
-        if body.get("status") != "success":
-            raise LatencySourceError(f"Prometheus query {query!r}: {body.get('error', body)}")
+        if not isinstance(body, dict) or body.get("status") != "success":
+            error = body.get("error", body) if isinstance(body, dict) else body
+            raise LatencySourceError(f"Prometheus query {query!r}: {error}")
         data = body.get("data", {})
         result = data.get("result")
         if data.get("resultType") == "scalar":
