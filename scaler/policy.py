@@ -34,6 +34,7 @@ from enum import StrEnum
 
 # Capacity ratios are computed in floats; this keeps ceil(2.0000000001) from adding a replica.
 _EPS = 1e-9
+_HUGE = 10**6  # more replicas than any cluster runs; keeps int() away from inf
 
 
 class Reason(StrEnum):
@@ -67,6 +68,9 @@ class Observation:
     demand_rps: demand seen upstream of the pods (gateway, queue), the only signal at zero replicas.
     learned_capacity_rps: highest per-replica load observed while latency held the SLO, or None.
     workload_power_watts: power drawn by all replicas together, or None when unknown.
+    historical_replica_power_watts: the highest power per replica seen over the lookback, so the budget
+        ceiling is known at zero replicas too (else the policy would start one, learn it does not fit,
+        stop it, forget, and start again).
     joules_per_request: energy per request now, or None when unknown.
     """
 
@@ -79,6 +83,7 @@ class Observation:
     learned_capacity_rps: float | None = None
     workload_power_watts: float | None = None
     joules_per_request: float | None = None
+    historical_replica_power_watts: float | None = None
 
 
 @dataclass(frozen=True)
@@ -121,17 +126,28 @@ class ReplicaDecision:
     detail: str
 
 
+def _bounded_int(value: float, rounding: str) -> int:
+    """ceil/floor of a ratio, with absurd (denormal divisor, infinite) ratios pinned to _HUGE."""
+    if not math.isfinite(value) or value > _HUGE:
+        return _HUGE
+    return max(0, math.ceil(value - _EPS) if rounding == "ceil" else math.floor(value + _EPS))
+
+
 def _replicas_for(load_rps: float, capacity_rps: float, utilization: float) -> int:
-    return max(0, math.ceil(load_rps / (capacity_rps * utilization) - _EPS))
+    per_replica = capacity_rps * utilization
+    return _bounded_int(load_rps / per_replica, "ceil") if per_replica > 0 else _HUGE
 
 
 def per_replica_watts(observation: Observation, config: PolicyConfig) -> float | None:
-    """Configured power per replica, else the observed workload power divided by the replicas."""
+    """Configured power per replica, else observed now (workload power / replicas), else from history."""
     if config.replica_power_watts is not None and config.replica_power_watts > 0:
         return config.replica_power_watts
     power = observation.workload_power_watts
-    if power is not None and power > 0 and observation.current_replicas > 0:
+    if power is not None and observation.current_replicas > 0 and power / observation.current_replicas > 0:
         return power / observation.current_replicas
+    historical = observation.historical_replica_power_watts
+    if historical is not None and historical > 0:
+        return historical
     return None
 
 
@@ -146,7 +162,7 @@ def budget_ceiling(observation: Observation, config: PolicyConfig) -> int | None
     watts = per_replica_watts(observation, config)
     if watts is None:
         return max(observation.current_replicas, 1)
-    return max(0, math.floor(config.power_budget_watts / watts + _EPS))
+    return _bounded_int(config.power_budget_watts / watts, "floor")
 
 
 def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Reason, str]:
@@ -196,7 +212,8 @@ def decide(observation: Observation, config: PolicyConfig) -> ReplicaDecision:
     """The replica count for ``observation`` under ``config`` (see the module docstring)."""
     obs, cfg = observation, config
     demand = max(obs.load_rps, obs.demand_rps or 0.0)
-    recently_busy = obs.idle_for_s < cfg.idle_before_zero_s
+    # A latency reading means requests were served: a breach must never be answered with zero.
+    recently_busy = obs.idle_for_s < cfg.idle_before_zero_s or obs.latency_s is not None
     active = demand >= cfg.activation_rps or (recently_busy and obs.current_replicas > 0)
 
     if not active and cfg.min_replicas == 0:
@@ -220,7 +237,8 @@ def decide(observation: Observation, config: PolicyConfig) -> ReplicaDecision:
             replicas, reason = cfg.min_replicas, Reason.POWER_BUDGET_BELOW_MIN
         else:
             replicas, reason = ceiling, Reason.POWER_BUDGET
-    return ReplicaDecision(replicas, active or replicas > 0, reason, detail)
+    # Active only with replicas to run: a budget that allows none must not let KEDA activate one.
+    return ReplicaDecision(replicas, active and replicas > 0, reason, detail)
 
 
 def advisory(decision: ReplicaDecision, observation: Observation) -> ReplicaDecision:

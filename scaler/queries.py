@@ -78,17 +78,18 @@ def parts(trigger: TriggerConfig) -> dict[str, str]:
         "latency": latency_expr(trigger),
         "recent_requests": f"sum(increase({REQUESTS_COUNTER}{sel}[{_seconds(trigger.idle_before_zero_s)}]))",
     }
+    lookback = _seconds(trigger.capacity_lookback_s)
     if trigger.power_budget_watts is not None and trigger.replica_power_watts is None:
         out["power"] = f"sum({POWER_KPI}{sel})"
+        # Per-replica power from history: the budget ceiling stays known while at zero replicas.
+        out["replica_power"] = f"max_over_time((sum({POWER_KPI}{sel}) / {replicas})[{lookback}:1m])"
     if trigger.target_joules_per_request is not None:
         out["jpr"] = f"sum({JPR_KPI}{sel})"
     if trigger.replica_capacity_rps is None:
         # Learned capacity: the best per-replica load seen while latency held the SLO, from history.
         per_replica = f"sum({LOAD_KPI}{sel}) / {replicas}"
         held = f"({latency_expr(trigger)} <= {trigger.latency_slo_s!r})"
-        out["capacity"] = (
-            f"max_over_time(({per_replica} and on() {held})[{_seconds(trigger.capacity_lookback_s)}:1m])"
-        )
+        out["capacity"] = f"max_over_time(({per_replica} and on() {held})[{lookback}:1m])"
     if trigger.activation_query:
         out["demand"] = f"max(({trigger.activation_query}))"
     return out
@@ -143,6 +144,7 @@ def to_observation(trigger: TriggerConfig, result: list[dict[str, Any]]) -> Obse
             idle_for_s=trigger.idle_before_zero_s if not v.get("recent_requests") else 0.0,
             demand_rps=max(0.0, demand) if demand is not None else None,
             learned_capacity_rps=_finite(v.get("capacity")),
+            historical_replica_power_watts=_finite(v.get("replica_power")),
         )
     age = _finite(v.get("age"))
     if age is None or age > trigger.staleness_s:
@@ -166,4 +168,5 @@ def to_observation(trigger: TriggerConfig, result: list[dict[str, Any]]) -> Obse
         learned_capacity_rps=_finite(v.get("capacity")),
         workload_power_watts=power,
         joules_per_request=_finite(v.get("jpr")),
+        historical_replica_power_watts=_finite(v.get("replica_power")),
     )
