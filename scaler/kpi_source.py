@@ -13,6 +13,7 @@ Prometheus is not hammered.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -25,6 +26,7 @@ from typing import Protocol
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from scaler.metadata import TriggerConfig
@@ -34,6 +36,11 @@ from scaler.telemetry import ScalerMetrics
 
 log = logging.getLogger(__name__)
 _STATUS_RE = re.compile(r"HTTP Status Code (\d{3})")
+
+
+@functools.lru_cache(maxsize=4096)
+def _query_for(trigger: TriggerConfig) -> str:
+    return build_query(trigger)
 
 
 class KpiSource(Protocol):
@@ -92,6 +99,8 @@ class PrometheusKpiSource:
                 client = PrometheusConnect(
                     url=url, headers=headers, auth=auth, session=session, retry=Retry(total=0)
                 )
+                # PrometheusConnect mounts a 10-connection pool; misses may run on many gRPC threads.
+                session.mount(url, HTTPAdapter(max_retries=Retry(total=0), pool_maxsize=64))
                 if len(self._clients) > 1000:
                     self._clients.clear()
                 self._clients[key] = client
@@ -112,11 +121,11 @@ class PrometheusKpiSource:
         return headers, auth
 
     def cache_key(self, trigger: TriggerConfig) -> tuple[object, ...]:
-        return (self.server_for(trigger), trigger.custom_headers, build_query(trigger), trigger.staleness_s)
+        return (self.server_for(trigger), trigger.custom_headers, _query_for(trigger), trigger.staleness_s)
 
     def observe(self, trigger: TriggerConfig) -> Observation:
         url = self.server_for(trigger)
-        query = build_query(trigger)
+        query = _query_for(trigger)
         try:
             headers, auth = self._request_headers(url, trigger)
         except OSError as exc:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,14 @@ from scaler.queries import KpiQueryRejected, KpiUnavailable
 from scaler.telemetry import ScalerMetrics
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(items: tuple[tuple[str, str], ...], namespace: str) -> TriggerConfig:
+    """KEDA sends the same metadata on every poll; parsing is pure, so remember the answer.
+
+    Errors are not cached by lru_cache (it only stores returns), so bad metadata is re-checked."""
+    return parse_metadata(dict(items), default_namespace=namespace)
 
 
 class ExternalScalerService(pb_grpc.ExternalScalerServicer):
@@ -51,7 +60,7 @@ class ExternalScalerService(pb_grpc.ExternalScalerServicer):
 
     def _trigger(self, ref: pb.ScaledObjectRef, context: grpc.ServicerContext) -> TriggerConfig:
         try:
-            return parse_metadata(dict(ref.scalerMetadata), default_namespace=ref.namespace)
+            return _parse_cached(tuple(sorted(ref.scalerMetadata.items())), ref.namespace)
         except MetadataError as exc:
             self._abort(context, ref, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
