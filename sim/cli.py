@@ -13,6 +13,8 @@ from typing import Any
 
 from gpumodel.model import PROFILES
 from sim.engine import Policy, RunResult, SimConfig
+from sim.eo import CapOptions, caps_only_policy, eo_policy
+from sim.keda import HpaConfig
 from sim.policies import StaticSchedule, ThresholdTrigger
 from sim.report import ATTRIBUTION, document, summarize, table
 from sim.scenario import (
@@ -77,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--profile", f"GPU server profile: {', '.join(PROFILES)}", default="llama-3.1-8b-h100")
     add("--slo-seconds", "end-to-end latency SLO (default: 2x the trace's unloaded p99, rounded up to a "
         "vLLM histogram bucket)", type=float, default=None)  # fmt: skip
-    add("--latency-quantile", "quantile the scaler and the sidecar hold under the SLO", type=float, default=0.99)
+    add(
+        "--latency-quantile",
+        "quantile the scaler and the sidecar hold under the SLO",
+        type=float,
+        default=0.99,
+    )
     add("--policies", f"comma-separated policies to compare: {', '.join(POLICY_NAMES)}",
         default=",".join(POLICY_NAMES))  # fmt: skip
     add("--capacity-rps", "per-replica capacity at the SLO (default: a simulated load test)", type=float,
@@ -97,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--step-seconds", "control step of the simulation (must divide 5 s)", type=float, default=0.25)
     add("--json", "write the figures and time series as JSON here", type=Path, default=None)
     add("--plot", "write a PNG of load, replicas, power and latency per policy here", type=Path, default=None)
-    p.add_argument("--progress", action="store_true", default=os.environ.get("EO_PROGRESS", "") in ("1", "true"),
-                   help="show a progress bar on stderr even when it is not a terminal [env EO_PROGRESS]")  # fmt: skip
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        default=os.environ.get("EO_PROGRESS", "") in ("1", "true"),
+        help="show a progress bar on stderr even when it is not a terminal [env EO_PROGRESS]",
+    )
     add("--log-level", "logging level", default="WARNING")
     return p
 
@@ -142,7 +153,9 @@ def _parse_policies(text: str) -> list[str]:
     return names
 
 
-def run_policies(sc: Scenario, names: Sequence[str], args: argparse.Namespace, progress: Progress) -> list[RunResult]:
+def run_policies(
+    sc: Scenario, names: Sequence[str], args: argparse.Namespace, progress: Progress
+) -> list[RunResult]:
     results: list[RunResult] = []
     static_n: int | None = args.static_replicas
     first = sc.first_minute_replicas()
@@ -157,8 +170,6 @@ def run_policies(sc: Scenario, names: Sequence[str], args: argparse.Namespace, p
             if args.threshold_rps is None:
                 r = tuned_threshold(sc)
             else:
-                from sim.keda import HpaConfig
-
                 policy = Policy("threshold", trigger=ThresholdTrigger(args.threshold_rps),
                                 hpa=HpaConfig(min_replicas=1), initial_replicas=first)  # fmt: skip
                 r = sc.run(policy, cb)
@@ -172,10 +183,6 @@ def run_policies(sc: Scenario, names: Sequence[str], args: argparse.Namespace, p
 
 
 def _eo_policy(name: str, sc: Scenario, args: argparse.Namespace, static_n: int | None) -> Policy:
-    try:
-        from sim.eo import CapOptions, caps_only_policy, eo_policy
-    except ImportError as exc:  # the scaler/powercap code is not on this branch yet
-        raise ValueError(f"policy {name!r} needs Energy Orchestrator's scaler code ({exc})") from None
     q = args.latency_quantile
     profile = sc.server.profile
     if name == "caps-only":
@@ -225,12 +232,15 @@ def _main(args: argparse.Namespace) -> int:
     names = _parse_policies(args.policies)
     trace = load_trace(Path(args.trace))
     trace = overlay(compress(trace, args.speedup), args.overlay)
-    server = ServerConfig(PROFILES[args.profile], max_batch=args.max_batch, cold_start_s=args.cold_start_seconds)
+    server = ServerConfig(
+        PROFILES[args.profile], max_batch=args.max_batch, cold_start_s=args.cold_start_seconds
+    )
     slo = args.slo_seconds if args.slo_seconds is not None else default_slo_s(trace, server)
     if slo <= 0:
         raise ValueError("--slo-seconds must be > 0")
-    capacity = args.capacity_rps if args.capacity_rps is not None else load_test_capacity(trace, server, slo,
-                                                                                            args.latency_quantile)  # fmt: skip
+    capacity = args.capacity_rps
+    if capacity is None:
+        capacity = load_test_capacity(trace, server, slo, args.latency_quantile)
     sc = Scenario(trace, server, slo, capacity, quantile=args.latency_quantile,
                   target_attainment=args.target_attainment, sim=SimConfig(step_s=args.step_seconds),
                   cap_target_ratio=args.cap_target_ratio)  # fmt: skip
@@ -255,7 +265,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(document(summaries, results, meta), indent=1))
     if args.plot is not None:
-        from sim.plot import plot
+        from sim.plot import plot  # noqa: PLC0415 (matplotlib loads only when a plot is asked for)
 
         plot(results, summaries, slo, f"eo-sim: {trace.name}, {server.profile.name}", args.plot)
     return 0

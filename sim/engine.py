@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 
 from sim.keda import Autoscaler, HpaConfig
 from sim.observe import SimPrometheus, SlidingWindow
-from sim.policies import CapController, CapReading, CapSetting, ReplicaController, ReplicaSchedule, ScalerAnswer
+from sim.policies import (
+    CapController,
+    CapReading,
+    CapSetting,
+    ReplicaController,
+    ReplicaSchedule,
+    ScalerAnswer,
+)
 from sim.server import Cluster, ServerConfig
 from sim.trace import Trace
 
@@ -48,7 +55,9 @@ class SimConfig:
             raise ValueError("step_s must be in (0, 1] seconds")
         for period in (5.0, 15.0, 30.0, self.sample_s):
             if abs(period / self.step_s - round(period / self.step_s)) > 1e-9:
-                raise ValueError(f"step_s must divide the control periods (5, 15, 30 s and {self.sample_s} s)")
+                raise ValueError(
+                    f"step_s must divide the control periods (5, 15, 30 s and {self.sample_s} s)"
+                )
 
 
 @dataclass
@@ -107,7 +116,16 @@ def simulate(
     cap_every = _periods(dt, caps.interval_s) if caps else 0
     sample_every = _periods(dt, cfg.sample_s)
     series: dict[str, list[float]] = {
-        k: [] for k in ("t_s", "arrival_rps", "replicas", "replicas_total", "power_w", "latency_p99_s", "mean_cap_w")
+        k: []
+        for k in (
+            "t_s",
+            "arrival_rps",
+            "replicas",
+            "replicas_total",
+            "power_w",
+            "latency_p99_s",
+            "mean_cap_w",
+        )
     }
     span = trace.span_s
     end_limit = span + cfg.max_tail_s

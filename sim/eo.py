@@ -131,7 +131,8 @@ def controller_config(options: CapOptions, profile: ServerProfile) -> tuple[Cont
     """(config, original setting) as ``sidecar.py`` derives them for a GPU of ``profile``.
 
     Power: per GPU, as the sidecar sets the same limit on each of the pod's GPUs: floor = the GPU's
-    minimum limit, ceiling = its original (default) limit. Clocks: between the GPU's minimum and maximum SM clock, original = the maximum.
+    minimum limit, ceiling = its original (default) limit. Clocks: between the GPU's minimum and maximum
+    SM clock, original = the maximum.
     """
     s = Settings(latency_target_s=options.latency_target_s, actuator=options.actuator)
     n = profile.num_gpus
@@ -189,13 +190,17 @@ class EoCapController:
     def control(self, replica_id: int, reading: CapReading) -> CapSetting:
         state = self._states[replica_id]
         new_state, decision = step(
-            state, Reading(now_s=reading.now_s, latency_s=reading.latency_s, load_rps=reading.load_rps), self.config
+            state,
+            Reading(now_s=reading.now_s, latency_s=reading.latency_s, load_rps=reading.load_rps),
+            self.config,
         )
         self._states[replica_id] = new_state
         return self._setting(decision.setpoint)
 
 
-def eo_metadata(slo_s: float, quantile: float, capacity_rps: float | None, max_replicas: int = 100) -> dict[str, str]:
+def eo_metadata(
+    slo_s: float, quantile: float, capacity_rps: float | None, max_replicas: int = 100
+) -> dict[str, str]:
     """The ScaledObject trigger metadata the simulator gives the eo-scaler (as a user would write it)."""
     md = {
         "latencySloSeconds": f"{slo_s:g}",

@@ -92,13 +92,11 @@ class Autoscaler:
             default=rec,
         )
         desired = current
-        if desired < up:
-            desired = up
-        if desired > down:
-            desired = down
+        desired = max(desired, up)
+        desired = min(desired, down)
         desired = min(desired, scale_up_limit(current, cfg))
         desired = max(desired, scale_down_limit(current, cfg))
-        desired = min(max(desired, max(cfg.min_replicas, 1)), cfg.max_replicas)
+        desired = min(max(desired, cfg.min_replicas, 1), cfg.max_replicas)
         self.replicas = desired
         return desired
 

@@ -33,7 +33,8 @@ class ScalerAnswer:
 
 
 class ReplicaController(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def answer(self, prom: SimPrometheus, now_s: float) -> ScalerAnswer:
         """What the trigger reports at ``now_s`` (a slot boundary), from Prometheus' view only."""
@@ -41,7 +42,8 @@ class ReplicaController(Protocol):
 
 
 class ReplicaSchedule(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def replicas_at(self, now_s: float) -> int:
         """Replicas that must be ready at ``now_s``."""

@@ -11,8 +11,8 @@ from typing import Any
 from sim.engine import RunResult
 
 ATTRIBUTION = (
-    'Traces: "Splitwise: Efficient generative LLM inference using phase splitting" (Patel et al., ISCA 2024), '
-    "Azure/AzurePublicDataset, CC-BY 4.0."
+    'Traces: "Splitwise: Efficient generative LLM inference using phase splitting" '
+    "(Patel et al., ISCA 2024), Azure/AzurePublicDataset, CC-BY 4.0."
 )
 
 
@@ -49,7 +49,9 @@ class Summary:
     duration_s: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
+        }
 
 
 def summarize(result: RunResult, slo_s: float) -> Summary:
@@ -111,13 +113,17 @@ def table(summaries: Sequence[Summary]) -> str:
     for s in summaries:
         rows.append([fmt.format(getattr(s, key)) for key, _, fmt in COLUMNS])
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in rows]  # fmt: skip
+    lines = []
+    for r in rows:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(cells))
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
 
-def document(summaries: Sequence[Summary], results: Sequence[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
+def document(
+    summaries: Sequence[Summary], results: Sequence[RunResult], meta: dict[str, Any]
+) -> dict[str, Any]:
     """The JSON document: scenario, per-policy summary, decision reasons and time series."""
     policies = []
     for s, r in zip(summaries, results, strict=True):

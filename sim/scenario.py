@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpumodel.model import prefill_point
 from sim.engine import Policy, RunResult, SimConfig, simulate
@@ -65,7 +65,12 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def load_test_capacity(
-    trace: Trace, server: ServerConfig, slo_s: float, q: float = 0.99, duration_s: float = 600.0, seed: int = 1
+    trace: Trace,
+    server: ServerConfig,
+    slo_s: float,
+    q: float = 0.99,
+    duration_s: float = 600.0,
+    seed: int = 1,
 ) -> float:
     """Highest Poisson rate one replica serves with the ``q`` latency quantile under ``slo_s``."""
     rng = random.Random(seed)
@@ -101,7 +106,7 @@ class Scenario:
     capacity_rps: float
     quantile: float = 0.99
     target_attainment: float = 0.99
-    sim: SimConfig = SimConfig()
+    sim: SimConfig = field(default_factory=SimConfig)
     cap_target_ratio: float = 0.8
     """The sidecar's latency target as a share of the SLO when the scaler runs too (it leaves the scaler
     room to consolidate: its scale-down stops above 0.85 of the SLO)."""
@@ -153,7 +158,9 @@ def _first_holding(sc: Scenario, candidates: Iterable[Policy]) -> RunResult:
     return last
 
 
-def tuned_threshold(sc: Scenario, fractions: Iterable[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)) -> RunResult:
+def tuned_threshold(
+    sc: Scenario, fractions: Iterable[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+) -> RunResult:
     """The KEDA rate threshold, highest first, until the SLO attainment target holds."""
     hpa = HpaConfig(min_replicas=1)
     return _first_holding(

@@ -317,7 +317,9 @@ class Cluster:
     @property
     def pending(self) -> int:
         """Requests not finished yet (gateway, queues, batches) plus those not yet arrived."""
-        return len(self._gateway) + sum(r.load for r in self.replicas) + len(self.requests) - self._next_arrival
+        return (
+            len(self._gateway) + sum(r.load for r in self.replicas) + len(self.requests) - self._next_arrival
+        )
 
     def close(self, now_s: float) -> None:
         """Account the replicas still running at the end."""

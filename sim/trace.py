@@ -13,6 +13,7 @@ Arrival times are shifted so the first request arrives at 0 s. Errors name the f
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -92,7 +93,7 @@ def parse_rows(rows: Iterable[Sequence[str]], name: str) -> Trace:
         except ValueError as exc:
             expected = "TIMESTAMP,ContextTokens,GeneratedTokens" if azure else ",".join(GENERIC_HEADER)
             raise TraceError(f"{name}:{lineno}: {exc} (expected {expected})") from None
-        if arrival != arrival or arrival in (float("inf"), float("-inf")):
+        if not math.isfinite(arrival):
             raise TraceError(f"{name}:{lineno}: arrival time is not a finite number")
         requests.append(Request(arrival, prompt, output))
     if not requests:
