@@ -63,7 +63,7 @@ def test_histogram_quantile_interpolates_like_promql() -> None:
 
 def test_sim_prometheus_windows() -> None:
     prom = SimPrometheus(step_s=1.0)
-    for t in range(120):
+    for _ in range(120):
         prom.record_slot([bucket_index(2.0)] * 2, arrivals=3, ready_replicas=2)
     assert prom.rate(60.0, 120.0) == pytest.approx(2.0)
     assert prom.arrival_rate(60.0, 120.0) == pytest.approx(3.0)
