@@ -87,8 +87,8 @@ def main() -> None:
             for k, v in s.items():
                 detail.append([
                     label, k, f"{v.energy_kwh:.3f}", f"{v.joules_per_request:.0f}",
-                    f"{v.idle_energy_share:.0%}", f"{v.latency_p99_s:.2f}", f"{v.ttft_p99_s:.2f}", f"{v.slo_attainment:.2%}",
-                    f"{v.replica_minutes:.0f}", f"{v.cold_starts}",
+                    f"{v.idle_energy_share:.0%}", f"{v.latency_p99_s:.2f}", f"{v.ttft_p99_s:.2f}",
+                    f"{v.slo_attainment:.2%}", f"{v.replica_minutes:.0f}", f"{v.cold_starts}",
                 ])  # fmt: skip
             if trace_name.endswith("conv.csv"):
                 for actuator in ("power", "clocks"):
