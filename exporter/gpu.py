@@ -33,7 +33,6 @@ from exporter.devices.base import (
 )
 
 log = logging.getLogger(__name__)
-_once = OnceLog(log)
 
 HARDWARE_COUNTER = "hardware_counter"
 INTEGRATED_POWER = "integrated_power"
@@ -235,12 +234,13 @@ class GpuSource:
     def __init__(self, reader: GpuEnergyReader, node: str) -> None:
         self._reader = reader
         self._node = node
+        self._once = OnceLog(log)
 
     def read(self) -> SourceReading:
         try:
             devices = self._reader.devices()
         except GpuError as err:
-            _once(("gpu-down", type(err)), logging.WARNING, "GPU collector down: %s", err)
+            self._once(("gpu-down", type(err)), logging.WARNING, "GPU collector down: %s", err)
             return SourceReading((), False)
         fams = _Families()
         up = True
@@ -258,6 +258,9 @@ class GpuSource:
                 family.add_metric(labels, value)
         return SourceReading(list(fams), up)
 
+    def _not_available(self, dev: GpuDevice, what: str, err: GpuError) -> None:
+        self._once((dev.uuid, what), logging.INFO, "GPU %s: %s not available (%s)", dev.uuid, what, err)
+
     def _read_one(self, dev: GpuDevice, fams: _Families, out: _Staged) -> None:
         state = self._reader.state(dev)
         base = [self._node, str(dev.index), dev.uuid]
@@ -268,7 +271,7 @@ class GpuSource:
             try:
                 return read()
             except (GpuNotSupported, GpuNoPermission) as err:
-                _once((dev.uuid, what), logging.INFO, "GPU %s: %s not available (%s)", dev.uuid, what, err)
+                self._not_available(dev, what, err)
                 return None
 
         out.append((fams.info, [*with_model, state.energy_source], 1.0))
@@ -299,8 +302,7 @@ class GpuSource:
         try:
             reasons = dev.clock_event_reasons()
         except (GpuNotSupported, GpuNoPermission) as err:
-            what = "clock event reasons"
-            _once((dev.uuid, what), logging.INFO, "GPU %s: %s not available (%s)", dev.uuid, what, err)
+            self._not_available(dev, "clock event reasons", err)
         else:
             for reason in CLOCK_EVENT_REASONS:
                 out.append((fams.clock_event, [*base, reason], 1.0 if reason in reasons else 0.0))

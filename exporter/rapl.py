@@ -29,7 +29,6 @@ from exporter.collector import OnceLog, SourceReading
 from exporter.counters import WrappingCounter
 
 log = logging.getLogger(__name__)
-_once = OnceLog(log)
 
 DEFAULT_RAPL_ROOT = Path("/sys/class/powercap")
 _ZONE = re.compile(r"^(intel-rapl|amd-rapl):(\d+)(?::(\d+))?$")
@@ -106,6 +105,7 @@ class RaplSource:
         self._zones = zones
         self._node = node
         self._read_text = read_text
+        self._once = OnceLog(log)
 
     def read(self) -> SourceReading:
         family = CounterMetricFamily(
@@ -119,7 +119,7 @@ class RaplSource:
             try:
                 raw_uj = int(self._read_text(zone.path / "energy_uj").strip())
             except PermissionError:
-                _once(
+                self._once(
                     "rapl-permission",
                     logging.ERROR,
                     "cannot read %s: RAPL energy_uj is readable by root only (CVE-2020-8694); run the "
@@ -130,7 +130,7 @@ class RaplSource:
                 return SourceReading((), False)
             except (OSError, ValueError) as err:
                 key = ("rapl-read", zone.path)
-                _once(key, logging.WARNING, "RAPL zone %s unreadable: %s", zone.path, err)
+                self._once(key, logging.WARNING, "RAPL zone %s unreadable: %s", zone.path, err)
                 up = False
                 continue
             joules = zone.counter.update(raw_uj) / 1e6
