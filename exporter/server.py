@@ -77,7 +77,7 @@ class ExporterHandle:
     port: int
     registry: CollectorRegistry
     gpu_energy: GpuEnergyReader
-    _server: ThreadingHTTPServer
+    _server: _Server
     _thread: threading.Thread
     _on_stop: list[Callable[[], None]] = field(default_factory=list)
 
@@ -94,6 +94,14 @@ class ExporterHandle:
         for fn in self._on_stop:
             fn()
         self._on_stop.clear()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A scraper that hung up mid-answer (its timeout) is not worth a traceback on stderr.
+        log.debug("HTTP client %s went away", client_address, exc_info=True)
 
 
 def _handler(
@@ -174,9 +182,11 @@ def start_exporter(
     def health() -> dict[str, object]:
         return {"status": "ok", "collectors": [s.name for s in sources]}
 
-    server = ThreadingHTTPServer((settings.listen_address, settings.port), _handler(registry, health))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="eo-exporter-http", daemon=True)
+    server = _Server((settings.listen_address, settings.port), _handler(registry, health))
+    # A short poll interval makes stop() return quickly; idle cost is negligible.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="eo-exporter-http", daemon=True
+    )
     thread.start()
     port = int(server.server_address[1])
     log.info("eo-exporter serving /metrics on %s:%d", settings.listen_address, port)

@@ -11,7 +11,7 @@ import pynvml
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.collector import ExporterCollector
+from exporter.collector import ExporterCollector, SourceReading
 from exporter.devices import nvml as nvml_module
 from exporter.devices.base import (
     CLOCK_EVENT_REASONS,
@@ -237,8 +237,6 @@ def test_nvml_init_failure_marks_gpu_down_and_keeps_serving(fake_nvml: MagicMock
         name = "other"
 
         def read(self) -> Any:
-            from exporter.collector import SourceReading
-
             return SourceReading((), True)
 
     registry = CollectorRegistry()

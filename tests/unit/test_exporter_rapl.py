@@ -91,10 +91,14 @@ def test_wraparound_keeps_the_counter_growing(amd: Path) -> None:
     energy.write_text("4294000000\n")
     assert cpu(registry, "0", "package") == pytest.approx(4294.0)
     energy.write_text("1000000\n")  # wrapped at 4294967295 uJ
-    assert cpu(registry, "0", "package") == pytest.approx(4294.0 + (4_294_967_295 - 4_294_000_000 + 1_000_000) / 1e6)
+    assert cpu(registry, "0", "package") == pytest.approx(
+        4294.0 + (4_294_967_295 - 4_294_000_000 + 1_000_000) / 1e6
+    )
 
 
-def test_permission_denied_logs_once_and_marks_cpu_down(intel: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_permission_denied_logs_once_and_marks_cpu_down(
+    intel: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # chmod 000 does not stop root: refuse at the edge, as the kernel does for non-root since CVE-2020-8694.
     def root_only(path: Path) -> str:
         if path.name == "energy_uj":
