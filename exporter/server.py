@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.registry import Collector
 
 from exporter.collector import ExporterCollector, Source
 from exporter.devices.base import GpuBackend, GpuError
 from exporter.devices.simulated import SimulatedBackend, SimulatedGpu
+from exporter.exposition import render
 from exporter.gpu import GpuEnergyReader, GpuSource
 from exporter.rapl import RaplSource, ReadText, discover_zones, read_sysfs
 from exporter.redfish import RedfishClient, RedfishConfig, RedfishPoller, RedfishSource, read_secret
@@ -113,7 +114,7 @@ def _handler(
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                self._send(200, CONTENT_TYPE_LATEST, render(registry))
             elif path == "/healthz":
                 self._send(200, "application/json", json.dumps(health()).encode())
             else:
