@@ -33,13 +33,17 @@ log = logging.getLogger(__name__)
 
 
 def simulated_backend(
-    count: int, pattern: LoadPattern, clock: Callable[[], float] = time.monotonic
+    count: int,
+    pattern: LoadPattern,
+    clock: Callable[[], float] = time.monotonic,
+    phase_spread: float = 1.0,
 ) -> SimulatedBackend:
-    """``count`` simulated GPUs following ``pattern``, each shifted by ``index / count`` of a period."""
+    """``count`` simulated GPUs following ``pattern``, GPU i shifted by ``phase_spread * i / count``
+    of a period (1.0 spreads them evenly, so their sum stays nearly flat; less makes it swing)."""
     start = clock()
 
     def load_for(index: int) -> Callable[[], float]:
-        return lambda: pattern.batch_at(clock() - start, index / count)
+        return lambda: pattern.batch_at(clock() - start, phase_spread * index / count)
 
     return SimulatedBackend([SimulatedGpu(i, load=load_for(i), clock=clock) for i in range(count)])
 
