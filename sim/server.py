@@ -124,8 +124,10 @@ class Replica:
         self._prefill: deque[list[float]] = deque()  # [request, prompt tokens left], FIFO
         self._waiting: deque[int] = deque()  # admitted to the replica, not yet to the batch
         self._incoming: deque[tuple[float, int]] = deque()  # (available at, request), this slot
-        # Completions this slot, for the metrics: (end_s, latency_s, bucket index).
+        # Completions this slot, for the metrics: (end_s, latency_s, bucket index), and which requests
+        # they were (the demo's simulated inference servers count their tokens).
         self.finished: list[tuple[float, float, int]] = []
+        self.finished_ids: list[int] = []
 
     def is_ready(self, now_s: float) -> bool:
         return now_s >= self.ready_s - _EPS
@@ -220,6 +222,7 @@ class Replica:
         log.end_s[req] = t
         latency = t - arrivals[req]
         self.finished.append((t, latency, bucket_index(latency)))
+        self.finished_ids.append(req)
 
 
 @dataclass
@@ -230,6 +233,8 @@ class SlotOutcome:
     per_replica: dict[int, list[tuple[float, float, int]]]
     energy_j: float
     arrivals: int
+    finished_ids: dict[int, list[int]] = field(default_factory=dict)
+    """Per replica, the trace indices of the requests in ``per_replica`` (same order)."""
 
 
 class Cluster:
@@ -299,6 +304,7 @@ class Cluster:
         energy = 0.0
         finished: list[tuple[float, float, int]] = []
         per_replica: dict[int, list[tuple[float, float, int]]] = {}
+        finished_ids: dict[int, list[int]] = {}
         for r in self.replicas:
             before, idle_before = r.energy_j, r.idle_energy_j
             r.advance(t0, t1, requests, self.log)
@@ -307,12 +313,14 @@ class Cluster:
             if r.finished:
                 finished.extend(r.finished)
                 per_replica[r.id] = r.finished
+                finished_ids[r.id] = r.finished_ids
                 r.finished = []
+                r.finished_ids = []
         for r in [r for r in self.replicas if r.draining and r.load == 0]:
             self.replicas.remove(r)
             self.replica_seconds += t1 - r.created_s
         self.energy_j += energy
-        return SlotOutcome(finished, per_replica, energy, arrivals)
+        return SlotOutcome(finished, per_replica, energy, arrivals, finished_ids)
 
     @property
     def pending(self) -> int:

@@ -67,6 +67,11 @@ class SimulatedGpu:
         self._load = load
 
     @property
+    def locked_sm_clock_mhz(self) -> int | None:
+        """The upper end of the locked SM clock range, None when clocks are not locked."""
+        return self._clock_lock.max_mhz if self._clock_lock else None
+
+    @property
     def set_calls(self) -> list[tuple[str, int]]:
         """Every setter call so far as (what, value): lets tests prove a dry run set nothing."""
         return list(self._set_calls)
