@@ -85,3 +85,14 @@ def parse_device_id(
 def is_gpu_resource(resource_name: str, prefixes: tuple[str, ...] = ("nvidia.com/",)) -> bool:
     """Resource names whose devices are GPUs or GPU slices (nvidia.com/gpu, .../gpu.shared, .../mig-*)."""
     return any(resource_name.startswith(p) for p in prefixes)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One device ID the kubelet reports for one container (PodResources ``List``), not yet resolved."""
+
+    namespace: str
+    pod: str
+    container: str
+    resource_name: str
+    device_id: str

@@ -8,7 +8,7 @@ does not fetch or objects it cannot get, and the walk stops at the last owner it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 MAX_DEPTH = 6
@@ -68,3 +68,15 @@ def resolve_workload(
             break
         current = parent
     return Workload(current.kind, current.name)
+
+
+@dataclass(frozen=True)
+class PodMeta:
+    """What the exporter needs to know about a pod besides its devices (from the pod cache)."""
+
+    workload: Workload
+    ip: str | None
+    annotations: Mapping[str, str]
+    # Declared container ports: named ones by name, unnamed ones as "<container>:<port>".
+    container_ports: Mapping[str, int]
+    uid: str = ""
