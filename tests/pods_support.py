@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from exporter.podresources import api_pb2, api_pb2_grpc
 
@@ -81,6 +81,14 @@ class VllmServer:
                 buckets=(0.05, 0.1, 0.5),
                 registry=self.registry,
             )
+            # Like vLLM, publish the series from the start (gauges and zeroed counters).
+            Gauge(
+                "vllm:num_requests_running", "Running requests.", ["model_name"], registry=self.registry
+            ).labels(self.model).set(0)
+            for reason in ("stop", "length"):
+                self._success.labels(self.model, reason)
+            self._prompt.labels(self.model)
+            self._gen.labels(self.model)
 
     def finish(
         self,
