@@ -31,6 +31,8 @@ CpuEnergy = Callable[[], float]
 class AllocationSource(Protocol):
     def list(self) -> Sequence[Allocation]: ...
 
+    def close(self) -> None: ...
+
 
 class PodMetadataSource(Protocol):
     def get(self, key: PodKey) -> PodMeta | None: ...
@@ -190,3 +192,4 @@ class PodSampler:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._reader.close()
+        self._allocations.close()
