@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 
+from prometheus_client import generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -120,9 +122,22 @@ def _add_pod(
         app_up.add_metric(labels, 1.0 if view.app_up else 0.0)
 
 
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
 class PodCollector(Collector):
-    """Standalone collector (own ``eo_exporter_collector_up{collector="pods"}``); ``read()`` gives the
-    families and health for the exporter's combined collector instead."""
+    """The pod families, built and rendered once per sample on the sampler's thread.
+
+    ``collect()`` serves any prometheus_client registry; ``exposition()`` returns the pre-rendered text
+    (text format 0.0.4) for servers that append it to their own, so a scrape does no per-series work:
+    32 pods with vLLM's histogram buckets are ~1,500 samples, ~20 ms to render in Python.
+    ``read()`` gives the families and health for the exporter's combined collector.
+    """
 
     name = "pods"
 
@@ -133,19 +148,43 @@ class PodCollector(Collector):
         self._node = node
         self._max_age_s = max_age_s
         self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[Snapshot, list[Metric], bytes] | None = None
+        sampler.add_listener(self._prepare)
 
-    def read(self) -> tuple[list[Metric], bool]:
+    def _prepare(self, snapshot: Snapshot) -> tuple[list[Metric], bytes]:
+        with self._lock:
+            cached = self._cached
+            if cached is not None and cached[0] is snapshot:
+                return cached[1], cached[2]
+            families = pod_families(snapshot, self._node)
+            text = generate_latest(_Families(families))
+            self._cached = (snapshot, families, text)
+            return families, text
+
+    def up(self) -> bool:
         snapshot = self._sampler.snapshot
         fresh = snapshot.taken_at_s is not None and self._clock() - snapshot.taken_at_s <= self._max_age_s
-        return pod_families(snapshot, self._node), snapshot.up and fresh
+        return snapshot.up and fresh
 
-    def collect(self) -> Iterator[Metric]:
-        families, up = self.read()
-        yield from families
+    def read(self) -> tuple[list[Metric], bool]:
+        return self._prepare(self._sampler.snapshot)[0], self.up()
+
+    def _up_family(self) -> GaugeMetricFamily:
         gauge = GaugeMetricFamily(
             "eo_exporter_collector_up",
             "1 if the collector's last read succeeded completely, 0 if it failed or was partial.",
             labels=["collector"],
         )
-        gauge.add_metric([self.name], 1.0 if up else 0.0)
-        yield gauge
+        gauge.add_metric([self.name], 1.0 if self.up() else 0.0)
+        return gauge
+
+    def collect(self) -> Iterator[Metric]:
+        families, _ = self.read()
+        yield from families
+        yield self._up_family()
+
+    def exposition(self, with_up: bool = True) -> bytes:
+        """Pre-rendered pod families (plus the standalone up gauge unless ``with_up`` is False)."""
+        text = self._prepare(self._sampler.snapshot)[1]
+        return text + generate_latest(_Families([self._up_family()])) if with_up else text

@@ -113,12 +113,26 @@ class PodSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned: set[str] = set()
+        self._listeners: list[Callable[[Snapshot], object]] = []
+
+    def add_listener(self, listener: Callable[[Snapshot], object]) -> None:
+        """Call ``listener(snapshot)`` on the sampler's thread after each sample (pre-rendering)."""
+        self._listeners.append(listener)
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot  # replaced whole by the sampler: readers never see a half-built one
 
     def sample_once(self) -> Snapshot:
+        snapshot = self._sample()
+        for listener in self._listeners:
+            try:
+                listener(snapshot)
+            except Exception:
+                log.exception("pod snapshot listener failed")
+        return snapshot
+
+    def _sample(self) -> Snapshot:
         with self._sample_lock:
             started = self._clock()
             try:
