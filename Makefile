@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo lint typecheck unit venv system-deps proto bench bench-exporter bench-scaler bench-policy clean help
+.PHONY: test demo lint typecheck unit venv system-deps proto bench bench-exporter bench-scaler bench-policy clean help rules-manifest
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -55,6 +55,9 @@ bench-scaler: system-deps $(STAMP)
 
 bench-policy: $(STAMP) ## the simulator's policy comparison on both Azure traces
 	$(BIN)/python bench/policy.py
+
+rules-manifest: $(STAMP) ## regenerate the PrometheusRule and dashboard ConfigMap from their sources
+	$(BIN)/python -m tools.gen_prometheusrule
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

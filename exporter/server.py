@@ -1,0 +1,198 @@
+"""The exporter as a server you can start in-process: ``start_exporter(settings, ...) -> ExporterHandle``.
+
+The CLI (``exporter.main``) and the demo both go through this factory; the demo passes its own
+``SimulatedBackend`` so the power-cap sidecar and the exporter see the same simulated GPUs, and pod
+attribution registers its collector through ``extra_collectors`` and reads GPU energy through
+``handle.gpu_energy.read_energy_joules``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.registry import Collector
+
+from exporter.collector import ExporterCollector, Source
+from exporter.devices.base import GpuBackend, GpuError
+from exporter.devices.simulated import SimulatedBackend, SimulatedGpu
+from exporter.exposition import render
+from exporter.gpu import GpuEnergyReader, GpuSource
+from exporter.rapl import RaplSource, ReadText, discover_zones, read_sysfs
+from exporter.redfish import RedfishClient, RedfishConfig, RedfishPoller, RedfishSource, read_secret
+from exporter.settings import Settings
+from exporter.simload import LoadPattern
+
+log = logging.getLogger(__name__)
+
+
+def simulated_backend(
+    count: int,
+    pattern: LoadPattern,
+    clock: Callable[[], float] = time.monotonic,
+    phase_spread: float = 1.0,
+) -> SimulatedBackend:
+    """``count`` simulated GPUs following ``pattern``, GPU i shifted by ``phase_spread * i / count``
+    of a period (1.0 spreads them evenly, so their sum stays nearly flat; less makes it swing)."""
+    start = clock()
+
+    def load_for(index: int) -> Callable[[], float]:
+        return lambda: pattern.batch_at(clock() - start, phase_spread * index / count)
+
+    return SimulatedBackend([SimulatedGpu(i, load=load_for(i), clock=clock) for i in range(count)])
+
+
+def backend_from_settings(settings: Settings) -> GpuBackend:
+    if settings.gpu_backend == "simulated":
+        return simulated_backend(settings.sim_gpus, settings.sim_load)
+    from exporter.devices.nvml import NvmlBackend  # noqa: PLC0415 (pynvml only where NVML is used)
+
+    return NvmlBackend()
+
+
+def _redfish_config(settings: Settings) -> RedfishConfig:
+    verify: bool | str = True
+    if settings.redfish_ca_file is not None:
+        verify = str(settings.redfish_ca_file)
+    elif settings.redfish_insecure_skip_verify:
+        verify = False
+    assert settings.redfish_url is not None
+    return RedfishConfig(
+        url=settings.redfish_url,
+        username=read_secret(settings.redfish_username_file),
+        password=read_secret(settings.redfish_password_file),
+        verify=verify,
+        timeout_s=settings.redfish_timeout_s,
+        interval_s=settings.redfish_interval_s,
+        max_age_s=settings.redfish_max_age_s,
+        chassis_id=settings.redfish_chassis_id,
+    )
+
+
+@dataclass
+class ExporterHandle:
+    """A running exporter. ``gpu_energy`` is the thread-safe GPU energy reader for pod attribution."""
+
+    port: int
+    registry: CollectorRegistry
+    gpu_energy: GpuEnergyReader
+    _server: _Server
+    _thread: threading.Thread
+    _on_stop: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        host = str(self._server.server_address[0])
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+        for fn in self._on_stop:
+            fn()
+        self._on_stop.clear()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A scraper that hung up mid-answer (its timeout) is not worth a traceback on stderr.
+        log.debug("HTTP client %s went away", client_address, exc_info=True)
+
+
+def _handler(
+    registry: CollectorRegistry, health: Callable[[], dict[str, object]]
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "eo-exporter"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, render(registry))
+            elif path == "/healthz":
+                self._send(200, "application/json", json.dumps(health()).encode())
+            else:
+                self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    return Handler
+
+
+def start_exporter(
+    settings: Settings,
+    backend: GpuBackend | None = None,
+    registry: CollectorRegistry | None = None,
+    extra_collectors: Sequence[Collector] = (),
+    read_text: ReadText = read_sysfs,
+) -> ExporterHandle:
+    """Build the sources from ``settings``, register them, and serve HTTP in a daemon thread.
+
+    ``backend`` overrides ``settings.gpu_backend`` (the demo shares its SimulatedGpu objects);
+    ``extra_collectors`` are registered on the same registry (pod attribution); ``read_text`` is the
+    sysfs reader for RAPL (tests inject PermissionError there).
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    gpu_backend = backend if backend is not None else backend_from_settings(settings)
+    energy = GpuEnergyReader(gpu_backend, retry_interval_s=settings.gpu_retry_interval_s)
+    try:
+        energy.devices()  # open the backend now: static values are cached at start, errors logged early
+    except GpuError as err:
+        log.warning(
+            "GPUs not available at start (retried every %.0f s): %s", settings.gpu_retry_interval_s, err
+        )
+    sources: list[Source] = [GpuSource(energy, settings.node_name)]
+    on_stop: list[Callable[[], None]] = [gpu_backend.close]
+
+    if settings.rapl_root is not None:
+        zones = discover_zones(settings.rapl_root, read_text)
+        if zones:
+            log.info("RAPL: %d zone(s) under %s", len(zones), settings.rapl_root)
+            sources.append(RaplSource(zones, settings.node_name, read_text))
+        else:
+            log.info("no RAPL zones under %s: CPU energy is not published", settings.rapl_root)
+
+    if settings.redfish_url is not None:
+        config = _redfish_config(settings)
+        if config.verify is False:
+            log.warning("Redfish TLS certificate verification is OFF (--redfish-insecure-skip-verify)")
+        client = RedfishClient(config)
+        poller = RedfishPoller(client.read_power, config.interval_s).start()
+        sources.append(RedfishSource(poller, settings.node_name, config.max_age_s))
+        on_stop[:0] = [poller.stop, client.close]
+
+    collector = ExporterCollector(sources)
+    registry.register(collector)
+    for extra in extra_collectors:
+        registry.register(extra)
+
+    def health() -> dict[str, object]:
+        return {"status": "ok", "collectors": [s.name for s in sources]}
+
+    server = _Server((settings.listen_address, settings.port), _handler(registry, health))
+    # A short poll interval makes stop() return quickly; idle cost is negligible.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="eo-exporter-http", daemon=True
+    )
+    thread.start()
+    port = int(server.server_address[1])
+    log.info("eo-exporter serving /metrics on %s:%d", settings.listen_address, port)
+    return ExporterHandle(port, registry, energy, server, thread, on_stop)

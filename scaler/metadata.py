@@ -1,0 +1,277 @@
+"""Trigger metadata: KEDA's ``scalerMetadata`` strings in, a frozen typed ``TriggerConfig`` out.
+
+Pure code. Every problem raises ``MetadataError`` (a ``ValueError``) whose ``key`` names the metadata
+key at fault; the gRPC service maps it to ``INVALID_ARGUMENT``. Unknown keys are refused too, so a
+typo (``latencySLOSeconds``) fails loudly instead of silently falling back to a default. KEDA's own
+keys (``scalerAddress``, ``enableTLS``, ...) are accepted and ignored, and ``<key>FromEnv`` is read as
+``<key>`` because KEDA resolves those from the target's environment before calling the scaler.
+docs/scaler.md documents every key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from scaler.policy import PolicyConfig
+
+# Kubernetes names: namespaces are DNS-1123 labels, workloads (Deployment, StatefulSet...) subdomains.
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_WORKLOAD_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# RFC 9110 header field name token.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+
+KEDA_KEYS = frozenset(
+    {"scalerAddress", "enableTLS", "unsafeSsl", "tlsCertFile", "caCert", "tlsClientCert", "tlsClientKey"}
+)
+MAX_QUERY_TIMEOUT_S = 2.5  # KEDA's HPA path gives GetMetricSpec + GetMetrics + IsActive 3 s together.
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    ADVISORY = "advisory"
+
+
+class MetadataError(ValueError):
+    """Bad trigger metadata; ``key`` is the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"metadata key {key!r}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """One ScaledObject trigger, validated. Durations in seconds, power in watts, rates per second."""
+
+    namespace: str
+    workload: str
+    latency_slo_s: float
+    server_address: str | None = None
+    latency_quantile: float = 0.95
+    latency_query: str | None = None
+    activation_query: str | None = None
+    target_joules_per_request: float | None = None
+    power_budget_watts: float | None = None
+    replica_power_watts: float | None = None
+    replica_capacity_rps: float | None = None
+    mode: Mode = Mode.ENFORCE
+    idle_before_zero_s: float = 300.0
+    activation_rps: float = 0.05
+    staleness_s: float = 120.0
+    min_replicas: int = 0
+    max_replicas: int = 100
+    target_utilization: float = 0.8
+    scale_down_utilization: float = 0.6
+    stabilization_window_s: float = 300.0
+    capacity_lookback_s: float = 3600.0
+    custom_headers: tuple[tuple[str, str], ...] = ()
+    query_timeout_s: float | None = None
+
+    @property
+    def metric_name(self) -> str:
+        """Name of the one metric this trigger reports (KEDA prefixes it with ``s<index>-``)."""
+        return f"eo-desired-replicas-{self.workload}"[:200]
+
+    def policy_config(self) -> PolicyConfig:
+        return PolicyConfig(
+            min_replicas=self.min_replicas,
+            max_replicas=self.max_replicas,
+            latency_slo_s=self.latency_slo_s,
+            target_utilization=self.target_utilization,
+            scale_down_utilization=self.scale_down_utilization,
+            replica_capacity_rps=self.replica_capacity_rps,
+            power_budget_watts=self.power_budget_watts,
+            replica_power_watts=self.replica_power_watts,
+            target_joules_per_request=self.target_joules_per_request,
+            idle_before_zero_s=self.idle_before_zero_s,
+            activation_rps=self.activation_rps,
+        )
+
+
+_FIELDS: dict[str, str] = {
+    "serverAddress": "server_address",
+    "namespace": "namespace",
+    "workload": "workload",
+    "latencySloSeconds": "latency_slo_s",
+    "latencyQuantile": "latency_quantile",
+    "latencyQuery": "latency_query",
+    "activationQuery": "activation_query",
+    "targetJoulesPerRequest": "target_joules_per_request",
+    "powerBudgetWatts": "power_budget_watts",
+    "replicaPowerWatts": "replica_power_watts",
+    "replicaCapacityRps": "replica_capacity_rps",
+    "mode": "mode",
+    "idleBeforeZeroSeconds": "idle_before_zero_s",
+    "activationRps": "activation_rps",
+    "stalenessSeconds": "staleness_s",
+    "minReplicas": "min_replicas",
+    "maxReplicas": "max_replicas",
+    "targetUtilization": "target_utilization",
+    "headroom": "target_utilization",
+    "scaleDownUtilization": "scale_down_utilization",
+    "stabilizationWindowSeconds": "stabilization_window_s",
+    "capacityLookbackSeconds": "capacity_lookback_s",
+    "customHeaders": "custom_headers",
+    "queryTimeoutSeconds": "query_timeout_s",
+}
+KNOWN_KEYS = frozenset(_FIELDS) | KEDA_KEYS
+
+
+def _float(key: str, raw: str, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise MetadataError(key, f"expected a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise MetadataError(key, f"{value} is outside {bound}")
+    return value
+
+
+def _int(key: str, raw: str, *, low: int, high: int) -> int:
+    text = raw.strip()
+    if not re.fullmatch(r"[+-]?\d{1,9}", text):
+        raise MetadataError(key, f"expected an integer, got {raw!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise MetadataError(key, f"{value} is outside [{low}, {high}]")
+    return value
+
+
+def _query(key: str, raw: str) -> str:
+    text = raw.strip()
+    if not text or len(text) > 4000:
+        raise MetadataError(key, "expected a PromQL expression of 1 to 4000 characters")
+    return text
+
+
+def _headers(key: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """``Name=value,Name2=value2`` (KEDA prometheus scaler's format)."""
+    out: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not _HEADER_NAME_RE.fullmatch(name):
+            raise MetadataError(key, f"expected Name=value pairs separated by commas, got {item!r}")
+        if any(c in value for c in "\r\n\0"):
+            raise MetadataError(key, f"header {name} value contains a control character")
+        if name.lower() in {"authorization", "host", "content-length"}:
+            raise MetadataError(
+                key, f"header {name} may not be set from metadata (credentials come from files)"
+            )
+        out.append((name, value))
+    return tuple(out)
+
+
+def _resolve_aliases(metadata: Mapping[str, str]) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise MetadataError(str(key), "keys and values must be strings")
+        base = key[: -len("FromEnv")] if key.endswith("FromEnv") and key != "FromEnv" else key
+        if base not in KNOWN_KEYS:
+            raise MetadataError(key, f"unknown key (known: {', '.join(sorted(_FIELDS))})")
+        if base in merged:
+            raise MetadataError(key, f"given twice (as {base!r} and {key!r})")
+        merged[base] = value
+    if "headroom" in merged and "targetUtilization" in merged:
+        raise MetadataError("headroom", "give either headroom or targetUtilization, not both")
+    return merged
+
+
+def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> TriggerConfig:
+    """Validate ``metadata`` (all strings, as KEDA sends it) into a ``TriggerConfig``.
+
+    ``default_namespace`` is the ScaledObjectRef's namespace, used when ``namespace`` is absent.
+    """
+    m = _resolve_aliases(metadata)
+    kw: dict[str, object] = {}
+
+    namespace = m.get("namespace", default_namespace).strip()
+    if not _NAMESPACE_RE.fullmatch(namespace):
+        raise MetadataError("namespace", f"{namespace!r} is not a Kubernetes namespace name")
+    kw["namespace"] = namespace
+    if "workload" not in m:
+        raise MetadataError(
+            "workload", "required: the Deployment/StatefulSet name the exporter labels pods with"
+        )
+    workload = m["workload"].strip()
+    if not _WORKLOAD_RE.fullmatch(workload):
+        raise MetadataError("workload", f"{workload!r} is not a Kubernetes object name")
+    kw["workload"] = workload
+    if "latencySloSeconds" not in m:
+        raise MetadataError("latencySloSeconds", "required: the latency SLO in seconds, e.g. '2.5'")
+    kw["latency_slo_s"] = _float("latencySloSeconds", m["latencySloSeconds"], low=0, high=3600, low_open=True)
+
+    if "serverAddress" in m:
+        address = m["serverAddress"].strip().rstrip("/")
+        if not _URL_RE.fullmatch(address):
+            raise MetadataError("serverAddress", f"expected http(s)://host[:port][/path], got {address!r}")
+        kw["server_address"] = address
+    if "latencyQuantile" in m:
+        kw["latency_quantile"] = _float(
+            "latencyQuantile", m["latencyQuantile"], low=0, high=0.9999, low_open=True
+        )
+    for key in ("latencyQuery", "activationQuery"):
+        if key in m:
+            kw[_FIELDS[key]] = _query(key, m[key])
+    for key in ("targetJoulesPerRequest", "powerBudgetWatts", "replicaPowerWatts", "replicaCapacityRps"):
+        if key in m:
+            kw[_FIELDS[key]] = _float(key, m[key], low=0, high=1e9, low_open=True)
+    if "mode" in m:
+        try:
+            kw["mode"] = Mode(m["mode"].strip().lower())
+        except ValueError:
+            raise MetadataError("mode", f"expected 'enforce' or 'advisory', got {m['mode']!r}") from None
+    for key, high in (
+        ("idleBeforeZeroSeconds", 86400.0),
+        ("stabilizationWindowSeconds", 86400.0),
+        ("capacityLookbackSeconds", 7 * 86400.0),
+    ):
+        if key in m:
+            kw[_FIELDS[key]] = _float(
+                key, m[key], low=60 if key != "stabilizationWindowSeconds" else 0, high=high
+            )
+    if "stalenessSeconds" in m:
+        kw["staleness_s"] = _float("stalenessSeconds", m["stalenessSeconds"], low=1, high=3600)
+    if "activationRps" in m:
+        kw["activation_rps"] = _float("activationRps", m["activationRps"], low=0, high=1e9, low_open=True)
+    if "queryTimeoutSeconds" in m:
+        kw["query_timeout_s"] = _float(
+            "queryTimeoutSeconds", m["queryTimeoutSeconds"], low=0, high=MAX_QUERY_TIMEOUT_S, low_open=True
+        )
+    if "customHeaders" in m:
+        kw["custom_headers"] = _headers("customHeaders", m["customHeaders"])
+
+    min_r = _int("minReplicas", m["minReplicas"], low=0, high=100000) if "minReplicas" in m else 0
+    max_r = _int("maxReplicas", m["maxReplicas"], low=1, high=100000) if "maxReplicas" in m else 100
+    if min_r > max_r:
+        raise MetadataError("minReplicas", f"{min_r} is above maxReplicas {max_r}")
+    kw["min_replicas"], kw["max_replicas"] = min_r, max_r
+
+    target = 0.8
+    if "targetUtilization" in m:
+        target = _float("targetUtilization", m["targetUtilization"], low=0, high=1, low_open=True)
+    elif "headroom" in m:
+        target = 1 - _float("headroom", m["headroom"], low=0, high=0.95)
+    kw["target_utilization"] = target
+    key_down = "scaleDownUtilization"
+    if key_down in m:
+        down = _float(key_down, m[key_down], low=0, high=1, low_open=True)
+        if down > target:
+            raise MetadataError(key_down, f"{down} is above the target utilisation {target}")
+    else:
+        down = 0.75 * target
+    kw["scale_down_utilization"] = down
+
+    config = TriggerConfig(**kw)  # type: ignore[arg-type]
+    budget, watts = config.power_budget_watts, config.replica_power_watts
+    # A budget that cannot hold minReplicas is a configuration conflict worth refusing up front.
+    if budget is not None and watts is not None and watts * config.min_replicas > budget:
+        raise MetadataError("powerBudgetWatts", "cannot hold minReplicas at replicaPowerWatts")
+    return config

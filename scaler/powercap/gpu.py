@@ -1,0 +1,221 @@
+"""One controlled GPU: its lock, its persisted original, the setters, the restore, foreign-write detection.
+
+Every setter call goes through here, so the invariants are enforced in one place whatever the controller
+asks: the value is clamped to [floor, ceiling] and to the GPU's own range, and the state file says
+"controlling" (with the original) before any value of ours reaches the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+from exporter.devices.base import GpuDevice, GpuError, GpuNoPermission
+from scaler.powercap.persist import GpuLock, GpuLockHeld, GpuRecord, StateFileError, StateStore
+from scaler.powercap.settings import StartupRefused
+
+log = logging.getLogger(__name__)
+
+Status = Literal["controlling", "restored", "error", "released"]
+# NVML reports limits in mW; a change under a watt is rounding, not another writer.
+FOREIGN_WRITE_TOLERANCE_MW = 1000
+
+
+class ControlledGpu:
+    def __init__(
+        self,
+        device: GpuDevice,
+        actuator: str,
+        store: StateStore,
+        pod: str,
+        dry_run: bool,
+        lock: GpuLock | None,
+    ) -> None:
+        self.device = device
+        self.uuid = device.uuid
+        self.actuator = actuator
+        self._store = store
+        self._pod = pod
+        self.dry_run = dry_run
+        self._lock = lock
+        self.status: Status = "restored"
+        self.error_since_s: float | None = None
+        self.restore_pending = False
+        self.recovered = False
+        """True when this sidecar restored what a crashed predecessor left in force."""
+        low_mw, high_mw = device.power_limit_constraints_mw()
+        self.limit_range_w = (low_mw / 1000, high_mw / 1000)
+        clocks = sorted(device.supported_sm_clocks_mhz())
+        self.clocks_mhz: Sequence[int] = clocks
+        self.clock_range_mhz = (float(clocks[0]), float(device.max_sm_clock_mhz()))
+        self.record = self._recover()
+        self.original_w = self.record.original_power_limit_mw / 1000
+        # What we believe is in force; a different reading means someone else wrote.
+        self.expected_mw = device.power_limit_mw()
+        self.locked_max_mhz: int | None = None
+
+    # -- startup -------------------------------------------------------------------------------------
+    def _recover(self) -> GpuRecord:
+        """Restore what a crashed sidecar left in force (before anything else), and learn the original."""
+        try:
+            previous = self._store.load(self.uuid)
+        except StateFileError as exc:
+            raise StartupRefused(f"{exc}; inspect it, restore the GPU by hand, then delete the file") from exc
+        if previous is not None and previous.status == "controlling":
+            if self.dry_run:
+                log.warning(
+                    "GPU %s: a previous sidecar left it under control (original %.0f W); dry-run does not "
+                    "restore it",
+                    self.uuid,
+                    previous.original_power_limit_mw / 1000,
+                )
+                return previous
+            log.warning("GPU %s: restoring what a previous sidecar left in force", self.uuid)
+            try:
+                self._restore_to(previous)
+            except GpuNoPermission as exc:
+                raise StartupRefused(_permission_message(self.uuid, exc)) from exc
+            except GpuError as exc:
+                raise StartupRefused(
+                    f"GPU {self.uuid}: restoring the previous sidecar's state failed: {exc}"
+                ) from exc
+            restored = replace(previous, status="restored", pod=self._pod)
+            self._store.save(restored)
+            self.recovered = True
+            return replace(restored, actuator=self.actuator)
+        return GpuRecord(
+            uuid=self.uuid,
+            actuator=self.actuator,
+            original_power_limit_mw=self.device.power_limit_mw(),
+            original_clocks="unlocked",
+            status="restored",
+            pod=self._pod,
+        )
+
+    def check_permission(self) -> None:
+        """Prove we may set limits: a no-op set of the limit in force (NVML checks privileges first)."""
+        try:
+            self.device.set_power_limit_mw(self.device.power_limit_mw())
+        except GpuNoPermission as exc:
+            raise StartupRefused(_permission_message(self.uuid, exc)) from exc
+
+    # -- control -------------------------------------------------------------------------------------
+    def foreign_write(self, now_mw: int) -> int | None:
+        """``now_mw`` (the limit in force) when it is not what we left (someone else wrote), else None."""
+        if self.dry_run or self.status != "controlling":
+            return None
+        return now_mw if abs(now_mw - self.expected_mw) > FOREIGN_WRITE_TOLERANCE_MW else None
+
+    def apply(self, setpoint: float, floor: float, ceiling: float) -> float:
+        """Put ``setpoint`` (W or MHz) in force within bounds; returns what is in force."""
+        low, high = self.limit_range_w if self.actuator == "power" else self.clock_range_mhz
+        value = min(max(setpoint, floor, low), ceiling, high)
+        if self.actuator == "power":
+            mw = round(value * 1000)
+            if mw != self.expected_mw:
+                self._mark_controlling()
+                self.device.set_power_limit_mw(mw)
+                self.expected_mw = mw
+            return mw / 1000
+        mhz = self._supported_clock(value)
+        if mhz >= self.clock_range_mhz[1]:
+            if self.locked_max_mhz is not None:
+                self.device.reset_sm_clocks()
+                self.locked_max_mhz = None
+            return self.clock_range_mhz[1]
+        if mhz != self.locked_max_mhz:
+            self._mark_controlling()
+            self.device.lock_sm_clocks_mhz(self.clocks_mhz[0], mhz)
+            self.locked_max_mhz = mhz
+        return float(mhz)
+
+    def _supported_clock(self, mhz: float) -> int:
+        fitting = [c for c in self.clocks_mhz if c <= mhz]
+        return fitting[-1] if fitting else self.clocks_mhz[0]
+
+    def _mark_controlling(self) -> None:
+        # Persist BEFORE the first value of ours reaches the GPU: a crash right after the set is recoverable.
+        if self.status != "controlling" or self.record.status != "controlling":
+            self.record = replace(self.record, status="controlling", actuator=self.actuator)
+            self._store.save(self.record)
+            self.status = "controlling"
+
+    def restore(self) -> None:
+        """Put the original back and say so in the state file. Raises GpuError (state stays controlling)."""
+        if self.dry_run:
+            self.status = "restored"
+            return
+        self._restore_to(self.record)
+        self.expected_mw = self.record.original_power_limit_mw
+        self.locked_max_mhz = None
+        self.restore_pending = False
+        self.record = replace(self.record, status="restored")
+        self._store.save(self.record)
+        if self.status != "error":
+            self.status = "restored"
+
+    def _restore_to(self, record: GpuRecord) -> None:
+        if self.device.power_limit_mw() != record.original_power_limit_mw:
+            self.device.set_power_limit_mw(record.original_power_limit_mw)
+        if record.actuator == "clocks":
+            self.device.reset_sm_clocks()
+
+    def release(self, now_mw: int) -> None:
+        """Someone else wrote the limit: it is theirs now. Stop controlling, never restore over them."""
+        self.status = "released"
+        self.record = replace(self.record, status="released")
+        self._store.save(self.record)
+        log.warning(
+            "GPU %s: power limit changed under us (expected %.0f W, found %.0f W): another writer controls "
+            "it; this sidecar stops controlling it",
+            self.uuid,
+            self.expected_mw / 1000,
+            now_mw / 1000,
+        )
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def open_gpus(
+    devices: Sequence[GpuDevice], actuator: str, store: StateStore, lock_dir: Path, pod: str, dry_run: bool
+) -> list[ControlledGpu]:
+    """Lock (unless dry-run), recover and, unless dry-run, permission-check every GPU; all or nothing."""
+    opened: list[ControlledGpu] = []
+    try:
+        for device in devices:
+            lock = None
+            if not dry_run:
+                try:
+                    lock = GpuLock(lock_dir, device.uuid)
+                except GpuLockHeld as exc:
+                    raise StartupRefused(
+                        f"{exc}. Two writers on one GPU would fight over its limit: stop the other sidecar "
+                        "or node agent, or run this one with --dry-run"
+                    ) from exc
+            try:
+                gpu = ControlledGpu(device, actuator, store, pod, dry_run, lock)
+            except BaseException:
+                if lock is not None:
+                    lock.release()
+                raise
+            opened.append(gpu)
+            if not dry_run:
+                gpu.check_permission()
+    except BaseException:
+        for gpu in opened:
+            gpu.unlock()
+        raise
+    return opened
+
+
+def _permission_message(uuid: str, exc: Exception) -> str:
+    return (
+        f"GPU {uuid}: no permission to set power limits or clocks ({exc}). The sidecar needs root with "
+        "CAP_SYS_ADMIN (securityContext.capabilities.add: [SYS_ADMIN]); run with --dry-run to only observe"
+    )

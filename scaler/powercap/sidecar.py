@@ -1,0 +1,382 @@
+"""The sidecar's control loop around the pure controller, and ``start_powercap``, its in-process factory.
+
+Each tick: read latency and load, read the GPUs' temperatures, call ``controller.step``, put the decision
+in force on every GPU still under control, publish metrics, count and report changes. Whatever fails,
+the GPU goes back to how the sidecar found it: stale metrics restore it (the controller decides that),
+an NVML error restores it (here), and stopping restores it (``stop``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from exporter.devices.base import GpuDevice, GpuError
+from scaler.powercap.controller import CapDecision, ControllerConfig, Reading, initial_state, step
+from scaler.powercap.events import CapEvent, EventSink, NullEventSink
+from scaler.powercap.gpu import ControlledGpu, open_gpus
+from scaler.powercap.latency import LatencySource, LatencySourceError
+from scaler.powercap.metrics import MetricsServer, PowercapMetrics
+from scaler.powercap.persist import StateStore
+from scaler.powercap.settings import Settings, StartupRefused
+
+log = logging.getLogger(__name__)
+
+_WARNING_REASONS = {"slo_breach", "thermal", "stale_metrics"}
+
+
+class Sidecar:
+    def __init__(
+        self,
+        settings: Settings,
+        devices: Sequence[GpuDevice],
+        source: LatencySource,
+        clock: Callable[[], float] = time.monotonic,
+        events: EventSink | None = None,
+        registry: CollectorRegistry | None = None,
+        pod: str = "",
+    ) -> None:
+        if not devices:
+            raise StartupRefused(
+                "no GPU visible to the sidecar: give it the pod's GPUs "
+                "(NVIDIA_VISIBLE_DEVICES or --gpu-uuids)"
+            )
+        self.settings = settings
+        self._source = source
+        self._clock = clock
+        self._events = events or NullEventSink()
+        self.metrics = PowercapMetrics(registry or CollectorRegistry())
+        store = StateStore(settings.state_dir)
+        self.gpus: list[ControlledGpu] = open_gpus(
+            devices, settings.actuator, store, settings.locks, pod, settings.dry_run
+        )
+        try:
+            self.config, original = self._controller_config()
+        except (StartupRefused, ValueError):
+            self._unlock()
+            raise
+        self.state = initial_state(original, self.config)
+        self.last_decision: CapDecision | None = None
+        self._started_s = clock()
+        self._last_ok_s: float | None = None
+        self._last_tick_s: float | None = None
+        self._source_failing = False
+        self._tick_lock = threading.Lock()
+        self._publish_static()
+        for g in self.gpus:
+            if g.recovered:
+                self._restored(g, "crash_recovery")
+
+    def _controller_config(self) -> tuple[ControllerConfig, float]:
+        s = self.settings
+        if s.actuator == "power":
+            low = max(g.limit_range_w[0] for g in self.gpus)
+            high = min(g.limit_range_w[1] for g in self.gpus)
+            original = min(g.original_w for g in self.gpus)
+            floor = max(s.floor_w if s.floor_w is not None else low, low)
+            ceiling = min(s.ceiling_w if s.ceiling_w is not None else original, high)
+            unit, step_size = "W", s.max_step_w
+        else:
+            low = max(g.clock_range_mhz[0] for g in self.gpus)
+            high = original = min(g.clock_range_mhz[1] for g in self.gpus)
+            floor = max(s.floor_mhz if s.floor_mhz is not None else low, low)
+            ceiling = min(s.ceiling_mhz if s.ceiling_mhz is not None else high, high)
+            unit, step_size = "MHz", s.max_step_mhz
+        if floor > ceiling:
+            raise StartupRefused(
+                f"inconsistent bounds: floor {floor:g} {unit} is above ceiling {ceiling:g} {unit} once "
+                f"intersected with the GPUs' own range [{low:g}, {high:g}] {unit} and original setting"
+            )
+        config = ControllerConfig(
+            actuator="power" if s.actuator == "power" else "clocks",
+            floor=floor,
+            ceiling=ceiling,
+            target_latency_s=s.latency_target_s,
+            max_step_down=step_size,
+            lower_below_ratio=s.lower_below_ratio,
+            raise_above_ratio=s.raise_above_ratio,
+            raise_fraction=s.raise_fraction,
+            settle_s=s.settle_s,
+            stale_after_s=s.stale_after_s,
+            thermal_margin_c=s.thermal_margin_c,
+            breach_memory_s=s.breach_memory_s,
+            load_jump_ratio=s.load_jump_ratio,
+        )
+        return config, original
+
+    def _publish_static(self) -> None:
+        m = self.metrics
+        m.dry_run.set(1.0 if self.settings.dry_run else 0.0)
+        m.latency_target.set(self.settings.latency_target_s)
+        for g in self.gpus:
+            m.original_watts.labels(uuid=g.uuid).set(g.original_w)
+            if self.config.actuator == "power":
+                m.floor_watts.labels(uuid=g.uuid).set(self.config.floor)
+                m.ceiling_watts.labels(uuid=g.uuid).set(self.config.ceiling)
+            m.set_state(g.uuid, "dry_run" if self.settings.dry_run else "restored")
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def tick(self) -> CapDecision:
+        with self._tick_lock:
+            now = self._clock()
+            latency, load = self._read_latency(now)
+            self._recover_errors(now)
+            temps: list[float] = []
+            slowdowns: list[float] = []
+            powers: list[float] = []
+            for g in self._active():
+                try:
+                    temps.append(g.device.temperature_c())
+                    slowdowns.append(g.device.slowdown_temperature_c())
+                    powers.append(g.device.power_usage_mw() / 1000)
+                except GpuError as exc:
+                    self._gpu_error(g, exc, now)
+            age = now - (self._last_ok_s if self._last_ok_s is not None else self._started_s)
+            reading = Reading(
+                now_s=now,
+                latency_s=latency,
+                age_s=age,
+                load_rps=load,
+                temperature_c=max(temps) if temps else None,
+                slowdown_temperature_c=min(slowdowns) if slowdowns else None,
+                power_w=max(powers) if powers else None,
+            )
+            self.state, decision = step(self.state, reading, self.config)
+            for g in self._active():
+                self._put_in_force(g, decision, now)
+            self._publish(decision, latency)
+            if decision.changed:
+                self._report(decision)
+            self.last_decision = decision
+            self._last_tick_s = now
+            return decision
+
+    def _read_latency(self, now: float) -> tuple[float | None, float | None]:
+        try:
+            sample = self._source.read(now)
+        except LatencySourceError as exc:
+            if not self._source_failing:
+                log.warning("latency source failing (the GPU is restored once the data is stale): %s", exc)
+            self._source_failing = True
+            return None, None
+        if self._source_failing:
+            log.info("latency source answers again")
+        self._source_failing = False
+        self._last_ok_s = now
+        return sample.latency_s, sample.load_rps
+
+    def _active(self) -> list[ControlledGpu]:
+        return [g for g in self.gpus if g.status in ("controlling", "restored")]
+
+    def _put_in_force(self, g: ControlledGpu, decision: CapDecision, now: float) -> None:
+        if self.settings.dry_run:
+            return
+        try:
+            foreign = g.foreign_write(g.device.power_limit_mw())
+            if foreign is not None:
+                g.release(foreign)
+                self._events.emit(
+                    CapEvent(
+                        "PowerCapForeignWrite",
+                        f"GPU {g.uuid}: power limit set to {foreign / 1000:.0f} W by another writer; "
+                        "eo-powercap stopped controlling this GPU",
+                        warning=True,
+                    )
+                )
+                return
+            if decision.action == "restore":
+                g.restore()
+            elif self.state.mode == "controlling":
+                g.apply(decision.setpoint, self.config.floor, self.config.ceiling)
+        except GpuError as exc:
+            self._gpu_error(g, exc, now)
+
+    def _gpu_error(self, g: ControlledGpu, exc: GpuError, now: float) -> None:
+        """An NVML error: restore the original (best effort, retried each tick) and pause this GPU."""
+        log.error("GPU %s: %s; restoring its original setting and pausing control", g.uuid, exc)
+        g.status = "error"
+        g.error_since_s = now
+        g.restore_pending = not self.settings.dry_run and g.record.status == "controlling"
+        message = f"GPU {g.uuid}: {exc}; restoring its original setting"
+        self._events.emit(CapEvent("PowerCapError", message, warning=True))
+        self._try_restore(g)
+
+    def _try_restore(self, g: ControlledGpu) -> None:
+        if not g.restore_pending:
+            return
+        try:
+            g.restore()
+        except GpuError as exc:
+            log.error("GPU %s: restore failed (retried next tick): %s", g.uuid, exc)
+            return
+        self._restored(g, "gpu_error")
+
+    def _restored(self, g: ControlledGpu, reason: str) -> None:
+        """Count and report a restore the controller did not decide (crash recovery, error, shutdown)."""
+        self.metrics.changes.labels(uuid=g.uuid, reason=reason).inc()
+        self._events.emit(
+            CapEvent(
+                "PowerCapRestored",
+                f"GPU {g.uuid}: original setting ({g.original_w:.0f} W, clocks unlocked) restored ({reason})",
+                warning=reason != "shutdown",
+            )
+        )
+
+    def _recover_errors(self, now: float) -> None:
+        for g in self.gpus:
+            if g.status != "error":
+                continue
+            self._try_restore(g)
+            since = g.error_since_s if g.error_since_s is not None else now
+            if not g.restore_pending and now - since >= self.settings.error_backoff_s:
+                log.info("GPU %s: resuming control after the error back-off", g.uuid)
+                g.status = "restored"
+                g.error_since_s = None
+
+    # -- reporting -----------------------------------------------------------------------------------
+    def _publish(self, decision: CapDecision, latency: float | None) -> None:
+        m = self.metrics
+        if latency is not None:
+            m.latency.set(latency)
+        for g in self.gpus:
+            if self.config.actuator == "power":
+                m.target_watts.labels(uuid=g.uuid).set(decision.setpoint)
+            else:
+                m.target_clock.labels(uuid=g.uuid).set(decision.setpoint * 1e6)
+            # A failing read was handled as an error this tick; the last value stays.
+            with contextlib.suppress(GpuError):
+                m.applied_watts.labels(uuid=g.uuid).set(g.device.power_limit_mw() / 1000)
+            applied_mhz = g.locked_max_mhz if g.locked_max_mhz is not None else g.clock_range_mhz[1]
+            m.applied_clock.labels(uuid=g.uuid).set(applied_mhz * 1e6)
+            m.set_state(g.uuid, self._state_name(g, decision))
+
+    def _state_name(self, g: ControlledGpu, decision: CapDecision) -> str:
+        if self.settings.dry_run:
+            return "dry_run"
+        if g.status in ("error", "released"):
+            return "error"
+        if self.state.mode == "restored" or (g.status == "restored" and decision.action != "set"):
+            return "restored"
+        return "controlling" if decision.action == "set" else "holding"
+
+    def _report(self, d: CapDecision) -> None:
+        what = "power limit" if self.config.actuator == "power" else "max SM clock"
+        unit = "W" if self.config.actuator == "power" else "MHz"
+        verb = "restored" if d.action == "restore" else "lowered" if d.setpoint < d.previous else "raised"
+        prefix = "dry-run: would have " if self.settings.dry_run else ""
+        for g in self.gpus:
+            if g.status in ("controlling", "restored") or self.settings.dry_run:
+                self.metrics.changes.labels(uuid=g.uuid, reason=d.reason).inc()
+        message = (
+            f"{prefix}{verb} {what} {d.previous:.0f} -> {d.setpoint:.0f} {unit} ({d.reason}); "
+            f"GPUs {', '.join(g.uuid for g in self.gpus)}"
+        )
+        log.info(message)
+        name = ("PowerCap" if self.config.actuator == "power" else "SmClockLimit") + verb.capitalize()
+        if self.settings.dry_run:
+            name += "DryRun"
+        self._events.emit(CapEvent(name, message, warning=d.reason in _WARNING_REASONS))
+
+    def healthy(self) -> bool:
+        last = self._last_tick_s if self._last_tick_s is not None else self._started_s
+        return self._clock() - last <= 3 * self.settings.interval_s + 1.0
+
+    # -- shutdown ------------------------------------------------------------------------------------
+    def restore_all(self) -> bool:
+        """Restore every GPU a setting of ours may still be on; True when all are restored."""
+        ok = True
+        with self._tick_lock:
+            for g in self.gpus:
+                if self.settings.dry_run or g.record.status != "controlling":
+                    continue
+                try:
+                    g.restore()
+                    self.metrics.set_state(g.uuid, "restored")
+                    self._restored(g, "shutdown")
+                    log.info("GPU %s: original setting restored", g.uuid)
+                except GpuError as exc:
+                    ok = False
+                    log.error(
+                        "GPU %s: restore failed (%s); its state file still says controlling, so the next "
+                        "sidecar on this GPU restores it first",
+                        g.uuid,
+                        exc,
+                    )
+        return ok
+
+    def _unlock(self) -> None:
+        for g in self.gpus:
+            g.unlock()
+
+    def close(self) -> bool:
+        ok = self.restore_all()
+        self._unlock()
+        return ok
+
+
+@dataclass
+class PowercapHandle:
+    sidecar: Sidecar
+    port: int
+    _server: MetricsServer
+    _events: EventSink
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def stop(self) -> bool:
+        """Stop the loop, restore every GPU, release the locks; True when every restore succeeded."""
+        if self._stop.is_set():
+            return True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        ok = self.sidecar.close()
+        self._server.stop()
+        self._events.close()
+        return ok
+
+
+def start_powercap(
+    settings: Settings,
+    devices: Sequence[GpuDevice],
+    latency_source: LatencySource,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    events: EventSink | None = None,
+    registry: CollectorRegistry | None = None,
+    pod: str = "",
+    run_loop: bool = True,
+) -> PowercapHandle:
+    """Start the sidecar in-process. ``run_loop=False`` leaves ticking to the caller (tests, simulators)."""
+    sink = events or NullEventSink()
+    sidecar = Sidecar(settings, devices, latency_source, clock, sink, registry, pod)
+    try:
+        server = MetricsServer(
+            sidecar.metrics.registry, sidecar.healthy, settings.listen_address, settings.port
+        )
+    except OSError as exc:
+        sidecar.close()
+        raise StartupRefused(f"cannot listen on {settings.listen_address}:{settings.port}: {exc}") from exc
+    stop = threading.Event()
+    thread = None
+    if run_loop:
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    sidecar.tick()
+                except Exception:
+                    # A bug must not leave a GPU capped: restore, keep serving /metrics, try again.
+                    log.exception("control step failed; restoring every GPU")
+                    sidecar.restore_all()
+                stop.wait(settings.interval_s)
+
+        thread = threading.Thread(target=loop, name="eo-powercap-loop", daemon=True)
+        thread.start()
+    return PowercapHandle(sidecar, server.port, server, sink, stop, thread)

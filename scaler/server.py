@@ -1,0 +1,134 @@
+"""Build and run the gRPC server in-process: ``start_scaler(settings, kpi_source=...) -> ScalerHandle``.
+
+The handle has ``.port`` (gRPC), ``.metrics_port`` (HTTP ``/metrics``) and ``.stop(grace_s)``, which
+flips gRPC health to NOT_SERVING before stopping so load balancers and probes drain first. Health
+(``grpc.health.v1``) and reflection are registered. TLS is on when a certificate and key are given;
+with a client CA, clients must present a certificate it signed (mutual TLS).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from scaler import externalscaler_pb2 as pb
+from scaler import externalscaler_pb2_grpc as pb_grpc
+from scaler.kpi_source import CachedKpiSource, KpiSource, PrometheusKpiSource
+from scaler.service import ExternalScalerService
+from scaler.settings import ScalerSettings
+from scaler.telemetry import ScalerMetrics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExternalScaler"].full_name
+
+
+@dataclass
+class ScalerHandle:
+    port: int
+    metrics_port: int
+    server: grpc.Server
+    health: health.HealthServicer
+    metrics: ScalerMetrics
+    kpi_source: KpiSource
+    _shutdown: threading.Event
+    _http: Any
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self, grace_s: float | None = 5.0) -> None:
+        """NOT_SERVING first, end the streams, then stop accepting and wait up to ``grace_s``."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self._shutdown.set()
+        self.server.stop(grace_s).wait()
+        self._http.shutdown()
+        self._http.server_close()
+        close = getattr(self.kpi_source, "close", None)
+        if callable(close):
+            close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _credentials(settings: ScalerSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def default_kpi_source(settings: ScalerSettings, metrics: ScalerMetrics) -> CachedKpiSource:
+    prometheus = PrometheusKpiSource(settings.prometheus, metrics)
+    return CachedKpiSource(
+        prometheus,
+        key=prometheus.cache_key,
+        ttl_s=settings.cache_ttl_s,
+        serve_stale_s=settings.cache_serve_stale_s,
+        metrics=metrics,
+    )
+
+
+def start_scaler(
+    settings: ScalerSettings,
+    kpi_source: KpiSource | None = None,
+    metrics: ScalerMetrics | None = None,
+) -> ScalerHandle:
+    """Start the gRPC server and its ``/metrics`` endpoint; ``kpi_source`` defaults to cached Prometheus."""
+    metrics = metrics or ScalerMetrics()
+    source = kpi_source if kpi_source is not None else default_kpi_source(settings, metrics)
+    shutdown = threading.Event()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="eo-grpc")
+    )
+    service = ExternalScalerService(
+        source, metrics, stream_interval_s=settings.stream_interval_s, shutdown=shutdown
+    )
+    pb_grpc.add_ExternalScalerServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"{settings.listen_address}:{settings.port}"
+    credentials = _credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC on {address}")
+    http_server, _thread = start_http_server(
+        settings.metrics_port, addr=settings.metrics_address, registry=metrics.registry
+    )
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "eo-scaler serving gRPC on %s:%d (tls=%s), metrics on :%d",
+        settings.listen_address,
+        port,
+        credentials is not None,
+        http_server.server_port,
+    )
+    return ScalerHandle(
+        port=port,
+        metrics_port=int(http_server.server_port),
+        server=server,
+        health=health_servicer,
+        metrics=metrics,
+        kpi_source=source,
+        _shutdown=shutdown,
+        _http=http_server,
+    )

@@ -1,0 +1,185 @@
+"""Typed settings of ``eo-scaler``: every flag ``--some-flag`` also reads ``EO_SOME_FLAG`` (flag wins).
+
+Errors name the flag and its environment variable and exit with a message, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scaler.kpi_source import PrometheusAuth
+
+
+@dataclass(frozen=True)
+class ScalerSettings:
+    listen_address: str = "0.0.0.0"
+    port: int = 6000
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 9103
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    prometheus: PrometheusAuth = field(default_factory=PrometheusAuth)
+    cache_ttl_s: float = 10.0
+    cache_serve_stale_s: float = 30.0
+    grace_s: float = 5.0
+    max_workers: int = 64
+    stream_interval_s: float = 15.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "--tls-cert-file and --tls-key-file (EO_TLS_CERT_FILE/EO_TLS_KEY_FILE) go together"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "--tls-client-ca-file (EO_TLS_CLIENT_CA_FILE) needs --tls-cert-file and --tls-key-file"
+            )
+        for name, path in (
+            ("tls-cert-file", self.tls_cert_file),
+            ("tls-key-file", self.tls_key_file),
+            ("tls-client-ca-file", self.tls_client_ca_file),
+            ("prometheus-bearer-token-file", self.prometheus.bearer_token_file),
+            ("prometheus-basic-auth-password-file", self.prometheus.basic_auth_password_file),
+            ("prometheus-ca-file", self.prometheus.ca_file),
+        ):
+            if path is not None and not path.is_file():
+                env = "EO_" + name.upper().replace("-", "_")
+                raise ValueError(f"--{name} ({env}): {path} is not a readable file")
+        if not 0 < self.prometheus.timeout_s <= 2.5:
+            raise ValueError(
+                "--prometheus-timeout-seconds (EO_PROMETHEUS_TIMEOUT_SECONDS) must be in (0, 2.5]"
+            )
+        if self.cache_ttl_s <= 0:
+            raise ValueError("--cache-ttl-seconds (EO_CACHE_TTL_SECONDS) must be > 0")
+
+
+def _headers(raw: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected Name=value[,Name=value], got {item!r}")
+        out.append((name.strip(), value.strip()))
+    return tuple(out)
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off", ""}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+
+
+_FLAGS: list[tuple[str, type | object, object, str]] = [
+    ("listen-address", str, "0.0.0.0", "gRPC listen address"),
+    ("port", int, 6000, "gRPC port (0 picks a free one)"),
+    ("metrics-address", str, "0.0.0.0", "address of the scaler's own /metrics"),
+    ("metrics-port", int, 9103, "port of the scaler's own /metrics (0 picks a free one)"),
+    ("tls-cert-file", Path, None, "PEM server certificate; enables TLS (set enableTLS in the trigger)"),
+    ("tls-key-file", Path, None, "PEM private key of --tls-cert-file"),
+    (
+        "tls-client-ca-file",
+        Path,
+        None,
+        "PEM CA bundle; when set, clients must present a certificate it signed "
+        "(mutual TLS: KEDA's tlsClientCert/tlsClientKey in a TriggerAuthentication)",
+    ),
+    (
+        "prometheus-url",
+        str,
+        None,
+        "default Prometheus (or Thanos/Mimir/Cortex/VictoriaMetrics) URL when a "
+        "trigger has no serverAddress; credentials below are sent only to this URL",
+    ),
+    ("prometheus-bearer-token-file", Path, None, "file holding a bearer token (re-read on each query)"),
+    ("prometheus-basic-auth-user", str, None, "basic auth user name"),
+    ("prometheus-basic-auth-password-file", Path, None, "file holding the basic auth password"),
+    ("prometheus-ca-file", Path, None, "PEM CA bundle to verify the Prometheus HTTPS certificate"),
+    ("prometheus-headers", _headers, (), "extra headers Name=value[,Name=value] (e.g. X-Scope-OrgID=tenant)"),
+    ("prometheus-timeout-seconds", float, 2.0, "per-query timeout, at most 2.5 (KEDA allows 3 s per poll)"),
+    ("restrict-server-address", _bool, False, "refuse triggers whose serverAddress is not --prometheus-url"),
+    (
+        "cache-ttl-seconds",
+        float,
+        10.0,
+        "how long one Prometheus answer serves every ScaledObject of a workload",
+    ),
+    (
+        "cache-serve-stale-seconds",
+        float,
+        30.0,
+        "serve an expired answer while one refresh runs, up to this age",
+    ),
+    ("grace-seconds", float, 5.0, "on SIGTERM: NOT_SERVING, then stop with this grace"),
+    ("max-workers", int, 64, "gRPC worker threads (each open stream holds one)"),
+    ("stream-interval-seconds", float, 15.0, "StreamIsActive send interval"),
+    ("log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ("log-format", str, "text", "text or json"),
+]
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eo-scaler",
+        description="Energy Orchestrator's KEDA external scaler: desired replicas that hold the latency SLO "
+        "with the fewest, fullest replicas, under a power budget. Every flag also reads EO_<FLAG> "
+        "(e.g. --prometheus-url / EO_PROMETHEUS_URL); the flag wins.",
+    )
+    for name, kind, default, help_text in _FLAGS:
+        env_name = "EO_" + name.upper().replace("-", "_")
+        raw = env.get(env_name)
+        value = default
+        if raw is not None:
+            try:
+                value = kind(raw)  # type: ignore[operator]
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{env_name}={raw!r}: {exc}")
+        kwargs: dict[str, object] = {"type": kind, "default": value, "help": f"{help_text} [env {env_name}]"}
+        if name == "log-format":
+            kwargs["choices"] = ["text", "json"]
+        parser.add_argument(f"--{name}", **kwargs)  # type: ignore[arg-type]
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ScalerSettings:
+    parser = build_parser(os.environ if env is None else env)
+    ns = parser.parse_args(argv)
+    try:
+        auth = PrometheusAuth(
+            url=ns.prometheus_url.rstrip("/") if ns.prometheus_url else None,
+            bearer_token_file=ns.prometheus_bearer_token_file,
+            basic_auth_user=ns.prometheus_basic_auth_user,
+            basic_auth_password_file=ns.prometheus_basic_auth_password_file,
+            ca_file=ns.prometheus_ca_file,
+            headers=tuple(ns.prometheus_headers),
+            timeout_s=ns.prometheus_timeout_seconds,
+            restrict_server_address=ns.restrict_server_address,
+        )
+        return ScalerSettings(
+            listen_address=ns.listen_address,
+            port=ns.port,
+            metrics_address=ns.metrics_address,
+            metrics_port=ns.metrics_port,
+            tls_cert_file=ns.tls_cert_file,
+            tls_key_file=ns.tls_key_file,
+            tls_client_ca_file=ns.tls_client_ca_file,
+            prometheus=auth,
+            cache_ttl_s=ns.cache_ttl_seconds,
+            cache_serve_stale_s=ns.cache_serve_stale_seconds,
+            grace_s=ns.grace_seconds,
+            max_workers=ns.max_workers,
+            stream_interval_s=ns.stream_interval_seconds,
+            log_level=ns.log_level.upper(),
+            log_format=ns.log_format,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,215 @@
+"""The query layer against a REAL Prometheus scraping a fixture exporter whose series the test sets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from demo.prometheus import Prometheus
+from scaler import externalscaler_pb2 as pb
+from scaler import externalscaler_pb2_grpc as pb_grpc
+from scaler.kpi_source import PrometheusAuth, PrometheusKpiSource
+from scaler.metadata import TriggerConfig, parse_metadata
+from scaler.queries import KpiUnavailable, selector
+from scaler.server import ScalerHandle, start_scaler
+from scaler.settings import ScalerSettings
+
+pytestmark = pytest.mark.integration
+
+# The scaler reads these KPIs by name (the contract); the real rules (recording_rules/) use 5m windows.
+# The fixture uses 10s so that a rate is exact seconds after start instead of after five minutes.
+RULES = {
+    "groups": [
+        {
+            "name": "eo-test-kpis",
+            "rules": [
+                {
+                    "record": "namespace_workload:eo_pod_requests:rate5m",
+                    "expr": "sum by (namespace, workload) (rate(eo_pod_requests_total[10s]))",
+                },
+                {
+                    "record": "namespace_workload:eo_pod_energy_joules:rate5m",
+                    "expr": "sum by (namespace, workload) (rate(eo_pod_energy_joules_total[10s]))",
+                },
+            ],
+        }
+    ]
+}
+
+
+class FixtureExporter(Collector):
+    """Counters that grow at set rates, computed at scrape time (so rates are exact)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.time()
+        # (namespace, workload) -> (pods, rps per pod, watts per pod, latency seconds, stale sample age s)
+        self.workloads: dict[tuple[str, str], tuple[int, float, float, float, float]] = {
+            ("demo", "llama"): (2, 10.0, 400.0, 0.3, 0.0),
+            ("demo", "old"): (1, 5.0, 300.0, 0.3, 200.0),
+        }
+
+    def collect(self) -> Iterator[Any]:
+        now = time.time()
+        elapsed = now - self.t0
+        up = GaugeMetricFamily("eo_exporter_collector_up", "fixture", labels=["collector"])
+        up.add_metric(["fixture"], 1)
+        yield up
+        labels = ["node", "namespace", "pod", "workload"]
+        requests = CounterMetricFamily("eo_pod_requests", "fixture", labels=labels)
+        energy = CounterMetricFamily("eo_pod_energy_joules", "fixture", labels=labels)
+        latency = HistogramMetricFamily("eo_pod_request_latency_seconds", "fixture", labels=labels)
+        for (ns, wl), (pods, rps, watts, lat, stale_age) in self.workloads.items():
+            for i in range(pods):
+                lv = ["n1", ns, f"{wl}-{i}", wl]
+                # A stale workload: its samples carry a timestamp stale_age seconds in the past.
+                ts = self.t0 - stale_age if stale_age else None
+                count = rps * elapsed if not stale_age else 100.0
+                requests.add_metric(lv, count, timestamp=ts)
+                energy.add_metric(lv, watts * elapsed, timestamp=ts)
+                buckets = [("0.25", 0.0 if lat > 0.25 else count), ("0.5", count), ("+Inf", count)]
+                latency.add_metric(lv, buckets, sum_value=count * lat, timestamp=ts)
+        yield requests
+        yield energy
+        yield latency
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    registry = CollectorRegistry()
+    registry.register(FixtureExporter())
+    http, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    rules = tmp_path_factory.mktemp("rules") / "kpis.yaml"
+    rules.write_text(yaml.safe_dump(RULES))
+    prom = Prometheus(targets=[f"127.0.0.1:{http.server_port}"], scrape_interval_s=0.5, rule_files=[rules])
+    try:
+        prom.start()
+    except Exception as exc:  # PrometheusNotInstalled and friends
+        http.shutdown()
+        http.server_close()
+        pytest.skip(f"cannot run Prometheus: {exc}")
+    try:
+        prom.wait_for('namespace_workload:eo_pod_requests:rate5m{workload="llama"} > 18', timeout_s=30)
+        prom.wait_for("eo_exporter_collector_up", timeout_s=30)
+        prom.http = http  # type: ignore[attr-defined]
+        yield prom
+    finally:
+        prom.stop()
+        http.shutdown()
+        http.server_close()
+
+
+@pytest.fixture(scope="module")
+def scaler(prometheus: Prometheus) -> Iterator[ScalerHandle]:
+    settings = ScalerSettings(
+        listen_address="127.0.0.1",
+        port=0,
+        metrics_address="127.0.0.1",
+        metrics_port=0,
+        prometheus=PrometheusAuth(url=prometheus.url),
+        cache_ttl_s=60,
+    )
+    handle = start_scaler(settings)
+    yield handle
+    handle.stop(0.5)
+
+
+def _metrics(stub: pb_grpc.ExternalScalerStub, metadata: dict[str, str]) -> float:
+    ref = pb.ScaledObjectRef(name="so", namespace="demo", scalerMetadata=metadata)
+    return (
+        stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref), timeout=3).metricValues[0].metricValueFloat
+    )
+
+
+def test_observation_from_real_prometheus(prometheus: Prometheus) -> None:
+    source = PrometheusKpiSource(PrometheusAuth(url=prometheus.url))
+    trigger = parse_metadata(
+        {"workload": "llama", "latencySloSeconds": "2", "powerBudgetWatts": "5000"}, "demo"
+    )
+    o = source.observe(trigger)
+    assert o.current_replicas == 2
+    assert o.load_rps == pytest.approx(20.0, rel=0.1)
+    assert o.peak_load_rps >= o.load_rps
+    assert o.latency_s == pytest.approx(0.25 + 0.95 * 0.25, rel=0.02)  # histogram_quantile interpolation
+    assert o.workload_power_watts == pytest.approx(800.0, rel=0.1)
+    assert o.idle_for_s == 0.0
+
+
+def test_getmetrics_answers_the_policy_value_and_caches(prometheus: Prometheus, scaler: ScalerHandle) -> None:
+    meta = {"workload": "llama", "latencySloSeconds": "2", "replicaCapacityRps": "5", "maxReplicas": "10"}
+    with grpc.insecure_channel(f"127.0.0.1:{scaler.port}") as channel:
+        stub = pb_grpc.ExternalScalerStub(channel)
+        assert _metrics(stub, meta) == 5.0  # ceil(20 rps / (5 rps * 0.8))
+        for _ in range(50):
+            assert _metrics(stub, meta) == 5.0
+        budget = {**meta, "powerBudgetWatts": "1000"}  # 400 W per replica observed -> at most 2
+        assert _metrics(stub, budget) == 2.0
+    queries = scaler.metrics.registry.get_sample_value(
+        "eo_scaler_prometheus_queries_total", {"namespace": "demo", "workload": "llama"}
+    )
+    assert queries == 2.0  # one per distinct query set, not one per poll
+
+
+def test_stale_workload_series_are_unavailable(prometheus: Prometheus, scaler: ScalerHandle) -> None:
+    meta = {"workload": "old", "latencySloSeconds": "2", "replicaCapacityRps": "5", "stalenessSeconds": "60"}
+    with grpc.insecure_channel(f"127.0.0.1:{scaler.port}") as channel, pytest.raises(grpc.RpcError) as info:
+        _metrics(pb_grpc.ExternalScalerStub(channel), meta)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "stale" in (info.value.details() or "")
+
+
+def test_injection_in_label_values_is_harmless(prometheus: Prometheus, scaler: ScalerHandle) -> None:
+    evil = 'nomatch"} or vector(42) or eo_pod_requests_total{workload="nomatch'
+    # Unescaped, this value would change the query's structure (the test can fail):
+    raw = f'count(eo_pod_requests_total{{namespace="demo",workload="{evil}"}})'
+    assert prometheus.query(raw) != []
+    # Escaped, it is just a label value that matches nothing.
+    assert prometheus.query(f"count(eo_pod_requests_total{selector('demo', evil)})") == []
+    # Through the query layer (validation bypassed on purpose): zero pods, never 42 or llama's data.
+    trigger = TriggerConfig(namespace="demo", workload=evil, latency_slo_s=2.0, replica_capacity_rps=5.0)
+    o = PrometheusKpiSource(PrometheusAuth(url=prometheus.url)).observe(trigger)
+    assert o.current_replicas == 0 and o.load_rps == 0.0
+    # Through gRPC the metadata is refused before any query.
+    meta = {"workload": evil, "latencySloSeconds": "2"}
+    with grpc.insecure_channel(f"127.0.0.1:{scaler.port}") as channel, pytest.raises(grpc.RpcError) as info:
+        _metrics(pb_grpc.ExternalScalerStub(channel), meta)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "workload" in (
+        info.value.details() or ""
+    )
+
+
+def test_bad_custom_query_is_invalid_argument(prometheus: Prometheus, scaler: ScalerHandle) -> None:
+    meta = {"workload": "llama", "latencySloSeconds": "2", "latencyQuery": "sum(rate(x[5m]"}
+    with grpc.insecure_channel(f"127.0.0.1:{scaler.port}") as channel, pytest.raises(grpc.RpcError) as info:
+        _metrics(pb_grpc.ExternalScalerStub(channel), meta)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_dead_exporter_pipeline_is_unavailable(prometheus: Prometheus) -> None:
+    """Last in the module: stops the fixture exporter, so Prometheus marks every series stale."""
+    prometheus.http.shutdown()  # type: ignore[attr-defined]
+    prometheus.http.server_close()  # type: ignore[attr-defined]
+    source = PrometheusKpiSource(PrometheusAuth(url=prometheus.url))
+    trigger = parse_metadata({"workload": "llama", "latencySloSeconds": "2"}, "demo")
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            source.observe(trigger)
+        except KpiUnavailable as exc:
+            assert "heartbeat" in str(exc)
+            return
+        assert time.monotonic() < deadline, "series never went stale"
+        time.sleep(0.3)
+
+
+def test_unreachable_prometheus_is_unavailable() -> None:
+    trigger = parse_metadata({"workload": "llama", "latencySloSeconds": "2"}, "demo")
+    with pytest.raises(KpiUnavailable, match="unreachable"):
+        PrometheusKpiSource(PrometheusAuth(url="http://127.0.0.1:1", timeout_s=0.5)).observe(trigger)

@@ -1,0 +1,166 @@
+"""Trigger metadata parsing and the PromQL built from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaler.metadata import MetadataError, Mode, parse_metadata
+from scaler.queries import (
+    KpiUnavailable,
+    build_query,
+    escape_label_value,
+    parts,
+    selector,
+    to_observation,
+)
+
+BASE = {"workload": "llama", "latencySloSeconds": "2.5"}
+
+
+def test_minimal_metadata_gets_documented_defaults() -> None:
+    t = parse_metadata(BASE, default_namespace="inference")
+    assert (t.namespace, t.workload, t.latency_slo_s) == ("inference", "llama", 2.5)
+    assert t.latency_quantile == 0.95 and t.mode is Mode.ENFORCE
+    assert t.min_replicas == 0 and t.max_replicas == 100
+    assert t.idle_before_zero_s == 300 and t.activation_rps == 0.05
+    assert t.scale_down_utilization == pytest.approx(0.6)
+
+
+def test_full_metadata() -> None:
+    t = parse_metadata(
+        {
+            **BASE,
+            "namespace": "prod",
+            "serverAddress": "https://mimir.example:8080/prometheus/",
+            "latencyQuantile": "0.99",
+            "targetJoulesPerRequest": "120",
+            "powerBudgetWatts": "3000",
+            "replicaCapacityRps": "12.5",
+            "mode": "Advisory",
+            "minReplicas": "1",
+            "maxReplicas": "8",
+            "headroom": "0.3",
+            "customHeadersFromEnv": "X-Scope-OrgID=team-a, X-Extra = 1",
+            "scalerAddress": "eo-scaler.eo:6000",
+            "enableTLS": "true",
+        },
+        default_namespace="ignored",
+    )
+    assert t.namespace == "prod" and t.server_address == "https://mimir.example:8080/prometheus"
+    assert t.mode is Mode.ADVISORY and t.target_utilization == pytest.approx(0.7)
+    assert t.custom_headers == (("X-Scope-OrgID", "team-a"), ("X-Extra", "1"))
+    assert t.policy_config().max_replicas == 8
+
+
+@pytest.mark.parametrize(
+    ("metadata", "key"),
+    [
+        ({"latencySloSeconds": "1"}, "workload"),
+        ({"workload": "x"}, "latencySloSeconds"),
+        ({**BASE, "latencySloSeconds": "fast"}, "latencySloSeconds"),
+        ({**BASE, "latencySloSeconds": "-1"}, "latencySloSeconds"),
+        ({**BASE, "latencySloSeconds": "nan"}, "latencySloSeconds"),
+        ({**BASE, "latencyQuantile": "1.5"}, "latencyQuantile"),
+        ({**BASE, "mode": "yolo"}, "mode"),
+        ({**BASE, "minReplicas": "3", "maxReplicas": "2"}, "minReplicas"),
+        ({**BASE, "maxReplicas": "2.5"}, "maxReplicas"),
+        ({**BASE, "workload": 'x"} or vector(1) #'}, "workload"),
+        ({**BASE, "namespace": "Bad_NS"}, "namespace"),
+        ({**BASE, "serverAddress": "file:///etc/passwd"}, "serverAddress"),
+        ({**BASE, "customHeaders": "Authorization=Bearer x"}, "customHeaders"),
+        ({**BASE, "customHeaders": "novalue"}, "customHeaders"),
+        ({**BASE, "latencySLOSeconds": "1"}, "latencySLOSeconds"),
+        ({**BASE, "headroom": "0.2", "targetUtilization": "0.8"}, "headroom"),
+        ({**BASE, "targetUtilization": "0.5", "scaleDownUtilization": "0.7"}, "scaleDownUtilization"),
+        ({**BASE, "queryTimeoutSeconds": "30"}, "queryTimeoutSeconds"),
+        (
+            {**BASE, "powerBudgetWatts": "500", "replicaPowerWatts": "400", "minReplicas": "2"},
+            "powerBudgetWatts",
+        ),
+    ],
+)
+def test_errors_name_the_key(metadata: dict[str, str], key: str) -> None:
+    with pytest.raises(MetadataError) as info:
+        parse_metadata(metadata, default_namespace="ns")
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_label_values_are_escaped() -> None:
+    evil = 'a"} or vector(1) or x{y="\\\n'
+    assert escape_label_value(evil) == 'a\\"} or vector(1) or x{y=\\"\\\\\\n'
+    sel = selector("ns", evil)
+    # The only unescaped quotes are the four that delimit the two label values.
+    unescaped = [i for i, ch in enumerate(sel) if ch == '"' and sel[i - 1] != "\\"]
+    assert len(unescaped) == 4
+
+
+def test_query_has_one_tagged_part_per_signal() -> None:
+    t = parse_metadata({**BASE, "powerBudgetWatts": "900", "targetJoulesPerRequest": "50"}, "ns")
+    names = set(parts(t))
+    assert {
+        "heartbeat_age",
+        "age",
+        "replicas",
+        "load",
+        "peak",
+        "latency",
+        "capacity",
+        "power",
+        "jpr",
+    } <= names
+    q = build_query(t)
+    assert q.count("label_replace(") == len(names)
+    assert (
+        'histogram_quantile(0.95, sum by (le) (rate(eo_pod_request_latency_seconds_bucket{namespace="ns"' in q
+    )
+    assert "capacity" not in parts(parse_metadata({**BASE, "replicaCapacityRps": "5"}, "ns"))
+
+
+def _series(**values: float | str) -> list[dict[str, object]]:
+    return [{"metric": {"eo_part": k}, "value": [0, str(v)]} for k, v in values.items()]
+
+
+def test_observation_from_result() -> None:
+    t = parse_metadata(BASE, "ns")
+    o = to_observation(
+        t,
+        _series(
+            heartbeat_age=3,
+            age=2,
+            replicas=3,
+            load=12,
+            peak=20,
+            latency="0.8",
+            recent_requests=100,
+            capacity="NaN",
+        ),
+    )
+    assert (o.current_replicas, o.load_rps, o.peak_load_rps, o.latency_s) == (3, 12, 20, 0.8)
+    assert o.idle_for_s == 0 and o.learned_capacity_rps is None
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},  # no heartbeat at all
+        {"heartbeat_age": 500},  # pipeline stale
+        {"heartbeat_age": 1, "replicas": 2, "age": 500, "load": 3},  # workload series stale
+        {"heartbeat_age": 1, "replicas": 2, "age": 1},  # load KPI absent while pods report
+        {"heartbeat_age": 1, "replicas": 2, "age": 1, "load": "NaN"},
+    ],
+)
+def test_missing_or_stale_data_is_unavailable(values: dict[str, float | str]) -> None:
+    with pytest.raises(KpiUnavailable):
+        to_observation(parse_metadata(BASE, "ns"), _series(**values))
+
+
+def test_budget_needs_power_while_pods_run() -> None:
+    t = parse_metadata({**BASE, "powerBudgetWatts": "900"}, "ns")
+    with pytest.raises(KpiUnavailable, match="powerBudgetWatts"):
+        to_observation(t, _series(heartbeat_age=1, replicas=2, age=1, load=3))
+
+
+def test_zero_pods_with_live_pipeline_is_zero_replicas_not_an_error() -> None:
+    o = to_observation(parse_metadata(BASE, "ns"), _series(heartbeat_age=1))
+    assert o.current_replicas == 0 and o.load_rps == 0 and o.idle_for_s == 300
