@@ -16,6 +16,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from exporter.collector import SourceReading
 from exporter.pods.accounting import PodView
 from exporter.pods.counters import HistogramTotals
 from exporter.pods.sampler import PodSampler, Snapshot
@@ -188,3 +189,16 @@ class PodCollector(Collector):
         """Pre-rendered pod families (plus the standalone up gauge unless ``with_up`` is False)."""
         text = self._prepare(self._sampler.snapshot)[1]
         return text + generate_latest(_Families([self._up_family()])) if with_up else text
+
+
+class PodSource:
+    """The pod collector as one of eo-exporter's sources (``collector="pods"`` in its up gauge)."""
+
+    name = "pods"
+
+    def __init__(self, collector: PodCollector) -> None:
+        self._collector = collector
+
+    def read(self) -> SourceReading:
+        families, up = self._collector.read()
+        return SourceReading(families, up)

@@ -207,3 +207,6 @@ class PodSampler:
             self._thread.join(timeout=10)
         self._reader.close()
         self._allocations.close()
+        stop_metadata = getattr(self._metadata, "stop", None)
+        if callable(stop_metadata):
+            stop_metadata()  # the Kubernetes pod cache's watch thread

@@ -1,15 +1,18 @@
 """Settings of the pod attribution, and ``build_pod_collector`` to assemble it from them.
 
-The flags are listed in ``POD_OPTIONS`` (flag, settings field, default, help), in the shape of
-eo-exporter's option table; each flag ``--some-flag`` is also the variable ``EO_SOME_FLAG``.
+eo-exporter's flags (``--pod-attribution``, ``--kubelet-socket``, ``--pod-sample-interval-seconds``,
+``--pod-metrics-timeout-seconds``, ``--pod-grace-period-seconds``, ``--kubeconfig``, ``--cgroup-root``,
+each also ``EO_*``) fill ``exporter.settings.Settings``; ``PodSettings.from_exporter`` takes them here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from exporter.pods.accounting import DEFAULT_GRACE_S, Accountant
 from exporter.pods.cgroup import DEFAULT_CGROUP_ROOT, CgroupCpu
@@ -20,6 +23,10 @@ from exporter.pods.sampler import AllocationSource, PodMetadataSource, PodSample
 from exporter.pods.scrape import AppReader
 
 log = logging.getLogger(__name__)
+
+
+class PodAttributionError(RuntimeError):
+    """Pod attribution cannot start (no cluster credentials, bad kubeconfig); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -44,47 +51,24 @@ class PodSettings:
                 f"--pod-sample-interval-seconds ({self.sample_interval_s})"
             )
 
+    @classmethod
+    def from_exporter(cls, s: Any) -> PodSettings:
+        """From eo-exporter's ``Settings`` (typed loosely to keep this module free of that import)."""
+        return cls(
+            node_name=s.node_name,
+            attribution=s.pod_attribution,
+            kubelet_socket=str(s.kubelet_socket),
+            sample_interval_s=s.pod_sample_interval_s,
+            metrics_timeout_s=s.pod_metrics_timeout_s,
+            grace_period_s=s.pod_grace_period_s,
+            kubeconfig=str(s.kubeconfig) if s.kubeconfig else "",
+            cgroup_root=Path(s.cgroup_root),
+        )
+
     def enabled(self) -> bool:
         if self.attribution == "auto":
             return Path(self.kubelet_socket).exists()
         return self.attribution == "on"
-
-
-# (flag, field, default text, help): the shape of eo-exporter's option table.
-POD_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
-    (
-        "--pod-attribution",
-        "pod_attribution",
-        "auto",
-        "pod attribution: auto (on when the kubelet socket exists), on, off",
-    ),
-    ("--kubelet-socket", "kubelet_socket", DEFAULT_SOCKET, "kubelet PodResources API unix socket"),
-    (
-        "--pod-sample-interval-seconds",
-        "pod_sample_interval_s",
-        "5",
-        "seconds between pod samples (devices, app counters, energy)",
-    ),
-    (
-        "--pod-metrics-timeout-seconds",
-        "pod_metrics_timeout_s",
-        "1",
-        "one deadline for all inference-server reads of a sample",
-    ),
-    (
-        "--pod-grace-period-seconds",
-        "pod_grace_period_s",
-        "300",
-        "seconds a pod's series stay after it stops holding a GPU",
-    ),
-    ("--kubeconfig", "kubeconfig", "", "kubeconfig for the pod cache; empty: in-cluster service account"),
-    (
-        "--cgroup-root",
-        "cgroup_root",
-        str(DEFAULT_CGROUP_ROOT),
-        "cgroup v2 mount point, for the pods' CPU energy share",
-    ),
-)
 
 
 def kube_metadata(settings: PodSettings) -> PodMetadataSource:
@@ -94,10 +78,19 @@ def kube_metadata(settings: PodSettings) -> PodMetadataSource:
     from exporter.pods.kube import KubePodCache  # noqa: PLC0415
 
     configuration = client.Configuration()
-    if settings.kubeconfig:
-        config.load_kube_config(config_file=settings.kubeconfig, client_configuration=configuration)
-    else:
-        config.load_incluster_config(client_configuration=configuration)
+    try:
+        if settings.kubeconfig:
+            config.load_kube_config(config_file=settings.kubeconfig, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+    except (config.ConfigException, OSError, ValueError) as exc:
+        where = (
+            f"kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "the in-cluster service account"
+        )
+        raise PodAttributionError(
+            f"cannot reach the Kubernetes API with {where}: {exc} (set --kubeconfig / EO_KUBECONFIG, "
+            "or --pod-attribution off)"
+        ) from exc
     return KubePodCache(client.ApiClient(configuration), settings.node_name).start()
 
 
@@ -115,12 +108,12 @@ def build_pod_collector(
     ``allocations`` and ``metadata`` default to the kubelet socket and the Kubernetes API; the demo and
     tests inject their own.
     """
+    if metadata is None:
+        metadata = kube_metadata(settings)  # first: it is the part that can fail at start
     if allocations is None:
         from exporter.pods.kubelet import PodResourcesClient  # noqa: PLC0415
 
         allocations = PodResourcesClient(settings.kubelet_socket)
-    if metadata is None:
-        metadata = kube_metadata(settings)
     cgroup = CgroupCpu(settings.cgroup_root)
     use_cpu = cpu_energy is not None and cgroup.available()
     if cpu_energy is not None and not use_cpu:
@@ -140,3 +133,22 @@ def build_pod_collector(
         sampler, settings.node_name, max_age_s=3 * settings.sample_interval_s + settings.metrics_timeout_s
     )
     return collector, sampler
+
+
+class RaplPackageEnergy:
+    """Node CPU energy in joules: the sum of RAPL package zones, with counters of its own (the CPU
+    collector's counters are advanced by scrapes; sharing them between two threads would race)."""
+
+    def __init__(self, zones: Sequence[tuple[Path, int]], read_text: Callable[[Path], str]) -> None:
+        from exporter.counters import WrappingCounter  # noqa: PLC0415
+
+        self._zones = [(path, WrappingCounter(max_range)) for path, max_range in zones]
+        self._read_text = read_text
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            total_uj = 0.0
+            for path, counter in self._zones:
+                total_uj += counter.update(int(self._read_text(path / "energy_uj").strip()))
+            return total_uj / 1e6
