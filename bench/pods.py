@@ -29,9 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
 
+from exporter.collector import ExporterCollector
 from exporter.devices.simulated import SimulatedGpu
+from exporter.exposition import render as eo_render
 from exporter.pods.accounting import Accountant, PodKey
-from exporter.pods.collector import PodCollector
+from exporter.pods.collector import PodCollector, PodSource
 from exporter.pods.kubelet import PodResourcesClient
 from exporter.pods.owners import PodMeta, Workload
 from exporter.pods.sampler import PodSampler, StaticPodMetadata
@@ -124,11 +126,17 @@ def main() -> int:
     registry = CollectorRegistry()
     registry.register(collector)
     client_server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
-    text_server = serve_text(collector.exposition)
+    exporter_registry = CollectorRegistry()
+    exporter_registry.register(ExporterCollector([PodSource(collector)]))
+    text_server = serve_text(lambda: eo_render(exporter_registry))
     sampler.start()
     results = {}
-    for label, port, render in (
-        ("pre-rendered (eo-exporter path)", text_server.server_port, collector.exposition),
+    for label, port, render_once in (
+        (
+            "eo-exporter render (families reused per sample)",
+            text_server.server_port,
+            lambda: eo_render(exporter_registry),
+        ),
         ("prometheus_client registry", client_server.server_port, lambda: generate_latest(registry)),
     ):
         url = f"http://127.0.0.1:{port}/metrics"
@@ -140,7 +148,7 @@ def main() -> int:
                 size = len(resp.read())
             latency.append(time.perf_counter() - w0)
             t0 = time.thread_time()
-            render()
+            render_once()
             cpu.append(time.thread_time() - t0)
             time.sleep(0.01)
         results[label] = (latency, cpu, size)
