@@ -168,3 +168,33 @@ H100X4_LLAMA_70B = ServerProfile(
 )
 
 PROFILES: dict[str, ServerProfile] = {p.name: p for p in (H100_LLAMA_8B, H100X4_LLAMA_70B)}
+
+
+@dataclass(frozen=True)
+class PrefillPoint:
+    """Prefill (prompt processing) at one cap and clock: compute-bound, so it draws the replica's full
+    dynamic power and its speed scales with the SM clock."""
+
+    power_w: float
+    clock_ratio: float
+    tokens_per_s: float
+
+
+def prefill_point(
+    profile: ServerProfile, power_cap_w: float | None = None, locked_clock_mhz: float | None = None
+) -> PrefillPoint:
+    """Prefill at an optional power cap and clock lock (an addition for the simulator's TTFT).
+
+    Compute-bound prefill is modelled as drawing ``max_power_w`` at full clocks (the saturated end of
+    ``P(b)``); a cap binds the same way as for decode and the prompt-token rate falls with the clock
+    ratio (no memory-bound share: the whole step stretches).
+    """
+    ratio = 1.0
+    if locked_clock_mhz is not None:
+        ratio = min(1.0, max(profile.min_clock_ratio, locked_clock_mhz / profile.max_sm_clock_mhz))
+    dynamic = profile.max_power_w - profile.static_power_w
+    if power_cap_w is not None and profile.static_power_w + dynamic * ratio**2 > power_cap_w and dynamic > 0:
+        headroom = max(power_cap_w - profile.static_power_w, 0.0)
+        ratio = max(profile.min_clock_ratio, math.sqrt(headroom / dynamic))
+    power = profile.static_power_w + dynamic * ratio**2
+    return PrefillPoint(power, ratio, profile.prefill_tokens_per_s * ratio)

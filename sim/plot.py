@@ -1,0 +1,66 @@
+"""PNG of a comparison: one row per policy; load and replicas, GPU power, p99 latency against the SLO."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+
+import matplotlib.pyplot as plt
+
+from sim.engine import RunResult
+from sim.report import ATTRIBUTION, Summary
+
+
+def plot(
+    results: Sequence[RunResult], summaries: Sequence[Summary], slo_s: float, title: str, path: Path
+) -> None:
+    rows = len(results)
+    fig, axes = plt.subplots(rows, 3, figsize=(15, 2.8 * rows + 0.8), squeeze=False, sharex=True)
+    for row, (r, s) in enumerate(zip(results, summaries, strict=True)):
+        t_min = [t / 60.0 for t in r.series["t_s"]]
+        ax_load, ax_power, ax_lat = axes[row]
+        ax_load.plot(t_min, r.series["arrival_rps"], color="tab:gray", lw=0.8, label="arrivals (req/s)")
+        ax_load.set_ylabel("requests / s")
+        ax_rep = ax_load.twinx()
+        ax_rep.step(
+            t_min, r.series["replicas"], where="post", color="tab:blue", lw=1.2, label="ready replicas"
+        )
+        ax_rep.step(t_min, r.series["replicas_total"], where="post", color="tab:blue", lw=0.8, ls=":",
+                    label="replicas incl. starting")  # fmt: skip
+        ax_rep.set_ylabel("replicas")
+        ax_rep.set_ylim(bottom=0)
+        handles = ax_load.get_legend_handles_labels()[0] + ax_rep.get_legend_handles_labels()[0]
+        ax_load.legend(handles=handles, loc="upper left", fontsize=7)
+        ax_load.set_title(f"{s.policy}: load and replicas ({s.replica_minutes:.0f} replica-min)", fontsize=9)
+
+        ax_power.plot(t_min, r.series["power_w"], color="tab:red", lw=0.9, label="GPU power (W)")
+        ax_power.set_ylabel("watts")
+        ax_power.set_ylim(bottom=0)
+        ax_cap = ax_power.twinx()
+        ax_cap.plot(
+            t_min, r.series["mean_cap_w"], color="tab:orange", lw=0.8, ls="--", label="mean power cap (W)"
+        )
+        ax_cap.set_ylabel("cap, W")
+        handles = ax_power.get_legend_handles_labels()[0] + ax_cap.get_legend_handles_labels()[0]
+        ax_power.legend(handles=handles, loc="upper left", fontsize=7)
+        ax_power.set_title(f"{s.policy}: GPU power ({s.energy_kwh:.3f} kWh, idle {s.idle_energy_share:.0%})",
+                           fontsize=9)  # fmt: skip
+
+        ax_lat.plot(
+            t_min, r.series["latency_p99_s"], color="tab:green", lw=0.9, label="p99 latency (10 s window)"
+        )
+        ax_lat.axhline(slo_s, color="black", ls="--", lw=0.8, label=f"SLO {slo_s:g} s")
+        ax_lat.set_ylabel("seconds")
+        ax_lat.set_yscale("log")
+        ax_lat.legend(loc="upper left", fontsize=7)
+        ax_lat.set_title(f"{s.policy}: end-to-end latency ({s.slo_attainment:.2%} within SLO)", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("time (min)")
+    fig.suptitle(f"{title}\n{ATTRIBUTION}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.8 * rows + 0.8)))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

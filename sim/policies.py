@@ -1,0 +1,135 @@
+"""The adapter interface between the simulator and whatever decides replicas and power caps.
+
+Two kinds of replica control:
+
+* ``ReplicaController``: a KEDA trigger. At each HPA sync / KEDA poll it answers what the live scaler
+  answers (a metric value with its target, and IsActive) from what Prometheus would hold; the engine's
+  ``Autoscaler`` applies KEDA/HPA arithmetic. Energy Orchestrator's ``decide()`` and KEDA's own
+  prometheus-scaler threshold are both such triggers.
+* ``ReplicaSchedule``: replicas chosen outside KEDA (static provisioning, the offline optimum).
+
+``CapController``: what one power-cap sidecar does per replica at its interval (Energy Orchestrator's
+``step()``; "no caps" is simply no controller).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sim.observe import SimPrometheus
+
+
+@dataclass(frozen=True)
+class ScalerAnswer:
+    """One answer of a KEDA external trigger: GetMetrics' value with its target, and IsActive."""
+
+    value: float
+    target: float
+    active: bool
+    reason: str = ""
+
+
+class ReplicaController(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def answer(self, prom: SimPrometheus, now_s: float) -> ScalerAnswer:
+        """What the trigger reports at ``now_s`` (a slot boundary), from Prometheus' view only."""
+        ...
+
+
+class ReplicaSchedule(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def replicas_at(self, now_s: float) -> int:
+        """Replicas that must be ready at ``now_s``."""
+        ...
+
+    @property
+    def prestart(self) -> bool:
+        """True when replicas are started a cold start ahead (they count as ready on time)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CapReading:
+    """What one sidecar sees at ``now_s``: its pod's latency quantile and request rate over its window."""
+
+    now_s: float
+    latency_s: float | None
+    load_rps: float
+
+
+@dataclass(frozen=True)
+class CapSetting:
+    power_cap_w: float | None = None
+    locked_clock_mhz: float | None = None
+
+
+class CapController(Protocol):
+    name: str
+    interval_s: float
+    window_s: float
+    quantile: float
+
+    def start(self, replica_id: int, now_s: float) -> CapSetting:
+        """A replica became ready: the sidecar starts (records the original, applies its first setting)."""
+        ...
+
+    def control(self, replica_id: int, reading: CapReading) -> CapSetting:
+        """One control interval for one replica."""
+        ...
+
+
+@dataclass(frozen=True)
+class ThresholdTrigger:
+    """KEDA's prometheus scaler on a request-rate threshold, as users run it today without caps.
+
+    Query ``sum(rate(vllm:request_success_total[window]))``, ``threshold`` requests per second per
+    replica (AverageValue), IsActive when the value exceeds ``activation_threshold`` (KEDA's default 0).
+    """
+
+    threshold_rps: float
+    window_s: float = 60.0
+    activation_threshold: float = 0.0
+    name: str = "threshold"
+
+    def __post_init__(self) -> None:
+        if not self.threshold_rps > 0:
+            raise ValueError("threshold_rps must be > 0")
+
+    def answer(self, prom: SimPrometheus, now_s: float) -> ScalerAnswer:
+        value = prom.rate(self.window_s, now_s)
+        return ScalerAnswer(value, self.threshold_rps, value > self.activation_threshold, "rate")
+
+
+@dataclass(frozen=True)
+class StaticSchedule:
+    """A fixed number of replicas, ready from the start (provisioned for the peak)."""
+
+    replicas: int
+    name: str = "static"
+    prestart: bool = True
+
+    def replicas_at(self, now_s: float) -> int:
+        return self.replicas
+
+
+@dataclass(frozen=True)
+class SlotSchedule:
+    """Replicas per fixed time slot (the offline optimum's plan), started a cold start ahead."""
+
+    slot_s: float
+    counts: Sequence[int]
+    name: str = "optimum"
+    prestart: bool = True
+
+    def replicas_at(self, now_s: float) -> int:
+        if not self.counts:
+            return 0
+        i = min(len(self.counts) - 1, max(0, math.floor(now_s / self.slot_s + 1e-9)))
+        return self.counts[i]

@@ -1,0 +1,331 @@
+"""A GPU inference server (vLLM-like continuous batching) and a cluster of replicas behind a router.
+
+Time advances in slots of ``step_s`` seconds (the engine's control granularity); inside a slot each
+replica runs an exact event loop over its own arrivals, prefill completions and decode completions,
+with the batch constant between events. Nothing iterates token by token:
+
+* Decode: every running request gains one token per iteration, ``t(b)`` seconds at batch ``b`` (from
+  ``gpumodel``). A request needing ``n`` more tokens finishes when the replica's cumulative iteration
+  counter ``G`` (tokens generated per running sequence) reaches its admission value + ``n``: a heap
+  ordered by that value gives the next completion in O(log b).
+* Prefill: prompt tokens beyond ``amortised_prompt_tokens`` (the chat prompt already inside the
+  throughput fit) are processed FIFO as chunked prefill: each iteration carries the decode batch and
+  ``chunk_tokens - b`` prompt tokens at ``prefill_tokens_per_s`` (compute-bound: full power, slows with
+  the clock). A request's first token (TTFT) comes when its prefill completes.
+* Power: idle (model resident) with nothing running; otherwise the time-weighted mix of decode power
+  ``P(b)`` and prefill power, both at the clock the cap/lock allows.
+* Admission: at most ``max_batch`` requests in prefill + decode; the rest wait in the replica's queue.
+* Cold start: a new replica draws idle power for ``cold_start_s`` and serves nothing.
+* Router: arrivals go to the ready, non-draining replica with the fewest requests (running + queued);
+  with none ready they wait at the gateway. Scale-down removes starting replicas first, then drains the
+  least-loaded ready ones (no new requests; they finish what they hold, then stop).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from gpumodel.model import ServerProfile, operating_point, prefill_point
+from sim.observe import LATENCY_BUCKETS_S, bucket_index
+from sim.trace import Request
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    profile: ServerProfile
+    max_batch: int = 256
+    """vLLM's ``max_num_seqs`` (its default)."""
+    chunk_tokens: int = 2048
+    """vLLM's ``max_num_batched_tokens`` with chunked prefill: tokens one iteration may carry."""
+    amortised_prompt_tokens: int = 256
+    """Prompt tokens per request already inside the throughput fit (short chat prompts)."""
+    cold_start_s: float | None = None
+    """None: the profile's figure."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        if self.chunk_tokens <= self.max_batch:
+            raise ValueError("chunk_tokens must exceed max_batch (each iteration carries the batch)")
+        if self.amortised_prompt_tokens < 0:
+            raise ValueError("amortised_prompt_tokens must be >= 0")
+
+    @property
+    def cold_start(self) -> float:
+        return self.profile.cold_start_s if self.cold_start_s is None else self.cold_start_s
+
+    def prefill_tokens(self, request: Request) -> float:
+        # At least one token, so every request goes through the same first-token path.
+        return float(max(1, request.prompt_tokens - self.amortised_prompt_tokens))
+
+
+@dataclass
+class RequestLog:
+    """Per-request outcome, indexed like the trace (NaN until known)."""
+
+    arrival_s: list[float]
+    first_token_s: list[float] = field(default_factory=list)
+    end_s: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.arrival_s)
+        self.first_token_s = [math.nan] * n
+        self.end_s = [math.nan] * n
+
+
+class _PointCache:
+    """Memoised (iteration seconds, watts) per batch and (prefill tokens/s, watts), per cap/clock."""
+
+    def __init__(self, profile: ServerProfile) -> None:
+        self.profile = profile
+        self._decode: dict[tuple[int, float | None, float | None], tuple[float, float]] = {}
+        self._prefill: dict[tuple[float | None, float | None], tuple[float, float]] = {}
+
+    def decode(self, batch: int, cap: float | None, clock: float | None) -> tuple[float, float]:
+        key = (batch, cap, clock)
+        hit = self._decode.get(key)
+        if hit is None:
+            op = operating_point(self.profile, batch, power_cap_w=cap, locked_clock_mhz=clock)
+            hit = self._decode[key] = (op.iteration_time_s, op.power_w)
+        return hit
+
+    def prefill(self, cap: float | None, clock: float | None) -> tuple[float, float]:
+        key = (cap, clock)
+        hit = self._prefill.get(key)
+        if hit is None:
+            pp = prefill_point(self.profile, power_cap_w=cap, locked_clock_mhz=clock)
+            hit = self._prefill[key] = (pp.tokens_per_s, pp.power_w)
+        return hit
+
+
+class Replica:
+    """One inference server. ``advance(t0, t1)`` runs it over a slot; it never looks at other replicas."""
+
+    def __init__(
+        self, rid: int, config: ServerConfig, created_s: float, ready_s: float, points: _PointCache
+    ) -> None:
+        self.id = rid
+        self.config = config
+        self.created_s = created_s
+        self.ready_s = ready_s
+        self.draining = False
+        self.power_cap_w: float | None = None
+        self.locked_clock_mhz: float | None = None
+        self.energy_j = 0.0
+        self.idle_energy_j = 0.0
+        self._points = points
+        self._g = 0.0  # decode iterations so far (tokens per running sequence)
+        self._decoding: list[tuple[float, int]] = []  # heap of (G at which it finishes, request)
+        self._prefill: deque[list[float]] = deque()  # [request, prompt tokens left], FIFO
+        self._waiting: deque[int] = deque()  # admitted to the replica, not yet to the batch
+        self._incoming: deque[tuple[float, int]] = deque()  # (available at, request), this slot
+        # Completions this slot, for the metrics: (end_s, latency_s, bucket index).
+        self.finished: list[tuple[float, float, int]] = []
+
+    def is_ready(self, now_s: float) -> bool:
+        return now_s >= self.ready_s - _EPS
+
+    @property
+    def load(self) -> int:
+        return len(self._decoding) + len(self._prefill) + len(self._waiting) + len(self._incoming)
+
+    @property
+    def batch(self) -> int:
+        return len(self._decoding)
+
+    def assign(self, request: int, available_s: float) -> None:
+        self._incoming.append((available_s, request))
+
+    def advance(self, t0: float, t1: float, requests: tuple[Request, ...], log: RequestLog) -> None:
+        """Run from ``t0`` to ``t1``, serving what was assigned and recording outcomes in ``log``."""
+        profile = self.config.profile
+        idle_w = profile.idle_power_w
+        if t0 < self.ready_s:
+            cold = min(t1, self.ready_s) - t0
+            self.energy_j += idle_w * cold
+            self.idle_energy_j += idle_w * cold
+            t0 = min(t1, self.ready_s)
+            if t0 >= t1:
+                return
+        cap, clock = self.power_cap_w, self.locked_clock_mhz
+        pre_rate_full, pre_power = self._points.prefill(cap, clock)
+        chunk = self.config.chunk_tokens
+        max_batch = self.config.max_batch
+        decoding, prefill, waiting, incoming = self._decoding, self._prefill, self._waiting, self._incoming
+        arrivals = log.arrival_s
+        t = t0
+        while True:
+            while incoming and incoming[0][0] <= t + _EPS:
+                _, req = incoming.popleft()
+                if len(decoding) + len(prefill) < max_batch:
+                    prefill.append([req, self.config.prefill_tokens(requests[req])])
+                else:
+                    waiting.append(req)
+            horizon = min(t1, incoming[0][0]) if incoming else t1
+            b = len(decoding)
+            if b == 0 and not prefill:
+                span = horizon - t
+                self.energy_j += idle_w * span
+                self.idle_energy_j += idle_w * span
+                t = horizon
+                if t >= t1 - _EPS:
+                    break
+                continue
+            if b:
+                t_dec, p_dec = self._points.decode(b, cap, clock)
+            else:
+                t_dec, p_dec = 0.0, 0.0
+            if prefill:
+                c = chunk - b
+                t_pre = c / pre_rate_full
+                tau = t_dec + t_pre
+                power = (t_dec * p_dec + t_pre * pre_power) / tau
+                pre_rate = c / tau
+                dt_pre = prefill[0][1] / pre_rate
+            else:
+                tau, power, pre_rate, dt_pre = t_dec, p_dec, 0.0, math.inf
+            dt_dec = (decoding[0][0] - self._g) * tau if b else math.inf
+            dt = max(0.0, min(horizon - t, dt_pre, dt_dec))
+            self.energy_j += power * dt
+            if b:
+                self._g += dt / tau
+            t += dt
+            if prefill:
+                head = prefill[0]
+                head[1] -= dt * pre_rate
+                if head[1] <= _EPS or dt == dt_pre:
+                    prefill.popleft()
+                    req = int(head[0])
+                    log.first_token_s[req] = t
+                    left = requests[req].output_tokens - 1
+                    if left > 0:
+                        heapq.heappush(decoding, (self._g + left, req))
+                    else:
+                        self._finish(req, t, arrivals, log)
+            while decoding and decoding[0][0] <= self._g + _EPS:
+                _, req = heapq.heappop(decoding)
+                self._finish(req, t, arrivals, log)
+            while waiting and len(decoding) + len(prefill) < max_batch:
+                req = waiting.popleft()
+                prefill.append([req, self.config.prefill_tokens(requests[req])])
+            if t >= t1 - _EPS and not (incoming and incoming[0][0] <= t + _EPS):
+                break
+
+    def _finish(self, req: int, t: float, arrivals: list[float], log: RequestLog) -> None:
+        log.end_s[req] = t
+        latency = t - arrivals[req]
+        self.finished.append((t, latency, bucket_index(latency)))
+
+
+@dataclass
+class SlotOutcome:
+    """What one slot produced, for the metrics and the time series."""
+
+    finished: list[tuple[float, float, int]]
+    per_replica: dict[int, list[tuple[float, float, int]]]
+    energy_j: float
+    arrivals: int
+
+
+class Cluster:
+    """Replicas of one workload, the router in front of them and the gateway queue."""
+
+    def __init__(self, config: ServerConfig, requests: tuple[Request, ...]) -> None:
+        self.config = config
+        self.requests = requests
+        self.log = RequestLog([r.arrival_s for r in requests])
+        self.replicas: list[Replica] = []
+        self.replica_seconds = 0.0
+        self.cold_starts = 0
+        self.energy_j = 0.0
+        self.idle_energy_j = 0.0
+        self._points = _PointCache(config.profile)
+        self._next_id = 0
+        self._next_arrival = 0
+        self._gateway: deque[int] = deque()
+
+    # -- scaling -------------------------------------------------------------------------------------
+    def active(self) -> list[Replica]:
+        """Replicas that count towards the desired number (starting or ready, not draining)."""
+        return [r for r in self.replicas if not r.draining]
+
+    def ready_count(self, now_s: float) -> int:
+        """Pods reporting metrics: ready ones, draining included (they still serve)."""
+        return sum(1 for r in self.replicas if r.is_ready(now_s))
+
+    def scale_to(self, replicas: int, now_s: float, warm: bool = False) -> None:
+        """Start or stop replicas so ``replicas`` are starting or ready. ``warm``: new ones are ready at
+        once (the offline optimum starts them a cold start ahead; the engine charges that time)."""
+        active = self.active()
+        for _ in range(replicas - len(active)):
+            ready = now_s if warm else now_s + self.config.cold_start
+            self.replicas.append(Replica(self._next_id, self.config, now_s, ready, self._points))
+            self._next_id += 1
+            self.cold_starts += 1
+        surplus = len(active) - replicas
+        if surplus <= 0:
+            return
+        # Kubernetes deletes not-ready pods first; among ready ones we drain the least loaded.
+        victims = sorted(active, key=lambda r: (r.is_ready(now_s), r.load))[:surplus]
+        for r in victims:
+            if not r.is_ready(now_s):
+                self.replicas.remove(r)
+                self.replica_seconds += now_s - r.created_s
+            else:
+                r.draining = True
+
+    # -- running -------------------------------------------------------------------------------------
+    def step(self, t0: float, t1: float) -> SlotOutcome:
+        """Route the arrivals of [t0, t1) and run every replica over the slot."""
+        ready = [r for r in self.replicas if r.is_ready(t0) and not r.draining]
+        requests = self.requests
+        arrivals = 0
+        while self._next_arrival < len(requests) and requests[self._next_arrival].arrival_s < t1:
+            self._gateway.append(self._next_arrival)
+            self._next_arrival += 1
+            arrivals += 1
+        if ready:
+            loads = [r.load for r in ready]
+            while self._gateway:
+                req = self._gateway.popleft()
+                i = loads.index(min(loads))
+                loads[i] += 1
+                ready[i].assign(req, max(requests[req].arrival_s, t0))
+        energy = 0.0
+        finished: list[tuple[float, float, int]] = []
+        per_replica: dict[int, list[tuple[float, float, int]]] = {}
+        for r in self.replicas:
+            before, idle_before = r.energy_j, r.idle_energy_j
+            r.advance(t0, t1, requests, self.log)
+            energy += r.energy_j - before
+            self.idle_energy_j += r.idle_energy_j - idle_before
+            if r.finished:
+                finished.extend(r.finished)
+                per_replica[r.id] = r.finished
+                r.finished = []
+        for r in [r for r in self.replicas if r.draining and r.load == 0]:
+            self.replicas.remove(r)
+            self.replica_seconds += t1 - r.created_s
+        self.energy_j += energy
+        return SlotOutcome(finished, per_replica, energy, arrivals)
+
+    @property
+    def pending(self) -> int:
+        """Requests not finished yet (gateway, queues, batches) plus those not yet arrived."""
+        return (
+            len(self._gateway) + sum(r.load for r in self.replicas) + len(self.requests) - self._next_arrival
+        )
+
+    def close(self, now_s: float) -> None:
+        """Account the replicas still running at the end."""
+        for r in self.replicas:
+            self.replica_seconds += now_s - r.created_s
+        self.replicas = []
+
+
+__all__ = ["LATENCY_BUCKETS_S", "Cluster", "Replica", "RequestLog", "ServerConfig", "SlotOutcome"]

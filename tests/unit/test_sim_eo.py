@@ -1,0 +1,78 @@
+"""The simulator drives the real scaler decide() and powercap step() through its adapters."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpumodel.model import H100_LLAMA_8B, H100X4_LLAMA_70B
+from scaler.policy import decide
+from scaler.powercap.controller import REASON_SLO_BREACH
+from scaler.powercap.settings import Settings
+from sim.eo import CapOptions, EoCapController, EoTrigger, controller_config
+from sim.observe import SimPrometheus, bucket_index
+from sim.policies import CapReading
+
+
+def busy_prometheus(latency_s: float, rps: int = 10, replicas: int = 2, seconds: int = 600) -> SimPrometheus:
+    prom = SimPrometheus(step_s=1.0)
+    for _ in range(seconds):
+        prom.record_slot([bucket_index(latency_s)] * rps, arrivals=rps, ready_replicas=replicas)
+    return prom
+
+
+def test_observation_is_built_like_the_live_queries() -> None:
+    trigger = EoTrigger({"latencySloSeconds": "10", "latencyQuantile": "0.99"})
+    prom = busy_prometheus(latency_s=4.0)
+    obs = trigger.observe(prom, 600.0)
+    assert obs.current_replicas == 2
+    assert obs.load_rps == pytest.approx(10.0)
+    assert obs.peak_load_rps == pytest.approx(10.0)
+    assert obs.latency_s is not None and 2.5 < obs.latency_s <= 5.0
+    assert obs.idle_for_s == 0.0
+    assert obs.demand_rps == pytest.approx(10.0)
+    assert obs.learned_capacity_rps == pytest.approx(5.0)  # load / replicas while the SLO held
+    answer = trigger.answer(prom, 600.0)
+    assert answer.value == decide(obs, trigger.config).replicas
+    assert answer.target == 1.0
+
+
+def test_breach_scales_up_and_capacity_is_not_learned_while_breached() -> None:
+    trigger = EoTrigger({"latencySloSeconds": "10", "latencyQuantile": "0.99", "replicaCapacityRps": "20"})
+    prom = busy_prometheus(latency_s=30.0)
+    assert trigger.observe(prom, 600.0).learned_capacity_rps is None
+    answer = trigger.answer(prom, 600.0)
+    assert answer.value > 2
+    assert answer.reason == "slo_breach"
+
+
+def test_idle_workload_goes_to_zero() -> None:
+    trigger = EoTrigger({"latencySloSeconds": "10", "minReplicas": "0"})
+    prom = SimPrometheus(step_s=1.0)
+    for _ in range(400):
+        prom.record_slot([], arrivals=0, ready_replicas=1)
+    answer = trigger.answer(prom, 400.0)
+    assert (answer.value, answer.active) == (0.0, False)
+
+
+def test_cap_config_follows_the_sidecar_settings() -> None:
+    config, original = controller_config(CapOptions(latency_target_s=8.0), H100_LLAMA_8B)
+    defaults = Settings(latency_target_s=8.0)
+    assert (config.floor, config.ceiling, original) == (200.0, 700.0, 700.0)
+    assert config.max_step_down == defaults.max_step_w
+    assert config.settle_s == defaults.settle_s
+    per_gpu, _ = controller_config(CapOptions(latency_target_s=8.0), H100X4_LLAMA_70B)
+    assert per_gpu.ceiling == 700.0  # the sidecar sets each GPU's limit
+    clocks, original_mhz = controller_config(CapOptions(8.0, actuator="clocks"), H100_LLAMA_8B)
+    assert (clocks.floor, clocks.ceiling, original_mhz) == (345.0, 1980.0, 1980.0)
+
+
+def test_cap_controller_lowers_with_headroom_and_jumps_back_on_breach() -> None:
+    caps = EoCapController(CapOptions(latency_target_s=10.0), H100X4_LLAMA_70B)
+    assert caps.start(7, 0.0).power_cap_w == 4 * 700.0
+    setting = caps.start(7, 0.0)
+    for t in range(5, 400, 5):
+        setting = caps.control(7, CapReading(float(t), latency_s=2.0, load_rps=5.0))
+    assert setting.power_cap_w is not None and setting.power_cap_w < 4 * 700.0
+    back = caps.control(7, CapReading(405.0, latency_s=20.0, load_rps=5.0))
+    assert back.power_cap_w == 4 * 700.0
+    assert REASON_SLO_BREACH == "slo_breach"
