@@ -5,6 +5,10 @@ scrape; with 8 GPUs that is about 160 series and most of a scrape's CPU time. Th
 sets barely change between scrapes (node, gpu, uuid, model, reason), so their rendered ``{...}``
 strings are cached here. Families of any other type (the pod collector's histograms, say) and any
 sample with a timestamp or a ``_created`` sibling go through ``generate_latest`` unchanged.
+
+A family object yielded again by a later scrape is taken as unchanged and its text reused: the pod
+collector builds its families once per sample (every few seconds) and yields the same objects to
+every scrape in between, so ~1,500 histogram samples are rendered once per sample, not per scrape.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from prometheus_client.registry import Collector
 
 _LABELS_CACHE_MAX = 50_000
 _label_cache: dict[tuple[tuple[str, str], ...], str] = {}
+# id(family) -> (family, text): the family is kept so its id cannot be reused while cached.
+_family_text: dict[int, tuple[Metric, bytes]] = {}
 
 
 def _escape(value: str) -> str:
@@ -58,17 +64,28 @@ class _Families:
         return iter(self._metrics)
 
 
+def _slow_text(metric: Metric, seen: dict[int, tuple[Metric, bytes]]) -> bytes:
+    cached = _family_text.get(id(metric))
+    reuse = cached is not None and cached[0] is metric
+    text = cached[1] if cached is not None and reuse else generate_latest(_Families([metric]))
+    seen[id(metric)] = (metric, text)
+    return text
+
+
 def render(registry: Collector) -> bytes:
     """The text format (0.0.4) of everything ``registry`` collects."""
+    global _family_text  # noqa: PLW0603 (one process-wide cache, replaced whole, no lock needed)
     out: list[str] = []
-    slow: list[Metric] = []
+    slow: list[bytes] = []
+    seen: dict[int, tuple[Metric, bytes]] = {}
     for metric in registry.collect():
         if not _fast(metric):
-            slow.append(metric)
+            slow.append(_slow_text(metric, seen))
             continue
         name = metric.name + "_total" if metric.type == "counter" else metric.name
         doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n")
         out.extend(f"{s.name}{_labels(s.labels)} {_value(s.value)}\n" for s in metric.samples)
-    text = "".join(out).encode()
-    return text + generate_latest(_Families(slow)) if slow else text
+    # Keep only the families of this scrape: the next one reuses those it yields again.
+    _family_text = seen
+    return "".join(out).encode() + b"".join(slow)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from exporter.logs import configure_logging
+from exporter.pods.settings import PodAttributionError
 from exporter.server import start_exporter
 from exporter.settings import SettingsError, parse_settings
 
@@ -26,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     try:
         handle = start_exporter(settings)
+    except PodAttributionError as err:
+        print(f"eo-exporter: error: {err}", file=sys.stderr)
+        return 2
     except OSError as err:
         log.error("cannot serve on %s:%d: %s", settings.listen_address, settings.port, err)
         return 1

@@ -24,7 +24,10 @@ from exporter.devices.base import GpuBackend, GpuError
 from exporter.devices.simulated import SimulatedBackend, SimulatedGpu
 from exporter.exposition import render
 from exporter.gpu import GpuEnergyReader, GpuSource
-from exporter.rapl import RaplSource, ReadText, discover_zones, read_sysfs
+from exporter.pods.collector import PodSource
+from exporter.pods.sampler import AllocationSource, PodMetadataSource
+from exporter.pods.settings import PodAttributionError, PodSettings, RaplPackageEnergy, build_pod_collector
+from exporter.rapl import RaplSource, RaplZone, ReadText, discover_zones, read_sysfs
 from exporter.redfish import RedfishClient, RedfishConfig, RedfishPoller, RedfishSource, read_secret
 from exporter.settings import Settings
 from exporter.simload import LoadPattern
@@ -137,18 +140,51 @@ def _handler(
     return Handler
 
 
+def _start_pods(
+    settings: Settings,
+    energy: GpuEnergyReader,
+    zones: Sequence[RaplZone],
+    read_text: ReadText,
+    pod_sources: tuple[AllocationSource, PodMetadataSource] | None,
+    sources: list[Source],
+) -> Callable[[], None] | None:
+    """Start pod attribution when enabled; add its source; return its stop function."""
+    pod_settings = PodSettings.from_exporter(settings)
+    if pod_settings.attribution == "off" or (pod_sources is None and not pod_settings.enabled()):
+        if pod_settings.attribution == "auto":
+            log.info("no kubelet socket at %s: pod attribution is off", settings.kubelet_socket)
+        return None
+    packages = [(z.path, z.max_range_uj) for z in zones if z.domain == "package"]
+    cpu_energy = RaplPackageEnergy(packages, read_text) if packages else None
+    allocations, metadata = pod_sources if pod_sources is not None else (None, None)
+    try:
+        collector, sampler = build_pod_collector(
+            pod_settings, energy.read_energy_joules, cpu_energy, allocations=allocations, metadata=metadata
+        )
+    except PodAttributionError:
+        if pod_settings.attribution == "on":
+            raise
+        log.exception("pod attribution could not start; continuing without it")
+        return None
+    sources.append(PodSource(collector))
+    return sampler.stop
+
+
 def start_exporter(
     settings: Settings,
     backend: GpuBackend | None = None,
     registry: CollectorRegistry | None = None,
     extra_collectors: Sequence[Collector] = (),
     read_text: ReadText = read_sysfs,
+    pod_sources: tuple[AllocationSource, PodMetadataSource] | None = None,
 ) -> ExporterHandle:
     """Build the sources from ``settings``, register them, and serve HTTP in a daemon thread.
 
     ``backend`` overrides ``settings.gpu_backend`` (the demo shares its SimulatedGpu objects);
     ``extra_collectors`` are registered on the same registry (pod attribution); ``read_text`` is the
-    sysfs reader for RAPL (tests inject PermissionError there).
+    sysfs reader for RAPL (tests inject PermissionError there). ``pod_sources`` replaces the kubelet
+    socket and the Kubernetes API as the pod attribution's inputs (the demo and tests); given, pod
+    attribution is on unless ``--pod-attribution off``.
     """
     registry = registry if registry is not None else CollectorRegistry()
     gpu_backend = backend if backend is not None else backend_from_settings(settings)
@@ -162,6 +198,7 @@ def start_exporter(
     sources: list[Source] = [GpuSource(energy, settings.node_name)]
     on_stop: list[Callable[[], None]] = [gpu_backend.close]
 
+    zones: list[RaplZone] = []
     if settings.rapl_root is not None:
         zones = discover_zones(settings.rapl_root, read_text)
         if zones:
@@ -178,6 +215,10 @@ def start_exporter(
         poller = RedfishPoller(client.read_power, config.interval_s).start()
         sources.append(RedfishSource(poller, settings.node_name, config.max_age_s))
         on_stop[:0] = [poller.stop, client.close]
+
+    pod_stop = _start_pods(settings, energy, zones, read_text, pod_sources, sources)
+    if pod_stop is not None:
+        on_stop.insert(0, pod_stop)
 
     collector = ExporterCollector(sources)
     registry.register(collector)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.pods.cgroup import DEFAULT_CGROUP_ROOT
 from exporter.rapl import DEFAULT_RAPL_ROOT
 from exporter.simload import DEFAULT_SIM_LOAD, LoadPattern, parse_load_pattern
 
 DEFAULT_PORT = 9102
+DEFAULT_KUBELET_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 _DEFAULT_LOAD = parse_load_pattern(DEFAULT_SIM_LOAD)
 
 
@@ -47,6 +49,13 @@ class Settings:
     redfish_max_age_s: float = 120.0
     log_format: str = "text"
     log_level: str = "info"
+    pod_attribution: str = "auto"
+    kubelet_socket: Path = Path(DEFAULT_KUBELET_SOCKET)
+    pod_sample_interval_s: float = 5.0
+    pod_metrics_timeout_s: float = 1.0
+    pod_grace_period_s: float = 300.0
+    kubeconfig: Path | None = None
+    cgroup_root: Path = Path(DEFAULT_CGROUP_ROOT)
 
 
 def env_name(flag: str) -> str:
@@ -214,6 +223,55 @@ _OPTIONS: tuple[_Option, ...] = (
         "120",
         "seconds after which the last node power reading is no longer published (at least the interval)",
     ),
+    _Option(
+        "--pod-attribution",
+        "pod_attribution",
+        _choice("auto", "on", "off"),
+        "auto",
+        "per-pod energy, requests and tokens: auto (on when the kubelet socket exists), on or off",
+    ),
+    _Option(
+        "--kubelet-socket",
+        "kubelet_socket",
+        Path,
+        DEFAULT_KUBELET_SOCKET,
+        "unix socket of the kubelet's PodResources API (which pod holds which GPU)",
+    ),
+    _Option(
+        "--pod-sample-interval-seconds",
+        "pod_sample_interval_s",
+        _seconds,
+        "5",
+        "seconds between pod samples (kubelet devices, inference-server counters and energy, read together)",
+    ),
+    _Option(
+        "--pod-metrics-timeout-seconds",
+        "pod_metrics_timeout_s",
+        _seconds,
+        "1",
+        "one deadline for all inference-server reads of a sample, in seconds (below the sample interval)",
+    ),
+    _Option(
+        "--pod-grace-period-seconds",
+        "pod_grace_period_s",
+        _seconds,
+        "300",
+        "seconds a pod's series are still published after it stops holding a GPU",
+    ),
+    _Option(
+        "--kubeconfig",
+        "kubeconfig",
+        _file,
+        "",
+        "kubeconfig for the pod cache (empty: the in-cluster service account)",
+    ),
+    _Option(
+        "--cgroup-root",
+        "cgroup_root",
+        Path,
+        str(DEFAULT_CGROUP_ROOT),
+        "cgroup v2 mount holding kubepods, for the pods' CPU energy share (source=cpu)",
+    ),
     _Option("--log-format", "log_format", _choice("text", "json"), "text", "log line format"),
     _Option(
         "--log-level",
@@ -227,8 +285,22 @@ _OPTIONS: tuple[_Option, ...] = (
 
 def _metavar(flag: str) -> str:
     last = flag.rsplit("-", 1)[-1]
-    named = {"seconds": "SECONDS", "file": "FILE", "root": "DIR", "url": "URL", "id": "ID", "gpus": "N"}
-    choices = {"--gpu-backend": "{nvml,simulated}", "--log-format": "{text,json}", "--sim-load": "PATTERN"}
+    named = {
+        "seconds": "SECONDS",
+        "file": "FILE",
+        "root": "DIR",
+        "url": "URL",
+        "id": "ID",
+        "gpus": "N",
+        "socket": "PATH",
+        "kubeconfig": "FILE",
+    }
+    choices = {
+        "--gpu-backend": "{nvml,simulated}",
+        "--log-format": "{text,json}",
+        "--sim-load": "PATTERN",
+        "--pod-attribution": "{auto,on,off}",
+    }
     return choices.get(flag, named.get(last, last.upper()))
 
 
@@ -276,6 +348,12 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
 
 
 def _check_combinations(s: Settings) -> None:
+    if s.pod_metrics_timeout_s >= s.pod_sample_interval_s:
+        raise SettingsError(
+            "--pod-metrics-timeout-seconds / EO_POD_METRICS_TIMEOUT_SECONDS "
+            f"({s.pod_metrics_timeout_s}) must be below --pod-sample-interval-seconds "
+            f"({s.pod_sample_interval_s})"
+        )
     if (s.redfish_username_file is None) != (s.redfish_password_file is None):
         raise SettingsError(
             "--redfish-username-file / EO_REDFISH_USERNAME_FILE and --redfish-password-file / "

@@ -1,0 +1,255 @@
+"""The whole pod pipeline against real servers: kubelet gRPC on a unix socket, vLLM-format HTTP servers on
+127.0.0.1, energy from an injected counter, metrics read back from a private registry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.pods.accounting import Accountant, PodKey
+from exporter.pods.collector import PodCollector
+from exporter.pods.kubelet import PodResourcesClient
+from exporter.pods.owners import PodMeta, Workload
+from exporter.pods.sampler import PodSampler, StaticPodMetadata
+from exporter.pods.scrape import AppReader
+from tests.pods_support import PodResourcesServicer, VllmServer, start_kubelet
+
+pytestmark = pytest.mark.integration
+
+G0 = "GPU-00000000-0000-4000-8000-000000000000"
+G1 = "GPU-11111111-1111-4111-8111-111111111111"
+NODE = "gpu-node-1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Rig:
+    kubelet: PodResourcesServicer
+    servers: dict[str, VllmServer]
+    metadata: StaticPodMetadata
+    energy: dict[str, float]
+    sampler: PodSampler
+    registry: CollectorRegistry
+    clock: Clock
+
+    def add_pod(
+        self, name: str, devices: list[str], resource: str = "nvidia.com/gpu", server: bool = True
+    ) -> None:
+        self.kubelet.pods[("ml", name)] = {"server": [(resource, devices)]}
+        annotations = {}
+        if server:
+            self.servers[name] = VllmServer()
+            annotations["energy-orchestrator.io/metrics-port"] = str(self.servers[name].port)
+        self.metadata.set(
+            PodKey("ml", name), PodMeta(Workload("Deployment", f"wl-{name}"), "127.0.0.1", annotations, {})
+        )
+
+    def remove_pod(self, name: str) -> None:
+        del self.kubelet.pods[("ml", name)]
+
+    def sample(self, dt_s: float = 5.0) -> float:
+        self.clock.t += dt_s
+        start = time.perf_counter()
+        self.sampler.sample_once()
+        return time.perf_counter() - start
+
+    def value(self, metric: str, pod: str, **labels: str) -> float | None:
+        full = {"node": NODE, "namespace": "ml", "pod": pod, "workload": f"wl-{pod}", **labels}
+        return self.registry.get_sample_value(metric, full)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    server, kubelet = start_kubelet(tmp_path / "kubelet.sock")
+    client = PodResourcesClient(str(tmp_path / "kubelet.sock"))
+    metadata = StaticPodMetadata({})
+    energy: dict[str, float] = {G0: 0.0, G1: 0.0}
+    clock = Clock()
+    sampler = PodSampler(
+        client,
+        metadata,
+        lambda: dict(energy),
+        AppReader(timeout_s=0.3),
+        Accountant(grace_s=60),
+        clock=clock,
+    )
+    registry = CollectorRegistry()
+    registry.register(PodCollector(sampler, NODE, max_age_s=30, clock=clock))
+    r = Rig(kubelet, {}, metadata, energy, sampler, registry, clock)
+    yield r
+    sampler.stop()
+    client.close()
+    server.stop(None)
+    for s in r.servers.values():
+        s.stop()
+
+
+def test_joules_per_request_and_tokens(rig: Rig) -> None:
+    rig.add_pod("a", [G0])
+    rig.sample()
+    rig.energy[G0] += 3000.0
+    rig.servers["a"].finish(20, prompt=2000, generation=4000, latency_s=0.8)
+    rig.sample()
+    assert rig.value("eo_pod_energy_joules_total", "a", source="gpu") == 3000.0
+    assert rig.value("eo_pod_requests_total", "a") == 20
+    assert rig.value("eo_pod_tokens_total", "a", kind="prompt") == 2000
+    assert rig.value("eo_pod_tokens_total", "a", kind="generation") == 4000
+    assert rig.value("eo_pod_joules_per_request", "a") == pytest.approx(150.0)
+    assert rig.value("eo_pod_request_latency_seconds_bucket", "a", le="1.0") == 20
+    assert rig.value("eo_pod_request_latency_seconds_count", "a") == 20
+    assert rig.value("eo_pod_time_to_first_token_seconds_bucket", "a", le="0.1") == 20
+    assert rig.value("eo_pod_metrics_up", "a") == 1
+    info = {
+        "node": NODE,
+        "uuid": G0,
+        "namespace": "ml",
+        "pod": "a",
+        "container": "server",
+        "workload": "wl-a",
+        "sharing": "exclusive",
+    }
+    assert rig.registry.get_sample_value("eo_gpu_pod_info", info) == 1
+    assert rig.registry.get_sample_value("eo_exporter_collector_up", {"collector": "pods"}) == 1
+
+
+def test_slow_and_down_servers_cost_one_bounded_timeout(rig: Rig) -> None:
+    for name in ("a", "b", "c"):
+        rig.add_pod(name, [G0 if name != "c" else G1])
+    rig.sample()
+    rig.servers["b"].delay_s = 2.0  # slower than the 0.3 s deadline
+    rig.servers["c"].stop()  # connection refused
+    rig.servers["a"].finish(5)
+    rig.energy[G0] += 100.0
+    took = rig.sample()
+    assert took < 1.0  # one deadline (0.3 s) for all reads, not one per pod
+    assert rig.value("eo_pod_requests_total", "a") == 5
+    assert rig.value("eo_pod_metrics_up", "a") == 1
+    assert rig.value("eo_pod_metrics_up", "b") == 0
+    assert rig.value("eo_pod_metrics_up", "c") == 0
+    # Energy is still attributed: b's failed read only means no token rule, so an equal split.
+    assert rig.value("eo_pod_energy_joules_total", "a", source="gpu") == 50.0
+    assert rig.value("eo_pod_energy_joules_total", "b", source="gpu") == 50.0
+    rig.servers["b"].delay_s = 0.0
+
+
+def test_malformed_metrics_text_fails_that_pod_only(rig: Rig) -> None:
+    rig.add_pod("a", [G0])
+    rig.add_pod("b", [G1])
+    rig.sample()
+    rig.servers["b"].body_override = b"vllm:request_success_total{oops 12\n\x00garbage"
+    rig.servers["a"].finish(3)
+    rig.servers["b"].finish(3)
+    rig.sample()
+    assert rig.value("eo_pod_requests_total", "a") == 3
+    assert rig.value("eo_pod_requests_total", "b") == 0  # last good reading kept
+    assert rig.value("eo_pod_metrics_up", "b") == 0
+
+
+def test_counter_reset_after_server_restart(rig: Rig) -> None:
+    rig.add_pod("a", [G0])
+    rig.servers["a"].finish(40, prompt=400, generation=800)
+    rig.sample()
+    rig.servers["a"].restart()
+    rig.servers["a"].finish(2, prompt=20, generation=40)
+    rig.energy[G0] += 100.0
+    rig.sample()
+    assert rig.value("eo_pod_requests_total", "a") == 42
+    assert rig.value("eo_pod_tokens_total", "a", kind="generation") == 840
+    assert rig.value("eo_pod_request_latency_seconds_count", "a") == 42
+    assert rig.value("eo_pod_joules_per_request", "a") == pytest.approx(50.0)
+
+
+def test_deleted_pod_is_kept_for_the_grace_period_then_dropped(rig: Rig) -> None:
+    rig.add_pod("a", [G0])
+    rig.sample()
+    rig.energy[G0] += 100.0
+    rig.sample()
+    rig.remove_pod("a")
+    rig.sample(dt_s=30)
+    assert rig.value("eo_pod_energy_joules_total", "a", source="gpu") == 100.0
+    assert (
+        rig.registry.get_sample_value(
+            "eo_gpu_pod_info",
+            {
+                "node": NODE,
+                "uuid": G0,
+                "namespace": "ml",
+                "pod": "a",
+                "container": "server",
+                "workload": "wl-a",
+                "sharing": "exclusive",
+            },
+        )
+        is None
+    )
+    rig.sample(dt_s=31)
+    assert rig.value("eo_pod_energy_joules_total", "a", source="gpu") is None
+
+
+def test_gpu_handed_over_and_shared_gpus_sum_to_the_board(rig: Rig) -> None:
+    rig.add_pod("a", [G0])
+    rig.sample()
+    rig.energy[G0] += 500.0
+    rig.sample()
+    rig.remove_pod("a")
+    rig.add_pod("b", [f"{G0}::0"])  # the GPU now time-sliced between b and c
+    rig.add_pod("c", [f"{G0}::1"])
+    rig.energy[G0] += 300.0
+    rig.sample()
+    rig.servers["b"].finish(1, prompt=100, generation=200)  # 300 tokens
+    rig.servers["c"].finish(1, prompt=50, generation=50)  # 100 tokens
+    rig.energy[G0] += 400.0
+    rig.sample()
+    a = rig.value("eo_pod_energy_joules_total", "a", source="gpu")
+    b = rig.value("eo_pod_energy_joules_total", "b", source="gpu")
+    c = rig.value("eo_pod_energy_joules_total", "c", source="gpu")
+    assert a == 500.0
+    assert b == pytest.approx(150.0 + 300.0) and c == pytest.approx(150.0 + 100.0)
+    assert (a or 0) + (b or 0) + (c or 0) == pytest.approx(rig.energy[G0])
+    info = {
+        "node": NODE,
+        "uuid": G0,
+        "namespace": "ml",
+        "pod": "b",
+        "container": "server",
+        "workload": "wl-b",
+        "sharing": "time_sliced",
+    }
+    assert rig.registry.get_sample_value("eo_gpu_pod_info", info) == 1
+
+
+def test_mig_instances_count_toward_the_parent_board(rig: Rig) -> None:
+    rig.add_pod("a", [f"MIG-{G1}/1/0"], resource="nvidia.com/mig-3g.40gb", server=False)
+    rig.add_pod("b", [f"MIG-{G1}/2/0"], resource="nvidia.com/mig-1g.10gb", server=False)
+    rig.sample()
+    rig.energy[G1] += 800.0
+    rig.sample()
+    assert rig.value("eo_pod_energy_joules_total", "a", source="gpu") == 600.0
+    assert rig.value("eo_pod_energy_joules_total", "b", source="gpu") == 200.0
+    assert rig.value("eo_pod_requests_total", "a") is None  # no inference server: energy only
+
+
+def test_kubelet_down_keeps_last_values_and_flips_up(rig: Rig, tmp_path: Path) -> None:
+    rig.add_pod("a", [G0])
+    rig.sample()
+    rig.energy[G0] += 100.0
+    rig.sample()
+    broken = PodResourcesClient(str(tmp_path / "gone.sock"), timeout_s=0.2)
+    rig.sampler._allocations = broken  # the kubelet socket vanishes
+    rig.energy[G0] += 100.0
+    rig.sample()
+    assert rig.registry.get_sample_value("eo_exporter_collector_up", {"collector": "pods"}) == 0
+    assert rig.value("eo_pod_energy_joules_total", "a", source="gpu") == 100.0
+    broken.close()

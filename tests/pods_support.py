@@ -1,0 +1,257 @@
+"""Real servers for the pod-attribution tests and benchmark: vLLM-format /metrics, kubelet PodResources
+over a unix socket, and a Kubernetes API that replays recorded JSON answers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from exporter.podresources import api_pb2, api_pb2_grpc
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kube"
+
+
+class VllmServer:
+    """A vLLM-format /metrics endpoint on 127.0.0.1 whose counters the test advances."""
+
+    def __init__(self, model: str = "meta-llama/Llama-3.1-8B-Instruct") -> None:
+        self.model = model
+        self.delay_s = 0.0
+        self.body_override: bytes | None = None
+        self._lock = threading.Lock()
+        self.restart()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if server.delay_s:
+                    time.sleep(server.delay_s)
+                body = server.body_override if server.body_override is not None else server.render()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def restart(self) -> None:
+        """Start the counters again from zero, as a restarted server does."""
+        with self._lock:
+            self.registry = CollectorRegistry()
+            labels = ["model_name", "finished_reason"]
+            self._success = Counter(
+                "vllm:request_success", "Finished requests.", labels, registry=self.registry
+            )
+            self._prompt = Counter(
+                "vllm:prompt_tokens", "Prefill tokens.", ["model_name"], registry=self.registry
+            )
+            self._gen = Counter(
+                "vllm:generation_tokens", "Generated tokens.", ["model_name"], registry=self.registry
+            )
+            buckets = (0.5, 1.0, 2.5, 5.0, 10.0)
+            self._e2e = Histogram(
+                "vllm:e2e_request_latency_seconds",
+                "E2E latency.",
+                ["model_name"],
+                buckets=buckets,
+                registry=self.registry,
+            )
+            self._ttft = Histogram(
+                "vllm:time_to_first_token_seconds",
+                "TTFT.",
+                ["model_name"],
+                buckets=(0.05, 0.1, 0.5),
+                registry=self.registry,
+            )
+            # Like vLLM, publish the series from the start (gauges and zeroed counters).
+            Gauge(
+                "vllm:num_requests_running", "Running requests.", ["model_name"], registry=self.registry
+            ).labels(self.model).set(0)
+            for reason in ("stop", "length"):
+                self._success.labels(self.model, reason)
+            self._prompt.labels(self.model)
+            self._gen.labels(self.model)
+
+    def finish(
+        self,
+        requests: int,
+        prompt: int = 0,
+        generation: int = 0,
+        latency_s: float = 1.0,
+        reason: str = "stop",
+    ) -> None:
+        with self._lock:
+            self._success.labels(self.model, reason).inc(requests)
+            self._prompt.labels(self.model).inc(prompt)
+            self._gen.labels(self.model).inc(generation)
+            for _ in range(requests):
+                self._e2e.labels(self.model).observe(latency_s)
+                self._ttft.labels(self.model).observe(latency_s / 10)
+
+    def render(self) -> bytes:
+        with self._lock:
+            return generate_latest(self.registry)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class PodResourcesServicer(api_pb2_grpc.PodResourcesListerServicer):
+    """The kubelet side: answers List with whatever ``pods`` holds now."""
+
+    def __init__(self) -> None:
+        # (namespace, pod) -> {container: [(resource_name, [device ids])]}
+        self.pods: dict[tuple[str, str], dict[str, list[tuple[str, list[str]]]]] = {}
+        self.calls = 0
+
+    def List(
+        self, request: api_pb2.ListPodResourcesRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ListPodResourcesResponse:
+        self.calls += 1
+        return api_pb2.ListPodResourcesResponse(
+            pod_resources=[
+                api_pb2.PodResources(
+                    name=pod,
+                    namespace=ns,
+                    containers=[
+                        api_pb2.ContainerResources(
+                            name=container,
+                            devices=[
+                                api_pb2.ContainerDevices(resource_name=r, device_ids=ids) for r, ids in devs
+                            ],
+                        )
+                        for container, devs in containers.items()
+                    ],
+                )
+                for (ns, pod), containers in self.pods.items()
+            ]
+        )
+
+
+def start_kubelet(socket_path: Path) -> tuple[grpc.Server, PodResourcesServicer]:
+    servicer = PodResourcesServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    api_pb2_grpc.add_PodResourcesListerServicer_to_server(servicer, server)
+    server.add_insecure_port(f"unix://{socket_path}")
+    server.start()
+    return server, servicer
+
+
+class KubeReplay:
+    """A Kubernetes API on 127.0.0.1 that answers from recorded JSON files.
+
+    GET /api/v1/pods (list or ``watch=true``), /apis/apps/v1/namespaces/NS/replicasets/NAME and
+    /apis/batch/v1/namespaces/NS/jobs/NAME. Watch answers stream ``watch_events`` (queued by the test)
+    as JSON lines, then end after ``watch_hold_s``.
+    """
+
+    def __init__(self, pod_list: dict[str, Any], objects: Sequence[dict[str, Any]]) -> None:
+        self.pod_list = pod_list
+        self.objects = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
+        self.watch_events: list[dict[str, Any]] = []
+        self.watch_hold_s = 0.3
+        self.requests: list[str] = []
+        self._cond = threading.Condition()
+        replay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                replay.requests.append(self.path)
+                url = urllib.parse.urlparse(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                parts = url.path.strip("/").split("/")
+                if url.path == "/api/v1/pods" and query.get("watch") == ["true"]:
+                    return self._watch()
+                if url.path == "/api/v1/pods":
+                    return self._json(200, replay.pod_list)
+                kinds = {"replicasets": "ReplicaSet", "jobs": "Job"}
+                if len(parts) == 7 and parts[3] == "namespaces" and parts[5] in kinds:
+                    obj = replay.objects.get((kinds[parts[5]], parts[4], parts[6]))
+                    if obj is not None:
+                        return self._json(200, obj)
+                return self._json(
+                    404,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": "NotFound",
+                        "code": 404,
+                    },
+                )
+
+            def _json(self, code: int, doc: Any) -> None:
+                body = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _watch(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                deadline = time.monotonic() + replay.watch_hold_s
+                while time.monotonic() < deadline:
+                    with replay._cond:
+                        events, replay.watch_events = replay.watch_events, []
+                        if not events:
+                            replay._cond.wait(0.05)
+                    for event in events:
+                        line = json.dumps(event).encode() + b"\n"
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                        self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def push(self, event_type: str, obj: dict[str, Any]) -> None:
+        with self._cond:
+            self.watch_events.append({"type": event_type, "object": obj})
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def load_fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
