@@ -50,8 +50,8 @@ class DemoConfig:
     phases: tuple[Phase, ...]
     gpus: int = 6
     cold_start_s: float = 10.0
-    rules_compression: float = 10.0
-    """Rule windows and alert ``for:`` are divided by this, so 5m reads 30 s."""
+    rules_compression: float = 20.0
+    """Rule windows and alert ``for:`` are divided by this, so 5m reads 15 s."""
     poll_interval_s: float = 5.0
     latency_quantile: float = 0.95
     slo_s: float | None = None
@@ -211,8 +211,7 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
     work = Path(tempfile.mkdtemp(prefix="eo-demo-"))
     sidecar_targets = SidecarTargets(work / "sidecars.json")
 
-    def start_sidecar(gpu: SimulatedGpu, metrics_url: str) -> Callable[[], None]:
-        pod = next(p.name for p in deployment.pods() if p.gpu is gpu)
+    def start_sidecar(gpu: SimulatedGpu, pod: str, metrics_url: str) -> Callable[[], None]:
         settings = PowercapSettings(
             latency_target_s=slo_s,
             actuator=config.actuator,
@@ -264,6 +263,7 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
             scrape_interval_s=1.0,
             rule_files=rules,
             alertmanager_url=alertmanager.url,
+            job_name="eo-exporter",
             extra_scrape_configs=[
                 {"job_name": "eo-powercap", "file_sd_configs": [{"files": [str(sidecar_targets.path)]}]}
             ],
@@ -279,7 +279,10 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
             )
         )
         stack.callback(scaler.stop)
-        prom.targets = [f"127.0.0.1:{exporter.port}", f"127.0.0.1:{scaler.metrics_port}"]
+        prom.targets = [f"127.0.0.1:{exporter.port}"]
+        prom.extra_scrape_configs.append(
+            {"job_name": "eo-scaler", "static_configs": [{"targets": [f"127.0.0.1:{scaler.metrics_port}"]}]}
+        )
         prom.start()
         stack.callback(prom.stop)
         keda = KedaDriver(

@@ -110,8 +110,10 @@ class Prometheus(_Process):
         alertmanager_url: str | None = None,
         evaluation_interval_s: float | None = None,
         extra_scrape_configs: Sequence[dict[str, Any]] = (),
+        job_name: str = "eo",
     ) -> None:
         super().__init__()
+        self.job_name = job_name
         self.targets = list(targets)
         self.scrape_interval_s = scrape_interval_s
         self.rule_files = [Path(p).resolve() for p in rule_files]
@@ -129,7 +131,12 @@ class Prometheus(_Process):
             },
             "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [
-                {"job_name": "eo", "static_configs": [{"targets": self.targets}]},
+                # honor_labels: the exporter's own namespace/pod labels describe the workload, not itself.
+                {
+                    "job_name": self.job_name,
+                    "honor_labels": True,
+                    "static_configs": [{"targets": self.targets}],
+                },
                 *self.extra_scrape_configs,
             ],
         }

@@ -16,20 +16,19 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from demo.inference import SimulatedVllmServer
+from exporter.devices.simulated import SimulatedGpu, idle_load
 from exporter.pods.accounting import PodKey
 from exporter.pods.devices import Allocation
 from exporter.pods.owners import PodMeta, Workload
-
-from demo.inference import SimulatedVllmServer
-from exporter.devices.simulated import SimulatedGpu, idle_load
 from sim.server import Cluster, Replica, ServerConfig
 from sim.trace import Request
 
 log = logging.getLogger(__name__)
 
 GPU_RESOURCE = "nvidia.com/gpu"
-Sidecar = Callable[[SimulatedGpu, str], Callable[[], None]]
-"""Starts a sidecar for (GPU, the pod's metrics URL) and returns the function that stops it."""
+Sidecar = Callable[[SimulatedGpu, str, str], Callable[[], None]]
+"""Starts a sidecar for (GPU, pod name, the pod's metrics URL); returns the function that stops it."""
 
 
 @dataclass
@@ -135,7 +134,7 @@ class DemoDeployment:
             if pod.server is None and replica.is_ready(self._t):
                 pod.server = SimulatedVllmServer(self.model_name)
                 if self._start_sidecar is not None:
-                    pod.stop_sidecar = self._start_sidecar(pod.gpu, pod.server.url)
+                    pod.stop_sidecar = self._start_sidecar(pod.gpu, pod.name, pod.server.url)
             if pod.server is not None:
                 pod.server.set_running(replica.batch)
 
