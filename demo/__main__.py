@@ -1,5 +1,7 @@
-"""``make demo`` / ``python -m demo``: for now, the exporter on simulated GPUs scraped by Prometheus."""
+"""``make demo`` / ``python -m demo``: the whole loop, live (see ``demo.cli`` and ``demo.loop``)."""
 
-from demo.exporter_only import main
+import sys
 
-main()
+from demo.cli import main
+
+sys.exit(main())

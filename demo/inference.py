@@ -25,11 +25,52 @@ from sim.observe import LATENCY_BUCKETS_S
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
-class SimulatedVllmServer:
+class MetricsEndpoint:
+    """A registry served on ``http://127.0.0.1:<port>/metrics`` from a thread, until ``stop()``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+    def _serve(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.registry))
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_port)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="eo-demo-http", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class Gateway(MetricsEndpoint):
+    """The service's front door (an ingress or router) as Prometheus sees it: requests arriving.
+
+    At zero replicas, and while every replica is saturated, the pods' own counters cannot show demand;
+    the scaler reads this through its ``activationQuery``, as a user points it at their gateway.
+    """
+
+    def __init__(self, namespace: str, service: str) -> None:
+        super().__init__()
+        self._arrivals = Counter(
+            "gateway_requests", "Requests that arrived for the service.", ["namespace", "service"],
+            registry=self.registry,
+        ).labels(namespace=namespace, service=service)  # fmt: skip
+        self._serve()
+
+    def arrived(self, count: int) -> None:
+        self._arrivals.inc(count)
+
+
+class SimulatedVllmServer(MetricsEndpoint):
     """One replica's metrics endpoint on 127.0.0.1, in vLLM's names and label set."""
 
     def __init__(self, model_name: str) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         labels = {"model_name": model_name}
         self._success = Counter(
             "vllm:request_success",
@@ -67,15 +108,7 @@ class SimulatedVllmServer:
             "vllm:num_requests_running", "Number of requests in model execution batches.", ["model_name"],
             registry=self.registry,
         ).labels(**labels)  # fmt: skip
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.registry))
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_port)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="eo-demo-vllm", daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
+        self._serve()
 
     def record(self, prompt_tokens: int, output_tokens: int, ttft_s: float, e2e_s: float) -> None:
         """One finished request."""
@@ -87,10 +120,6 @@ class SimulatedVllmServer:
 
     def set_running(self, batch: int) -> None:
         self._running.set(batch)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:

@@ -16,12 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from demo.inference import Gateway
 from demo.keda import KedaDriver
 from demo.prometheus import Alertmanager, Prometheus
+from demo.report import DemoResult, Row
 from demo.rules import write_compressed_rules
 from demo.schedule import Phase, phase_at, schedule_requests
 from demo.world import DemoDeployment
@@ -52,9 +54,16 @@ class DemoConfig:
     cold_start_s: float = 10.0
     rules_compression: float = 20.0
     """Rule windows and alert ``for:`` are divided by this, so 5m reads 15 s."""
-    poll_interval_s: float = 5.0
+    poll_interval_s: float = 2.5
+    """KEDA's pollingInterval and the HPA's sync period (30 s and 15 s on a cluster), compressed too."""
     latency_quantile: float = 0.95
-    slo_s: float | None = None
+    slo_s: float | None = 15.0
+    """p95 end-to-end latency target. 15 s, not the simulator's default of twice the unloaded p99 (10 s):
+    vLLM's latency buckets jump from 5 to 10 s, and a target at a bucket bound leaves no readable slack."""
+    sidecar_target_ratio: float = 0.8
+    """Sidecars aim at this share of the SLO, leaving the scaler room (as in the simulator)."""
+    idle_before_zero_s: float = 60.0
+    """The scaler's ``idleBeforeZeroSeconds`` (its smallest allowed value)."""
     capacity_rps: float | None = None
     actuator: str = "power"
     row_interval_s: float = 5.0
@@ -63,23 +72,6 @@ class DemoConfig:
     @property
     def duration_s(self) -> float:
         return sum(p.duration_s for p in self.phases)
-
-
-@dataclass
-class Row:
-    """One line of the live table (also one point of the plot)."""
-
-    t_s: float
-    phase: str
-    offered_rps: float
-    served_rps: float | None
-    desired: int
-    ready: int
-    gpu_power_w: float | None
-    joules_per_request: float | None
-    latency_s: float | None
-    mean_cap_w: float | None
-    alerts: list[str] = field(default_factory=list)
 
 
 def _scalar(prom: Prometheus, promql: str) -> float | None:
@@ -92,9 +84,21 @@ def _scalar(prom: Prometheus, promql: str) -> float | None:
     return sum(finite) if finite else None
 
 
-def observe(prom: Prometheus, deployment: DemoDeployment, t_s: float, phase: str, offered: float) -> Row:
+def observe(
+    prom: Prometheus,
+    deployment: DemoDeployment,
+    t_s: float,
+    phase: str,
+    offered: float,
+    slo_s: float,
+    actuator: str,
+) -> Row:
     sel = f'{{namespace="{NAMESPACE}",workload="{WORKLOAD}"}}'
-    caps = [pod.gpu.power_limit_mw() / 1000 for pod in deployment.pods()]
+    pods = deployment.pods()
+    if actuator == "clocks":
+        settings = [float(p.gpu.locked_sm_clock_mhz or p.gpu.max_sm_clock_mhz()) for p in pods]
+    else:
+        settings = [p.gpu.power_limit_mw() / 1000 for p in pods]
     firing = sorted({a["labels"]["alertname"] for a in prom.alerts() if a.get("state") == "firing"})
     return Row(
         t_s=t_s,
@@ -110,62 +114,10 @@ def observe(prom: Prometheus, deployment: DemoDeployment, t_s: float, phase: str
             "namespace_workload_quantile:eo_pod_request_latency_seconds:histogram_quantile_rate5m"
             f'{{namespace="{NAMESPACE}",workload="{WORKLOAD}",quantile="0.95"}}',
         ),
-        mean_cap_w=sum(caps) / len(caps) if caps else None,
+        mean_setting=sum(settings) / len(settings) if settings else None,
+        slo_s=slo_s,
         alerts=firing,
     )
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-HEADER = (
-    f"{'time':>5} {'phase':<8} {'offered':>8} {'served':>7} {'replicas':>8} {'GPU W':>6} "
-    f"{'J/req':>6} {'p95 s':>6} {'SLO':>4} {'cap W':>6}  alerts firing"
-)
-
-
-def format_row(row: Row, slo_s: float) -> str:
-    slo_ok = "-" if row.latency_s is None else ("ok" if row.latency_s <= slo_s else "MISS")
-    return (
-        f"{row.t_s:5.0f} {row.phase:<8} {row.offered_rps:8.1f} {_fmt(row.served_rps, '7.1f')} "
-        f"{row.ready:>3}/{row.desired:<4} {_fmt(row.gpu_power_w, '6.0f')} "
-        f"{_fmt(row.joules_per_request, '6.0f')} {_fmt(row.latency_s, '6.2f')} {slo_ok:>4} "
-        f"{_fmt(row.mean_cap_w, '6.0f')}  {', '.join(row.alerts) or '-'}"
-    )
-
-
-@dataclass
-class DemoResult:
-    rows: list[Row]
-    slo_s: float
-    capacity_rps: float
-    requests: int
-    finished: int
-    within_slo: int
-    gpu_energy_j: float | None
-    cap_changes: float | None
-    alerts_seen: set[str]
-    gpus_restored: bool
-    max_desired: int
-    final_desired: int
-
-    def summary(self) -> dict[str, Any]:
-        jpr = self.gpu_energy_j / self.finished if self.gpu_energy_j and self.finished else None
-        return {
-            "requests": self.requests,
-            "finished": self.finished,
-            "slo_seconds": self.slo_s,
-            "slo_attainment": self.within_slo / self.finished if self.finished else None,
-            "replica_capacity_rps": round(self.capacity_rps, 2),
-            "gpu_energy_kj": round(self.gpu_energy_j / 1000, 1) if self.gpu_energy_j else None,
-            "gpu_joules_per_request": round(jpr, 1) if jpr else None,
-            "max_replicas": self.max_desired,
-            "final_replicas": self.final_desired,
-            "power_cap_changes": self.cap_changes,
-            "alerts_fired": sorted(self.alerts_seen),
-            "gpus_restored_to_default_limit": self.gpus_restored,
-        }
 
 
 class SidecarTargets:
@@ -196,6 +148,50 @@ class SidecarTargets:
         tmp.replace(self.path)
 
 
+def setting_changes(gpu: SimulatedGpu) -> int:
+    """The sidecars' moves on one GPU: clock locks and resets, and power limits that changed the limit
+    (the sidecar's start-up permission probe re-writes the limit in force; that is not a move)."""
+    count, limit_mw = 0, gpu.power_limit_default_mw()
+    for what, value in gpu.set_calls:
+        if what != "power_limit_mw" or value != limit_mw:
+            count += 1
+        if what == "power_limit_mw":
+            limit_mw = value
+    return count
+
+
+def scaler_metadata(
+    config: DemoConfig, slo_s: float, capacity_rps: float, prometheus_url: str
+) -> dict[str, str]:
+    """The ScaledObject trigger's metadata, as a user would write it for this deployment.
+
+    Two custom queries stand in for what a cluster has: the latency quantile reads the (time-compressed)
+    recording rule, so the scaler's view of latency moves as fast as the demo's; demand comes from the
+    gateway's arrival counter, the only signal while replicas are saturated or at zero.
+    """
+    sel = f'namespace="{NAMESPACE}",workload="{WORKLOAD}"'
+    window = f"{max(2, round(config.poll_interval_s * 2))}s"
+    return {
+        "serverAddress": prometheus_url,
+        "workload": WORKLOAD,
+        "latencySloSeconds": f"{slo_s:g}",
+        "latencyQuantile": f"{config.latency_quantile:g}",
+        "latencyQuery": (
+            "namespace_workload_quantile:eo_pod_request_latency_seconds:histogram_quantile_rate5m"
+            f'{{{sel},quantile="{config.latency_quantile:g}"}}'
+        ),
+        "activationQuery": (
+            f'sum(rate(gateway_requests_total{{namespace="{NAMESPACE}",service="{WORKLOAD}"}}[{window}]))'
+        ),
+        "replicaCapacityRps": f"{capacity_rps:.3f}",
+        "minReplicas": "0",
+        "maxReplicas": str(config.gpus),
+        "idleBeforeZeroSeconds": f"{config.idle_before_zero_s:g}",
+        "stabilizationWindowSeconds": "20",
+        "stalenessSeconds": "30",
+    }
+
+
 def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: None) -> DemoResult:
     """Run the loop for ``config.duration_s`` seconds and return what happened."""
     trace = load_trace(config.trace_path)
@@ -213,7 +209,7 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
 
     def start_sidecar(gpu: SimulatedGpu, pod: str, metrics_url: str) -> Callable[[], None]:
         settings = PowercapSettings(
-            latency_target_s=slo_s,
+            latency_target_s=slo_s * config.sidecar_target_ratio,
             actuator=config.actuator,
             interval_s=2.0,
             settle_s=4.0,
@@ -223,7 +219,7 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
             port=0,
         )
         source = MetricsEndpointSource(
-            metrics_url, "vllm:e2e_request_latency_seconds", config.latency_quantile, window_s=30.0
+            metrics_url, "vllm:e2e_request_latency_seconds", config.latency_quantile, window_s=20.0
         )
         handle = start_powercap(settings, [gpu], source, pod=pod)
         sidecar_targets.add(pod, handle.port)
@@ -240,6 +236,8 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
     within = finished = 0
     with ExitStack() as stack:
         stack.callback(deployment.stop)
+        gateway = Gateway(NAMESPACE, WORKLOAD)
+        stack.callback(gateway.stop)
         alertmanager = Alertmanager().start()
         stack.callback(alertmanager.stop)
         rules = write_compressed_rules(work / "rules", config.rules_compression, min_window_s=4.0)
@@ -260,13 +258,11 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
         )
         stack.callback(exporter.stop)
         prom = Prometheus(
+            targets=[f"127.0.0.1:{exporter.port}"],
             scrape_interval_s=1.0,
             rule_files=rules,
             alertmanager_url=alertmanager.url,
             job_name="eo-exporter",
-            extra_scrape_configs=[
-                {"job_name": "eo-powercap", "file_sd_configs": [{"files": [str(sidecar_targets.path)]}]}
-            ],
         )
         scaler = start_scaler(
             ScalerSettings(
@@ -279,42 +275,31 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
             )
         )
         stack.callback(scaler.stop)
-        prom.targets = [f"127.0.0.1:{exporter.port}"]
-        prom.extra_scrape_configs.append(
-            {"job_name": "eo-scaler", "static_configs": [{"targets": [f"127.0.0.1:{scaler.metrics_port}"]}]}
-        )
+        prom.extra_scrape_configs = [
+            {"job_name": "eo-powercap", "file_sd_configs": [{"files": [str(sidecar_targets.path)]}]},
+            {"job_name": "eo-scaler", "static_configs": [{"targets": [f"127.0.0.1:{scaler.metrics_port}"]}]},
+            {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{gateway.port}"]}]},
+        ]
         prom.start()
         stack.callback(prom.stop)
         keda = KedaDriver(
             f"127.0.0.1:{scaler.port}",
             WORKLOAD,
             NAMESPACE,
-            {
-                "serverAddress": prom.url,
-                "workload": WORKLOAD,
-                "latencySloSeconds": f"{slo_s:g}",
-                "latencyQuantile": f"{config.latency_quantile:g}",
-                "replicaCapacityRps": f"{capacity:.3f}",
-                "minReplicas": "0",
-                "maxReplicas": str(config.gpus),
-                "idleBeforeZeroSeconds": "60",
-                "stabilizationWindowSeconds": "30",
-                "capacityLookbackSeconds": "600",
-                "stalenessSeconds": "30",
-            },
+            scaler_metadata(config, slo_s, capacity, prom.url),
             HpaConfig(
                 min_replicas=0,
                 max_replicas=config.gpus,
                 sync_s=config.poll_interval_s,
                 polling_s=config.poll_interval_s,
-                cooldown_s=30.0,
-                scale_down_window_s=30.0,
+                cooldown_s=20.0,
+                scale_down_window_s=20.0,
             ),
             initial_replicas=1,
             fallback_replicas=2,
         )
         stack.callback(keda.close)
-        deployment.scale_to(1)
+        deployment.scale_to(1, warm=True)
         start = time.monotonic()
         next_poll = start + config.poll_interval_s
         next_row = start + config.row_interval_s
@@ -323,6 +308,7 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
         while (now := time.monotonic()) - start < config.duration_s:
             t = now - start
             stats = deployment.advance(t)
+            gateway.arrived(stats.arrivals)
             offered_since_row += stats.arrivals
             finished += stats.finished
             within += sum(1 for lat in stats.latencies_s if lat <= slo_s)
@@ -333,8 +319,9 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
                 next_poll += config.poll_interval_s
             if now >= next_row:
                 phase = phase_at(config.phases, t)
-                row = observe(prom, deployment, t, phase.name if phase else "end",
-                              offered_since_row / config.row_interval_s)  # fmt: skip
+                offered = offered_since_row / config.row_interval_s
+                name = phase.name if phase else "end"
+                row = observe(prom, deployment, t, name, offered, slo_s, config.actuator)
                 alerts_seen.update(row.alerts)
                 rows.append(row)
                 on_row(row)
@@ -342,50 +329,16 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
                 next_row += config.row_interval_s
             time.sleep(0.2)
         energy = _scalar(prom, f"sum(increase(eo_gpu_energy_joules_total[{int(config.duration_s)}s]))")
-        changes = _scalar(prom, "sum(eo_powercap_changes_total)")
+        sidecars_seen = _scalar(
+            prom, f'count(max_over_time(up{{job="eo-powercap"}}[{int(config.duration_s)}s]))'
+        )
+        log.info("Prometheus scraped %s sidecars over the run", sidecars_seen)
         final_desired = deployment.desired()
         deployment.stop()  # stops every sidecar: each restores its GPU
-        restored = all(g.power_limit_mw() == g.power_limit_default_mw() for g in gpus)
+        # Every setting the sidecars made, restores included, as the simulated GPUs recorded them.
+        changes = sum(setting_changes(g) for g in gpus)
+        restored = all(
+            g.power_limit_mw() == g.power_limit_default_mw() and g.locked_sm_clock_mhz is None for g in gpus
+        )
     return DemoResult(rows, slo_s, capacity, len(requests), finished, within, energy, changes, alerts_seen,
-                      restored, max_desired, final_desired)  # fmt: skip
-
-
-def plot(result: DemoResult, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415 (heavy import, only when a plot is asked for)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    t = [r.t_s for r in result.rows]
-    fig, axes = plt.subplots(4, 1, figsize=(10, 10), sharex=True)
-    axes[0].plot(t, [r.offered_rps for r in result.rows], label="offered (trace replay)")
-    axes[0].plot(t, [r.served_rps or math.nan for r in result.rows], label="served (Prometheus, rate)")
-    axes[0].set_ylabel("requests/s")
-    axes[1].step(t, [r.desired for r in result.rows], where="post", label="desired")
-    axes[1].step(t, [r.ready for r in result.rows], where="post", label="ready")
-    axes[1].set_ylabel("replicas")
-    axes[2].plot(t, [r.gpu_power_w or math.nan for r in result.rows], label="GPU power (all GPUs)")
-    axes[2].plot(t, [r.mean_cap_w or math.nan for r in result.rows], label="mean power cap per replica")
-    axes[2].set_ylabel("watts")
-    axes[3].plot(t, [r.latency_s or math.nan for r in result.rows], label="p95 end-to-end latency")
-    axes[3].axhline(result.slo_s, color="red", linestyle="--", label=f"SLO {result.slo_s:g} s")
-    axes[3].set_ylabel("seconds")
-    axes[3].set_xlabel("demo time (s)")
-    for ax in axes:
-        ax.legend(loc="upper right", fontsize="small")
-        ax.grid(alpha=0.3)
-    fig.suptitle(
-        "Energy Orchestrator demo: Azure LLM conversation trace (Splitwise, ISCA 2024), time-compressed"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_outputs(result: DemoResult, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = out_dir / "demo-summary.json"
-    summary_path.write_text(json.dumps(result.summary(), indent=2) + "\n")
-    png = out_dir / "demo.png"
-    plot(result, png)
-    return summary_path, png
+                      restored, max_desired, final_desired, config.actuator)  # fmt: skip

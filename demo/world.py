@@ -85,14 +85,17 @@ class DemoDeployment:
     def ready(self) -> int:
         return sum(1 for pod in self._pods.values() if pod.server is not None)
 
-    def scale_to(self, replicas: int) -> None:
-        """Set the replica count (what the HPA writes into the Deployment's spec)."""
+    def scale_to(self, replicas: int, warm: bool = False) -> None:
+        """Set the replica count (what the HPA writes into the Deployment's spec).
+
+        ``warm``: new replicas are ready at once (the service was already running when the demo began).
+        """
         replicas = max(0, min(replicas, self.max_replicas))
         with self._lock:
             if replicas != self.desired():
                 log.info("deployment %s/%s: %d -> %d replicas", self.namespace, self.workload,
                          self.desired(), replicas)  # fmt: skip
-            self.cluster.scale_to(replicas, self._t)
+            self.cluster.scale_to(replicas, self._t, warm=warm)
             self._sync_pods()
 
     def advance(self, now_s: float) -> TickStats:
@@ -176,8 +179,9 @@ class DemoDeployment:
             for pod in self._pods.values():
                 if key.namespace == self.namespace and key.pod == pod.name:
                     annotations = {"energy-orchestrator.io/server": "vllm"}
-                    if pod.server is not None:
-                        annotations["energy-orchestrator.io/metrics-port"] = str(pod.server.port)
+                    if pod.server is None:  # still starting: as in Kubernetes, no pod IP yet
+                        return PodMeta(Workload("Deployment", self.workload), None, annotations, {})
+                    annotations["energy-orchestrator.io/metrics-port"] = str(pod.server.port)
                     return PodMeta(Workload("Deployment", self.workload), "127.0.0.1", annotations, {})
             return None
 

@@ -1,0 +1,196 @@
+"""``make demo`` / ``python -m demo``: the command line of the live loop (see ``demo.loop``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from demo.loop import DemoConfig, run_demo
+from demo.prometheus import PrometheusNotInstalled
+from demo.report import DemoResult, Row, format_row, header, write_outputs
+from demo.schedule import Phase
+
+_SHARED_TRACE = Path(__file__).resolve().parents[2] / "shared/data/traces/azure_llm_2023_conv.csv"
+# The first 8,000 requests of the same trace ship with the demo, for machines without ../shared.
+_EMBEDDED_TRACE = Path(__file__).resolve().parent / "data/azure_llm_2023_conv_first8000.csv"
+DEFAULT_TRACE = _SHARED_TRACE if _SHARED_TRACE.is_file() else _EMBEDDED_TRACE
+
+# Wall-clock seconds and trace speed-up of each phase. The conversation trace runs ~5.5 req/s at native
+# speed; one simulated replica holds the SLO up to ~16 req/s. "surge" asks for more than every GPU can
+# serve, on purpose, so the SLO alert fires; "calm" lets the scaler consolidate; "quiet" is silence, so
+# the workload scales to zero.
+STANDARD_PHASES = (
+    Phase("warm-up", 30, 2),
+    Phase("rising", 20, 3.5),
+    Phase("busy", 45, 5),
+    Phase("surge", 40, 20),
+    Phase("calm", 50, 1.5),
+    Phase("quiet", 100, 0),
+)
+QUICK_PHASES = (
+    Phase("warm-up", 15, 2),
+    Phase("busy", 35, 5),
+    Phase("surge", 30, 20),
+    Phase("calm", 40, 1.5),
+    Phase("quiet", 85, 0),
+)
+
+
+def parse_phases(text: str) -> tuple[Phase, ...]:
+    """``name:seconds:speedup,...`` into phases, with an error that names the bad piece."""
+    phases = []
+    for piece in text.split(","):
+        parts = piece.strip().split(":")
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError(f"phase {piece!r}: expected name:seconds:speedup")
+        name, seconds, speedup = parts
+        try:
+            phase = Phase(name, float(seconds), float(speedup))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"phase {piece!r}: seconds and speedup must be numbers"
+            ) from None
+        if phase.duration_s <= 0 or phase.speedup < 0:
+            raise argparse.ArgumentTypeError(f"phase {piece!r}: need seconds > 0 and speedup >= 0")
+        phases.append(phase)
+    return tuple(phases)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo",
+        description=(
+            "Run Energy Orchestrator's whole loop on this machine: simulated GPUs and vLLM-format "
+            "servers replaying a real Azure LLM trace, the exporter, a real Prometheus (with the "
+            "project's rules, time-compressed) and Alertmanager, eo-scaler polled over gRPC by a "
+            "KEDA/HPA driver, and one eo-powercap sidecar per replica. Prints a live table, then a "
+            "summary; writes demo-summary.json and demo.png. Stops everything it started, Ctrl-C included."
+        ),
+        epilog="Every option also reads an environment variable EO_DEMO_<OPTION> (the option wins).",
+    )
+    env = os.environ.get
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=Path(env("EO_DEMO_TRACE", str(DEFAULT_TRACE))),
+        help="request trace, Azure CSV or generic CSV (default: the conversation trace)",
+    )
+    parser.add_argument(
+        "--phases",
+        type=parse_phases,
+        default=env("EO_DEMO_PHASES"),
+        help="load schedule as name:seconds:speedup,... (default: a ~4.5-minute schedule)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=env("EO_DEMO_QUICK") == "1",
+        help="a shorter schedule (~3.5 minutes), as the end-to-end test runs",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=int(env("EO_DEMO_GPUS", "6")),
+        help="simulated GPUs on the node, also the ScaledObject's maxReplicaCount (default 6)",
+    )
+    parser.add_argument(
+        "--actuator",
+        choices=("clocks", "power"),
+        default=env("EO_DEMO_ACTUATOR", "clocks"),
+        help="what the sidecars move: locked SM clocks or the power limit (default clocks)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(env("EO_DEMO_OUT", "out")),
+        help="folder for demo-summary.json and demo.png (default ./out)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what every component does")
+    return parser
+
+
+def setup_logging(out_dir: Path, verbose: bool) -> Path:
+    """Everything at INFO into ``out_dir/demo.log``; the terminal keeps the table (errors only, or -v)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "demo.log"
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    to_file = logging.FileHandler(path, mode="w")
+    to_file.setFormatter(fmt)
+    to_terminal = logging.StreamHandler()
+    to_terminal.setFormatter(fmt)
+    to_terminal.setLevel(logging.INFO if verbose else logging.ERROR)
+    logging.basicConfig(level=logging.INFO, handlers=[to_file, to_terminal], force=True)
+    return path
+
+
+class LiveTable:
+    """Prints the header before the first row, then one line per row."""
+
+    def __init__(self, actuator: str) -> None:
+        self._header = header(actuator)
+        self._rows = 0
+
+    def __call__(self, row: Row) -> None:
+        if self._rows % 20 == 0:
+            print(self._header)
+        self._rows += 1
+        print(format_row(row), flush=True)
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log_path = setup_logging(args.out, args.verbose)
+    if args.gpus < 1:
+        print("--gpus must be at least 1", file=sys.stderr)
+        return 2
+    if not args.trace.is_file():
+        print(f"trace {args.trace} not found (pass --trace PATH)", file=sys.stderr)
+        return 2
+    phases = args.phases or (QUICK_PHASES if args.quick else STANDARD_PHASES)
+    config = DemoConfig(args.trace, phases, gpus=args.gpus, actuator=args.actuator, out_dir=args.out)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop cleanly when killed, as on Ctrl-C
+    plan = ", ".join(f"{p.name} {p.duration_s:g}s at x{p.speedup:g}" for p in phases)
+    print(f"Energy Orchestrator demo, {config.duration_s:.0f} s: {plan}")
+    print("starting Prometheus, Alertmanager, the exporter, eo-scaler and the KEDA driver ...")
+    print(f"(every component's log goes to {log_path})")
+    started = time.monotonic()
+
+    try:
+        result = run_demo(config, LiveTable(config.actuator))
+    except PrometheusNotInstalled as err:
+        print(f"{err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything the demo started has been stopped")
+        return 130
+    print_summary(result, time.monotonic() - started)
+    summary_path, png = write_outputs(result, config.out_dir)
+    print(f"wrote {summary_path} and {png}")
+    return 0
+
+
+def print_summary(result: DemoResult, wall_s: float) -> None:
+    s = result.summary()
+    attainment = s["slo_attainment"]
+    print(f"\nSummary ({wall_s:.0f} s):")
+    print(f"  requests finished        {s['finished']} of {s['requests']}")
+    print(
+        f"  within the SLO           {'-' if attainment is None else f'{attainment:.1%}'}"
+        f" (p95 end-to-end latency <= {s['slo_seconds']:g} s; the surge exceeds every GPU on purpose)"
+    )
+    print(f"  GPU energy               {s['gpu_energy_kj']} kJ, {s['gpu_joules_per_request']} J/request")
+    print(f"  replicas                 up to {s['max_replicas']}, {s['final_replicas']} at the end")
+    print(f"  sidecar setting changes  {s['sidecar_setting_changes']} ({s['sidecar_actuator']})")
+    print(f"  alerts that fired        {', '.join(s['alerts_fired']) or 'none'}")
+    print(f"  GPUs restored            {'yes' if s['gpus_restored_to_original_settings'] else 'NO'}")
