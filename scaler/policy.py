@@ -188,10 +188,19 @@ def _breach(obs: Observation, cfg: PolicyConfig, demand: float, capacity: float 
     cur = obs.current_replicas
     settled = cur if obs.settled_replicas is None else max(0, min(obs.settled_replicas, cur))
     settled = max(settled, 1)
+    need = _replicas_for(demand, capacity, cfg.target_utilization) if capacity is not None else None
+    if need is not None and need <= settled:
+        # The settled replicas carry the demand at the target utilisation: the breach is not a
+        # capacity shortfall at the observed load (a burst inside the window, a backlog, a few long
+        # requests). One more replica per settle window, not a multiple: by the time more would be
+        # ready the burst is usually over, and they would idle until consolidation.
+        return max(settled + 1, cur)
+    if need is not None:
+        # A shortfall: exactly what the demand needs at the target utilisation.
+        return max(need, cur)
+    # No capacity known: the latency ratio is the only measure of the shortfall.
     ratio = min((obs.latency_s or 0.0) / cfg.latency_slo_s, cfg.max_breach_step_ratio)
     step = max(settled + 1, math.floor(settled * 1.1) + 1, math.ceil(settled * ratio - _EPS))
-    if capacity is not None:
-        step = max(step, _replicas_for(demand, capacity, cfg.target_utilization))
     return max(step, cur)
 
 

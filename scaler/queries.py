@@ -33,7 +33,7 @@ LATENCY_RATE_WINDOW = "1m"
 PART_LABEL = "eo_part"
 # Learned capacity extrapolates each minute's per-replica load along the latency headroom
 # (load/replica * slo/latency, a straight line through the origin) by at most this factor.
-LEARNED_CAPACITY_MAX_EXTRAPOLATION = 2.0
+LEARNED_CAPACITY_MAX_EXTRAPOLATION = 3.0
 # Resolution of the subquery that finds the fewest replicas serving over the breach-settle window.
 SETTLED_REPLICAS_STEP = "15s"
 
@@ -82,7 +82,7 @@ def capacity_sample_expr(trigger: TriggerConfig) -> str:
     Under continuous batching latency grows with the batch, i.e. with the per-replica load; the straight
     line through the origin and today's point reaches the SLO at ``load/replica * slo/latency``. It
     under-estimates while the unloaded latency is a large part of today's (long outputs), and the bound
-    keeps a quiet minute from promising more than twice what was served. Without the extrapolation the
+    keeps a quiet minute from promising more than three times what was served. Without the extrapolation the
     first observation would stick: the policy scales out before the per-replica load exceeds it, so it
     would never see more.
     """

@@ -72,7 +72,7 @@ class EoTrigger:
         return min(present) if present else None
 
     def _capacity(self, prom: SimPrometheus, now_s: float) -> float | None:
-        """``max_over_time((load / replicas * clamp_max(slo / latency, 2) and on() latency <= slo)
+        """``max_over_time((load / replicas * clamp_max(slo / latency, 3) and on() latency <= slo)
         [lookback:1m])``."""
         if self.trigger.replica_capacity_rps is not None:
             return None

@@ -145,9 +145,9 @@ def test_observation_from_real_prometheus(prometheus: Prometheus) -> None:
 
 def test_learned_capacity_and_settled_replicas_in_real_promql(prometheus: Prometheus) -> None:
     trigger = parse_metadata({"workload": "llama", "latencySloSeconds": "2"}, "demo")
-    # 10 rps per pod at p95 0.4875 s: 10 x min(2 / 0.4875, 2) = 20 rps per replica.
+    # 10 rps per pod at p95 0.4875 s: 10 x min(2 / 0.4875, 3) = 30 rps per replica.
     sample = prometheus.query(capacity_sample_expr(trigger))
-    assert len(sample) == 1 and float(sample[0]["value"][1]) == pytest.approx(20.0, rel=0.1)
+    assert len(sample) == 1 and float(sample[0]["value"][1]) == pytest.approx(30.0, rel=0.1)
     # Latency above the SLO: no sample (the minute does not count).
     strict = parse_metadata({"workload": "llama", "latencySloSeconds": "0.4"}, "demo")
     assert prometheus.query(capacity_sample_expr(strict)) == []

@@ -121,7 +121,7 @@ def test_query_has_one_tagged_part_per_signal() -> None:
     assert "capacity" not in parts(parse_metadata({**BASE, "replicaCapacityRps": "5"}, "ns"))
     # Learned capacity extrapolates along the latency headroom, bounded, only over minutes that held.
     capacity = parts(t)["capacity"]
-    assert "clamp_max(2.5 / histogram_quantile(" in capacity and ", 2.0)" in capacity
+    assert "clamp_max(2.5 / histogram_quantile(" in capacity and ", 3.0)" in capacity
     assert "and on() (histogram_quantile(" in capacity and "<= 2.5)" in capacity
     assert parts(t)["settled_replicas"].startswith("min_over_time(count(count by (pod)")
     assert parts(t)["settled_replicas"].endswith("[120s:15s])")

@@ -43,30 +43,38 @@ def test_load_above_target_scales_up_at_once() -> None:
     assert (d.replicas, d.reason) == (6, Reason.SCALE_UP_LOAD)  # ceil(50 / 9)
 
 
-def test_slo_breach_scales_up_by_latency_ratio_and_clears_hpa_tolerance() -> None:
-    d = decide(obs(current_replicas=4, latency_s=3.0), CFG)
+def test_slo_breach_without_capacity_scales_by_latency_ratio_and_clears_hpa_tolerance() -> None:
+    blind = replace(CFG, replica_capacity_rps=None)  # nothing tells the shortfall but latency
+    d = decide(obs(current_replicas=4, latency_s=3.0), blind)
     assert (d.replicas, d.reason) == (6, Reason.SLO_BREACH)  # 4 * 1.5
-    big = decide(obs(current_replicas=15, load_rps=10.0, peak_load_rps=10.0, latency_s=2.1), CFG)
+    big = decide(obs(current_replicas=15, load_rps=10.0, peak_load_rps=10.0, latency_s=2.1), blind)
     assert big.replicas >= 17  # > 15 * 1.1, so the HPA's 10% tolerance does not swallow it
     assert big.replicas / 15 > 1.1
 
 
 def test_slo_breach_follows_the_demand() -> None:
     d = decide(obs(current_replicas=2, load_rps=60.0, peak_load_rps=60.0, latency_s=2.2), CFG)
-    assert (d.replicas, d.reason) == (7, Reason.SLO_BREACH)  # ceil(60 / 9), more than 2 x 1.1
+    assert (d.replicas, d.reason) == (7, Reason.SLO_BREACH)  # ceil(60 / 9): the shortfall at once
+    # The count carries the demand at the target utilisation: one more replica, not a multiple.
+    d = decide(obs(current_replicas=4, load_rps=20.0, peak_load_rps=20.0, latency_s=4.0), CFG)
+    assert (d.replicas, d.reason) == (5, Reason.SLO_BREACH)
 
 
 def test_slo_breach_is_answered_once_while_its_replicas_settle() -> None:
     first = decide(obs(current_replicas=4, latency_s=3.0, settled_replicas=4), CFG)
-    assert first.replicas == 6  # 4 x 1.5
-    # Two of them became ready; latency (a 1-minute window) still shows the breach: no new step.
-    again = decide(obs(current_replicas=6, latency_s=3.0, settled_replicas=4), CFG)
-    assert (again.replicas, again.reason) == (6, Reason.SLO_BREACH)
+    assert first.replicas == 5
+    # It became ready; latency (a 1-minute window) still shows the breach: no new step.
+    again = decide(obs(current_replicas=5, latency_s=3.0, settled_replicas=4), CFG)
+    assert (again.replicas, again.reason) == (5, Reason.SLO_BREACH)
     assert "settled 4" in again.detail
-    # Once the settle window has passed with the breach still there, the next step builds on 6.
-    assert decide(obs(current_replicas=6, latency_s=3.0, settled_replicas=6), CFG).replicas == 9
-    # Without the settled count (unknown) the current count is the base, as before.
-    assert decide(obs(current_replicas=6, latency_s=3.0), CFG).replicas == 9
+    # Once the settle window has passed with the breach still there, the next step builds on 5.
+    assert decide(obs(current_replicas=5, latency_s=3.0, settled_replicas=5), CFG).replicas == 6
+    # Without the settled count (unknown) the current count is the base.
+    assert decide(obs(current_replicas=5, latency_s=3.0), CFG).replicas == 6
+    # Without a capacity the latency ratio applies, to the settled count too.
+    blind = replace(CFG, replica_capacity_rps=None)
+    assert decide(obs(current_replicas=6, latency_s=3.0, settled_replicas=4), blind).replicas == 6
+    assert decide(obs(current_replicas=6, latency_s=3.0, settled_replicas=6), blind).replicas == 9
 
 
 def test_window_peak_holds_replicas_after_the_load_drops() -> None:

@@ -8,6 +8,7 @@ from gpumodel.model import H100_LLAMA_8B, H100X4_LLAMA_70B
 from scaler.policy import decide
 from scaler.powercap.controller import REASON_SLO_BREACH
 from scaler.powercap.settings import Settings
+from scaler.queries import LEARNED_CAPACITY_MAX_EXTRAPOLATION as MOST
 from sim.eo import CapOptions, EoCapController, EoTrigger, controller_config
 from sim.observe import SimPrometheus, bucket_index
 from sim.policies import CapReading
@@ -30,9 +31,9 @@ def test_observation_is_built_like_the_live_queries() -> None:
     assert obs.latency_s is not None and 2.5 < obs.latency_s <= 5.0
     assert obs.idle_for_s == 0.0
     assert obs.demand_rps == pytest.approx(10.0)
-    # load / replicas while the SLO held, extrapolated along the latency headroom (bounded at 2x)
+    # load / replicas while the SLO held, extrapolated along the latency headroom (bounded)
     assert obs.learned_capacity_rps is not None
-    assert obs.learned_capacity_rps == pytest.approx(5.0 * min(10.0 / obs.latency_s, 2.0))
+    assert obs.learned_capacity_rps == pytest.approx(5.0 * min(10.0 / obs.latency_s, MOST))
     assert obs.settled_replicas == 2
     answer = trigger.answer(prom, 600.0)
     assert answer.value == decide(obs, trigger.config).replicas
@@ -66,7 +67,7 @@ def test_learned_capacity_rises_with_latency_headroom() -> None:
     trigger = EoTrigger({"latencySloSeconds": "10", "latencyQuantile": "0.99"})
     prom = busy_prometheus(latency_s=2.0, rps=20, replicas=4)
     obs = trigger.observe(prom, 600.0)
-    assert obs.learned_capacity_rps == pytest.approx(10.0)  # 5 rps x min(10 / ~2, 2)
+    assert obs.learned_capacity_rps == pytest.approx(15.0)  # 5 rps x min(10 / ~2, 3)
     assert trigger.answer(prom, 600.0).value < 4
 
 
