@@ -4,7 +4,7 @@ Prints, per trace variant, energy of each policy, Energy Orchestrator's saving a
 provisioning and the threshold autoscaler, the share of the (static - optimum) gap it closes, SLO
 attainment; then the sidecar-alone figure (issue 6): caps at fixed replicas on the conversation trace.
 
-    python bench/policy.py            # ~1 minute on one core
+    python bench/policy.py            # ~15 s on one core
     python bench/policy.py --markdown # the tables as Markdown (docs/simulator.md)
 
 Traces: "Splitwise: Efficient generative LLM inference using phase splitting" (Patel et al., ISCA 2024),
