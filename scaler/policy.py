@@ -15,13 +15,21 @@ Order of precedence, from strongest to weakest:
    operator set knowing it may cost latency, and exceeding it has consequences outside this workload.
    The decision says so (reason ``power_budget``). ``min_replicas``/``max_replicas`` still bound the
    answer (KEDA's HPA enforces them anyway), reason ``power_budget_below_min`` flags the conflict.
-3. Latency SLO: a breach scales up at once, never down: ``current * latency/slo`` (capped at doubling),
-   at least +1 and at least 10% + 1 so the step clears the HPA's default 10% tolerance.
-4. Load: the fewest replicas that carry the load at ``target_utilization`` of the per-replica
-   capacity: ``ceil(load / (capacity * target_utilization))``, scaled up to at once.
-5. Consolidation with hysteresis: scale down only to ``ceil(peak / (capacity * scale_down_utilization))``
+3. Latency SLO: a breach scales up at once, never down, in proportion to what it observes: to the
+   replicas the demand needs at ``target_utilization`` of the capacity, and to ``settled * latency/slo``
+   (capped at ``max_breach_step_ratio``), at least +1 and 10% + 1 (clearing the HPA's 10% tolerance).
+   ``settled`` is the fewest replicas serving over the last breach-settle window (a cold start plus
+   the latency window), not the current count: replicas started for this breach and now serving do
+   not count as "already tried", so repeated answers to one breach do not compound while its first
+   answer is still coming up.
+4. Load: the fewest replicas that carry the demand at ``target_utilization`` of the per-replica
+   capacity: ``ceil(demand / (capacity * target_utilization))``, scaled up to at once.
+5. Consolidation with hysteresis: scale down to ``ceil(peak / (capacity * scale_down_utilization))``
    where ``peak`` is the highest load over the stabilisation window, and not while latency is near the
-   SLO. Between the two thresholds the current count holds, so a constant load never flaps.
+   SLO (``near_slo_ratio``). Latency headroom lets it go further: with latency at most
+   ``roomy_latency_ratio`` of the SLO the replicas can take more, and consolidation goes to
+   ``target_utilization``. Scale-up (step 4) needs more than the target utilisation, so between the
+   two the current count holds and a constant load never flaps.
 6. Energy target: when joules per request exceed the target and latency has headroom, remove one
    replica at a time down to the load threshold of the window's peak (fuller batches cost less energy).
 """
@@ -72,6 +80,9 @@ class Observation:
         ceiling is known at zero replicas too (else the policy would start one, learn it does not fit,
         stop it, forget, and start again).
     joules_per_request: energy per request now, or None when unknown.
+    settled_replicas: the fewest replicas serving over the last breach-settle window, None when
+        unknown (then the current count is used). Replicas started by an SLO-breach answer show up
+        here only once the window has passed, so a breach is answered once per window.
     """
 
     current_replicas: int
@@ -84,6 +95,7 @@ class Observation:
     workload_power_watts: float | None = None
     joules_per_request: float | None = None
     historical_replica_power_watts: float | None = None
+    settled_replicas: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +105,8 @@ class PolicyConfig:
     min_replicas: int
     max_replicas: int
     latency_slo_s: float
-    target_utilization: float = 0.8
-    scale_down_utilization: float = 0.6
+    target_utilization: float = 0.9
+    scale_down_utilization: float = 0.8
     # Latency above this fraction of the SLO blocks scale-down (the SLO has little room left).
     near_slo_ratio: float = 0.85
     replica_capacity_rps: float | None = None
@@ -104,6 +116,8 @@ class PolicyConfig:
     idle_before_zero_s: float = 300.0
     activation_rps: float = 0.05
     max_breach_step_ratio: float = 2.0
+    # Latency at or below this fraction of the SLO lets consolidation reach target_utilization.
+    roomy_latency_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -114,6 +128,10 @@ class PolicyConfig:
             raise ValueError("need 0 < scale_down_utilization <= target_utilization <= 1")
         if self.latency_slo_s <= 0:
             raise ValueError("latency_slo_s must be > 0")
+        if not 0 <= self.roomy_latency_ratio <= self.near_slo_ratio:
+            raise ValueError("need 0 <= roomy_latency_ratio <= near_slo_ratio")
+        if self.max_breach_step_ratio < 1:
+            raise ValueError("max_breach_step_ratio must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -165,6 +183,27 @@ def budget_ceiling(observation: Observation, config: PolicyConfig) -> int | None
     return _bounded_int(config.power_budget_watts / watts, "floor")
 
 
+def _breach(obs: Observation, cfg: PolicyConfig, demand: float, capacity: float | None) -> int:
+    """Replicas an SLO breach asks for (step 3 of the module docstring); never below the current count."""
+    cur = obs.current_replicas
+    settled = cur if obs.settled_replicas is None else max(0, min(obs.settled_replicas, cur))
+    settled = max(settled, 1)
+    need = _replicas_for(demand, capacity, cfg.target_utilization) if capacity is not None else None
+    if need is not None and need <= settled:
+        # The settled replicas carry the demand at the target utilisation: the breach is not a
+        # capacity shortfall at the observed load (a burst inside the window, a backlog, a few long
+        # requests). One more replica per settle window, not a multiple: by the time more would be
+        # ready the burst is usually over, and they would idle until consolidation.
+        return max(settled + 1, cur)
+    if need is not None:
+        # A shortfall: exactly what the demand needs at the target utilisation.
+        return max(need, cur)
+    # No capacity known: the latency ratio is the only measure of the shortfall.
+    ratio = min((obs.latency_s or 0.0) / cfg.latency_slo_s, cfg.max_breach_step_ratio)
+    step = max(settled + 1, math.floor(settled * 1.1) + 1, math.ceil(settled * ratio - _EPS))
+    return max(step, cur)
+
+
 def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Reason, str]:
     """Steps 3-6 of the module docstring: the count the SLO and the load ask for."""
     cur = obs.current_replicas
@@ -177,11 +216,9 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
     slo = cfg.latency_slo_s
 
     if cur > 0 and latency is not None and latency > slo:
-        ratio = min(latency / slo, cfg.max_breach_step_ratio)
-        step = max(cur + 1, math.floor(cur * 1.1) + 1, math.ceil(cur * ratio - _EPS))
-        if capacity is not None:
-            step = max(step, _replicas_for(demand, capacity, cfg.target_utilization))
-        return step, Reason.SLO_BREACH, f"latency {latency:.3f}s > SLO {slo:.3f}s at {cur} replicas"
+        step = _breach(obs, cfg, demand, capacity)
+        settled = "" if obs.settled_replicas is None else f" (settled {obs.settled_replicas})"
+        return step, Reason.SLO_BREACH, f"latency {latency:.3f}s > SLO {slo:.3f}s at {cur} replicas{settled}"
 
     if capacity is None:
         if cur < floor_active:
@@ -190,9 +227,16 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
 
     need_now = max(_replicas_for(demand, capacity, cfg.target_utilization), floor_active)
     need_peak = max(_replicas_for(peak, capacity, cfg.target_utilization), floor_active)
-    keep_for_peak = max(_replicas_for(peak, capacity, cfg.scale_down_utilization), floor_active)
+    # Latency well under the SLO at today's per-replica load: the replicas can take more, so
+    # consolidation may go all the way to the target utilisation instead of stopping at the
+    # scale-down threshold.
+    roomy = latency is not None and latency <= cfg.roomy_latency_ratio * slo
+    down_utilization = cfg.target_utilization if roomy else cfg.scale_down_utilization
+    keep_for_peak = max(_replicas_for(peak, capacity, down_utilization), floor_active)
     near_slo = latency is not None and latency > cfg.near_slo_ratio * slo
     load_txt = f"load {demand:.3f} rps (window peak {peak:.3f}), capacity {capacity:.3f} rps/replica"
+    if roomy:
+        load_txt += f", latency {latency:.3f}s <= {cfg.roomy_latency_ratio:g} x SLO"
 
     if cur < need_now:
         reason = Reason.WAKE if cur == 0 else Reason.SCALE_UP_LOAD

@@ -31,6 +31,11 @@ POWER_KPI = "namespace_workload:eo_pod_energy_joules:rate5m"
 JPR_KPI = "namespace_workload:eo_joules_per_request:ratio_rate5m"
 LATENCY_RATE_WINDOW = "1m"
 PART_LABEL = "eo_part"
+# Learned capacity extrapolates each minute's per-replica load along the latency headroom
+# (load/replica * slo/latency, a straight line through the origin) by at most this factor.
+LEARNED_CAPACITY_MAX_EXTRAPOLATION = 3.0
+# Resolution of the subquery that finds the fewest replicas serving over the breach-settle window.
+SETTLED_REPLICAS_STEP = "15s"
 
 
 class KpiUnavailable(Exception):
@@ -65,10 +70,33 @@ def latency_expr(trigger: TriggerConfig) -> str:
     )
 
 
+def replicas_expr(trigger: TriggerConfig) -> str:
+    """Pods of the workload reporting now."""
+    return f"count(count by (pod) ({REQUESTS_COUNTER}{selector(trigger.namespace, trigger.workload)}))"
+
+
+def capacity_sample_expr(trigger: TriggerConfig) -> str:
+    """One sample of the learned per-replica capacity: while latency holds the SLO, the per-replica load
+    extrapolated along the latency headroom, ``load/replicas * min(slo/latency, 2)``; empty otherwise.
+
+    Under continuous batching latency grows with the batch, i.e. with the per-replica load; the straight
+    line through the origin and today's point reaches the SLO at ``load/replica * slo/latency``. It
+    under-estimates while the unloaded latency is a large part of today's (long outputs), and the bound
+    keeps a quiet minute from promising more than three times what was served. Without the extrapolation the
+    first observation would stick: the policy scales out before the per-replica load exceeds it, so it
+    would never see more.
+    """
+    per_replica = f"sum({LOAD_KPI}{selector(trigger.namespace, trigger.workload)}) / {replicas_expr(trigger)}"
+    latency = latency_expr(trigger)
+    slo = repr(trigger.latency_slo_s)
+    headroom = f"clamp_max({slo} / {latency}, {LEARNED_CAPACITY_MAX_EXTRAPOLATION!r})"
+    return f"({per_replica}) * {headroom} and on() ({latency} <= {slo})"
+
+
 def parts(trigger: TriggerConfig) -> dict[str, str]:
     """Named PromQL expressions, each answering one scalar-like vector (at most one series)."""
     sel = selector(trigger.namespace, trigger.workload)
-    replicas = f"count(count by (pod) ({REQUESTS_COUNTER}{sel}))"
+    replicas = replicas_expr(trigger)
     out = {
         "heartbeat_age": f"time() - max(timestamp({HEARTBEAT_METRIC}))",
         "age": f"time() - max(timestamp({REQUESTS_COUNTER}{sel}))",
@@ -77,6 +105,11 @@ def parts(trigger: TriggerConfig) -> dict[str, str]:
         "peak": f"max(max_over_time({LOAD_KPI}{sel}[{_seconds(trigger.stabilization_window_s)}]))",
         "latency": latency_expr(trigger),
         "recent_requests": f"sum(increase({REQUESTS_COUNTER}{sel}[{_seconds(trigger.idle_before_zero_s)}]))",
+        # Fewest pods serving over the breach-settle window: replicas an SLO breach started are not
+        # counted until the window has passed, so one breach is answered once (policy step 3).
+        "settled_replicas": (
+            f"min_over_time({replicas}[{_seconds(trigger.breach_settle_s)}:{SETTLED_REPLICAS_STEP}])"
+        ),
     }
     lookback = _seconds(trigger.capacity_lookback_s)
     if trigger.power_budget_watts is not None and trigger.replica_power_watts is None:
@@ -86,10 +119,8 @@ def parts(trigger: TriggerConfig) -> dict[str, str]:
     if trigger.target_joules_per_request is not None:
         out["jpr"] = f"sum({JPR_KPI}{sel})"
     if trigger.replica_capacity_rps is None:
-        # Learned capacity: the best per-replica load seen while latency held the SLO, from history.
-        per_replica = f"sum({LOAD_KPI}{sel}) / {replicas}"
-        held = f"({latency_expr(trigger)} <= {trigger.latency_slo_s!r})"
-        out["capacity"] = f"max_over_time(({per_replica} and on() {held})[{lookback}:1m])"
+        # Learned capacity, from history: the best of the minutes' capacity samples.
+        out["capacity"] = f"max_over_time(({capacity_sample_expr(trigger)})[{lookback}:1m])"
     if trigger.activation_query:
         out["demand"] = f"max(({trigger.activation_query}))"
     return out
@@ -145,6 +176,7 @@ def to_observation(trigger: TriggerConfig, result: list[dict[str, Any]]) -> Obse
             demand_rps=max(0.0, demand) if demand is not None else None,
             learned_capacity_rps=_finite(v.get("capacity")),
             historical_replica_power_watts=_finite(v.get("replica_power")),
+            settled_replicas=0,
         )
     age = _finite(v.get("age"))
     if age is None or age > trigger.staleness_s:
@@ -158,6 +190,7 @@ def to_observation(trigger: TriggerConfig, result: list[dict[str, Any]]) -> Obse
         if power is None:
             raise KpiUnavailable(f"{POWER_KPI} for {where} is absent and powerBudgetWatts needs it")
     recent = _finite(v.get("recent_requests")) or 0.0
+    settled = _finite(v.get("settled_replicas"))
     return Observation(
         current_replicas=replicas,
         load_rps=max(0.0, load),
@@ -169,4 +202,5 @@ def to_observation(trigger: TriggerConfig, result: list[dict[str, Any]]) -> Obse
         workload_power_watts=power,
         joules_per_request=_finite(v.get("jpr")),
         historical_replica_power_watts=_finite(v.get("replica_power")),
+        settled_replicas=int(settled) if settled is not None else None,
     )

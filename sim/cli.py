@@ -18,14 +18,17 @@ from sim.keda import HpaConfig
 from sim.policies import StaticSchedule, ThresholdTrigger
 from sim.report import ATTRIBUTION, document, summarize, table
 from sim.scenario import (
+    DEFAULT_POLICIES,
     DESCRIPTIONS,
     POLICY_NAMES,
     Scenario,
     default_slo_s,
     load_test_capacity,
+    peak_replicas,
     static_replicas,
     tuned_optimum,
     tuned_threshold,
+    user_threshold,
 )
 from sim.server import ServerConfig
 from sim.trace import TraceError, compress, load_trace, overlay
@@ -86,19 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.99,
     )
     add("--policies", f"comma-separated policies to compare: {', '.join(POLICY_NAMES)}",
-        default=",".join(POLICY_NAMES))  # fmt: skip
+        default=",".join(DEFAULT_POLICIES))  # fmt: skip
     add("--capacity-rps", "per-replica capacity at the SLO (default: a simulated load test)", type=float,
         default=None)  # fmt: skip
-    add("--static-replicas", "replicas of the static baseline (default: fewest holding the SLO target)",
-        type=int, default=None)  # fmt: skip
-    add("--threshold-rps", "request-rate threshold per replica of the KEDA baseline (default: the highest "
-        "multiple of the capacity holding the SLO target)", type=float, default=None)  # fmt: skip
+    add("--static-replicas", "replicas of the static baseline (default: the peak minute's rate over 70%% "
+        "of the capacity, rounded up)", type=int, default=None)  # fmt: skip
+    add("--threshold-rps", "request-rate threshold per replica of the KEDA baseline (default: 70%% of the "
+        "capacity)", type=float, default=None)  # fmt: skip
     add("--target-attainment", "share of requests within the SLO the baselines are tuned to hold",
         type=float, default=0.99)  # fmt: skip
     add("--cap-actuator", "what the power-cap sidecar moves: power or clocks", choices=("power", "clocks"),
-        default="power")  # fmt: skip
+        default="clocks")  # fmt: skip
     add("--cap-target-ratio", "sidecar latency target as a share of the SLO when the scaler also runs",
-        type=float, default=0.8)  # fmt: skip
+        type=float, default=1.0)  # fmt: skip
     add("--max-batch", "vLLM max_num_seqs per replica", type=int, default=256)
     add("--cold-start-seconds", "replica cold start (default: the profile's)", type=float, default=None)
     add("--step-seconds", "control step of the simulation (must divide 5 s)", type=float, default=0.25)
@@ -162,13 +165,15 @@ def run_policies(
     for name in names:
         cb = progress.callback(name)
         if name == "static":
-            if static_n is None:
-                static_n, r = static_replicas(sc)
-            else:
-                r = sc.run(Policy("static", schedule=StaticSchedule(static_n)), cb)
+            static_n = static_n if static_n is not None else peak_replicas(sc)
+            r = sc.run(Policy("static", schedule=StaticSchedule(static_n)), cb)
+        elif name == "static-min":
+            r = static_replicas(sc)[1]
+        elif name == "threshold-tuned":
+            r = tuned_threshold(sc)
         elif name == "threshold":
             if args.threshold_rps is None:
-                r = tuned_threshold(sc)
+                r = user_threshold(sc)
             else:
                 policy = Policy("threshold", trigger=ThresholdTrigger(args.threshold_rps),
                                 hpa=HpaConfig(min_replicas=1), initial_replicas=first)  # fmt: skip
@@ -186,9 +191,9 @@ def _eo_policy(name: str, sc: Scenario, args: argparse.Namespace, static_n: int 
     q = args.latency_quantile
     profile = sc.server.profile
     if name == "caps-only":
-        n = static_n if static_n is not None else static_replicas(sc)[0]
+        n = static_n if static_n is not None else peak_replicas(sc)
         return caps_only_policy(n, CapOptions(sc.slo_s, args.cap_actuator, q), profile)
-    caps = CapOptions(sc.slo_s * args.cap_target_ratio, args.cap_actuator, q) if name == "eo" else None
+    caps = CapOptions(sc.slo_s * sc.cap_target_ratio, sc.cap_actuator, q) if name == "eo" else None
     return eo_policy(name, sc.slo_s, q, sc.capacity_rps, profile, sc.first_minute_replicas(), caps)
 
 
@@ -243,7 +248,7 @@ def _main(args: argparse.Namespace) -> int:
         capacity = load_test_capacity(trace, server, slo, args.latency_quantile)
     sc = Scenario(trace, server, slo, capacity, quantile=args.latency_quantile,
                   target_attainment=args.target_attainment, sim=SimConfig(step_s=args.step_seconds),
-                  cap_target_ratio=args.cap_target_ratio)  # fmt: skip
+                  cap_target_ratio=args.cap_target_ratio, cap_actuator=args.cap_actuator)  # fmt: skip
     show = args.progress or sys.stderr.isatty()
     progress = Progress(show, len(names))
     results = run_policies(sc, names, args, progress)

@@ -20,16 +20,19 @@ from scaler.metadata import TriggerConfig, parse_metadata
 from scaler.policy import Observation, decide
 from scaler.powercap.controller import ControllerConfig, ControllerState, Reading, initial_state, step
 from scaler.powercap.settings import Settings
+from scaler.queries import LEARNED_CAPACITY_MAX_EXTRAPOLATION, SETTLED_REPLICAS_STEP
 from sim.engine import Policy
 from sim.keda import HpaConfig
 from sim.observe import SimPrometheus
 from sim.policies import CapReading, CapSetting, ScalerAnswer, StaticSchedule
 
 # scaler/queries.py: the load KPI is a rate over 5 minutes, the latency quantile a rate over 1 minute,
-# the learned capacity a 1-minute subquery, and recording rules are evaluated every 15 s.
+# the learned capacity a 1-minute subquery, the settled replicas a 15-s subquery, and recording rules
+# are evaluated every 15 s.
 LOAD_WINDOW_S = 300.0
 LATENCY_WINDOW_S = 60.0
 SUBQUERY_STEP_S = 60.0
+SETTLED_STEP_S = float(SETTLED_REPLICAS_STEP.removesuffix("s"))
 RULE_INTERVAL_S = 15.0
 DEMAND_WINDOW_S = 60.0
 
@@ -60,8 +63,17 @@ class EoTrigger:
         times = [last - i * RULE_INTERVAL_S for i in range(n)]
         return max(self._load(prom, t) for t in times if t >= 0) if last >= 0 else 0.0
 
+    def _settled(self, prom: SimPrometheus, now_s: float) -> int | None:
+        """``min_over_time(replicas[breach_settle:15s])`` (instants with no pod series are absent)."""
+        n = max(1, int(self.trigger.breach_settle_s // SETTLED_STEP_S))
+        last = math.floor(now_s / SETTLED_STEP_S) * SETTLED_STEP_S
+        times = [last - i * SETTLED_STEP_S for i in range(n)]
+        present = [c for c in (prom.replicas(t) for t in times if t >= 0) if c > 0]
+        return min(present) if present else None
+
     def _capacity(self, prom: SimPrometheus, now_s: float) -> float | None:
-        """``max_over_time((load / replicas and on() latency <= slo)[lookback:1m])``."""
+        """``max_over_time((load / replicas * clamp_max(slo / latency, 3) and on() latency <= slo)
+        [lookback:1m])``."""
         if self.trigger.replica_capacity_rps is not None:
             return None
         last = int(now_s // SUBQUERY_STEP_S)
@@ -78,9 +90,12 @@ class EoTrigger:
     def _capacity_at(self, prom: SimPrometheus, at_s: float) -> float | None:
         replicas = prom.replicas(at_s)
         latency = self._latency(prom, at_s)
-        if replicas <= 0 or latency is None or latency > self.trigger.latency_slo_s:
+        slo = self.trigger.latency_slo_s
+        if replicas <= 0 or latency is None or latency > slo:
             return None
-        return self._load(prom, at_s) / replicas
+        most = LEARNED_CAPACITY_MAX_EXTRAPOLATION
+        headroom = min(slo / latency, most) if latency > 0 else most
+        return self._load(prom, at_s) / replicas * headroom
 
     def observe(self, prom: SimPrometheus, now_s: float) -> Observation:
         """scaler.queries.to_observation on the parts evaluated at ``now_s``."""
@@ -99,6 +114,7 @@ class EoTrigger:
                 idle_for_s=trig.idle_before_zero_s if not recent else 0.0,
                 demand_rps=demand,
                 learned_capacity_rps=capacity,
+                settled_replicas=0,
             )
         load = self._load(prom, now_s)
         return Observation(
@@ -109,6 +125,7 @@ class EoTrigger:
             idle_for_s=0.0 if recent > 0 else trig.idle_before_zero_s,
             demand_rps=demand,
             learned_capacity_rps=capacity,
+            settled_replicas=self._settled(prom, now_s),
         )
 
     def answer(self, prom: SimPrometheus, now_s: float) -> ScalerAnswer:

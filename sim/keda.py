@@ -71,6 +71,10 @@ class Autoscaler:
         self.replicas = initial_replicas
         self.last_active_s: float | None = 0.0  # the grace of one cooldown after start
         self._history: deque[tuple[float, int]] = deque()
+        if initial_replicas > 0:
+            # The service ran before the trace at this count: the HPA's stabilisation window already
+            # holds that recommendation, so the first sync cannot drop replicas a live HPA would keep.
+            self._history.append((0.0, initial_replicas))
 
     def hpa_sync(self, now_s: float, value: float, target: float) -> int:
         """One HPA sync; a no-op at zero replicas (KEDA owns 0 <-> 1)."""

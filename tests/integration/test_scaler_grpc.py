@@ -105,12 +105,12 @@ def test_keda_poll_loop_drives_replicas(stub: pb_grpc.ExternalScalerStub, fresh:
         now += 30
         return replicas
 
-    assert poll(60.0, 1.0) == 8  # ceil(60 / (10 * 0.8))
-    assert poll(60.0, 1.0) == 8  # constant load: no change
-    assert poll(60.0, 1.0) == 8
-    assert poll(20.0, 1.0, peak=60.0) == 8  # the window's peak holds replicas
-    assert poll(20.0, 1.0) == 4  # window clear: consolidate to ceil(20 / 6)
-    assert poll(20.0, 3.0) == 6  # SLO breach: +50% at once
+    assert poll(60.0, 1.2) == 7  # ceil(60 / (10 * 0.9))
+    assert poll(60.0, 1.2) == 7  # constant load: no change
+    assert poll(60.0, 1.2) == 7
+    assert poll(20.0, 1.2, peak=60.0) == 7  # the window's peak holds replicas
+    assert poll(20.0, 1.2) == 3  # window clear: consolidate to ceil(20 / (10 * 0.8))
+    assert poll(20.0, 3.0) == 4  # SLO breach while 3 carry the load at 90%: one more at once
     assert poll(0.0, None, idle_for=100) == 1  # quiet but not idle long enough: one replica stays
     assert poll(0.0, None, idle_for=400) >= 1  # inactive, but KEDA waits for the cooldown
     for _ in range(10):
@@ -153,7 +153,7 @@ def test_advisory_reports_current_and_publishes_the_decision(
     text = (
         urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
     )
-    assert 'eo_scaler_desired_replicas{namespace="inference",workload="advised"} 8.0' in text
+    assert 'eo_scaler_desired_replicas{namespace="inference",workload="advised"} 7.0' in text
     assert 'eo_scaler_current_replicas{namespace="inference",workload="advised"} 3.0' in text
     assert 'eo_scaler_mode_info{mode="advisory",namespace="inference",workload="advised"} 1.0' in text
     assert (

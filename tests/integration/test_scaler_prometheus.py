@@ -18,7 +18,7 @@ from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
 from scaler.kpi_source import PrometheusAuth, PrometheusKpiSource
 from scaler.metadata import TriggerConfig, parse_metadata
-from scaler.queries import KpiUnavailable, selector
+from scaler.queries import KpiUnavailable, capacity_sample_expr, parts, selector
 from scaler.server import ScalerHandle, start_scaler
 from scaler.settings import ScalerSettings
 
@@ -140,6 +140,21 @@ def test_observation_from_real_prometheus(prometheus: Prometheus) -> None:
     assert o.latency_s == pytest.approx(0.25 + 0.95 * 0.25, rel=0.02)  # histogram_quantile interpolation
     assert o.workload_power_watts == pytest.approx(800.0, rel=0.1)
     assert o.idle_for_s == 0.0
+    assert o.settled_replicas in (None, 2)  # None until the first 15-s subquery step has data
+
+
+def test_learned_capacity_and_settled_replicas_in_real_promql(prometheus: Prometheus) -> None:
+    trigger = parse_metadata({"workload": "llama", "latencySloSeconds": "2"}, "demo")
+    # 10 rps per pod at p95 0.4875 s: 10 x min(2 / 0.4875, 3) = 30 rps per replica.
+    sample = prometheus.query(capacity_sample_expr(trigger))
+    assert len(sample) == 1 and float(sample[0]["value"][1]) == pytest.approx(30.0, rel=0.1)
+    # Latency above the SLO: no sample (the minute does not count).
+    strict = parse_metadata({"workload": "llama", "latencySloSeconds": "0.4"}, "demo")
+    assert prometheus.query(capacity_sample_expr(strict)) == []
+    # The full parts are valid PromQL for the real engine (the subqueries evaluate without error).
+    for name in ("capacity", "settled_replicas"):
+        prometheus.query(parts(trigger)[name])
+    prometheus.wait_for(f"{parts(trigger)['settled_replicas']} == 2", timeout_s=30)
 
 
 def test_getmetrics_answers_the_policy_value_and_caches(prometheus: Prometheus, scaler: ScalerHandle) -> None:

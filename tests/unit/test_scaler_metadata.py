@@ -23,7 +23,9 @@ def test_minimal_metadata_gets_documented_defaults() -> None:
     assert t.latency_quantile == 0.95 and t.mode is Mode.ENFORCE
     assert t.min_replicas == 0 and t.max_replicas == 100
     assert t.idle_before_zero_s == 300 and t.activation_rps == 0.05
-    assert t.scale_down_utilization == pytest.approx(0.6)
+    assert t.target_utilization == pytest.approx(0.9) and t.scale_down_utilization == pytest.approx(0.8)
+    assert t.breach_settle_s == 120
+    assert parse_metadata({**BASE, "breachSettleSeconds": "240"}, "ns").breach_settle_s == 240
 
 
 def test_full_metadata() -> None:
@@ -73,6 +75,7 @@ def test_full_metadata() -> None:
         ({**BASE, "headroom": "0.2", "targetUtilization": "0.8"}, "headroom"),
         ({**BASE, "targetUtilization": "0.5", "scaleDownUtilization": "0.7"}, "scaleDownUtilization"),
         ({**BASE, "queryTimeoutSeconds": "30"}, "queryTimeoutSeconds"),
+        ({**BASE, "breachSettleSeconds": "5"}, "breachSettleSeconds"),
         (
             {**BASE, "powerBudgetWatts": "500", "replicaPowerWatts": "400", "minReplicas": "2"},
             "powerBudgetWatts",
@@ -106,6 +109,7 @@ def test_query_has_one_tagged_part_per_signal() -> None:
         "peak",
         "latency",
         "capacity",
+        "settled_replicas",
         "power",
         "jpr",
     } <= names
@@ -115,6 +119,12 @@ def test_query_has_one_tagged_part_per_signal() -> None:
         'histogram_quantile(0.95, sum by (le) (rate(eo_pod_request_latency_seconds_bucket{namespace="ns"' in q
     )
     assert "capacity" not in parts(parse_metadata({**BASE, "replicaCapacityRps": "5"}, "ns"))
+    # Learned capacity extrapolates along the latency headroom, bounded, only over minutes that held.
+    capacity = parts(t)["capacity"]
+    assert "clamp_max(2.5 / histogram_quantile(" in capacity and ", 3.0)" in capacity
+    assert "and on() (histogram_quantile(" in capacity and "<= 2.5)" in capacity
+    assert parts(t)["settled_replicas"].startswith("min_over_time(count(count by (pod)")
+    assert parts(t)["settled_replicas"].endswith("[120s:15s])")
 
 
 def _series(**values: float | str) -> list[dict[str, object]]:
@@ -137,7 +147,12 @@ def test_observation_from_result() -> None:
         ),
     )
     assert (o.current_replicas, o.load_rps, o.peak_load_rps, o.latency_s) == (3, 12, 20, 0.8)
-    assert o.idle_for_s == 0 and o.learned_capacity_rps is None
+    assert o.idle_for_s == 0 and o.learned_capacity_rps is None and o.settled_replicas is None
+    settled = to_observation(
+        t,
+        _series(heartbeat_age=3, age=2, replicas=5, load=12, peak=20, recent_requests=1, settled_replicas=2),
+    )
+    assert settled.settled_replicas == 2
 
 
 @pytest.mark.parametrize(

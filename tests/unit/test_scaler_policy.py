@@ -15,35 +15,71 @@ CFG = PolicyConfig(min_replicas=1, max_replicas=20, latency_slo_s=2.0, replica_c
 
 
 def obs(**kw: object) -> Observation:
-    base = {"current_replicas": 4, "load_rps": 20.0, "peak_load_rps": 20.0, "latency_s": 1.0}
+    # latency 1.2 s: under the near-SLO guard (1.7 s), above the roomy threshold (1.0 s)
+    base = {"current_replicas": 4, "load_rps": 20.0, "peak_load_rps": 20.0, "latency_s": 1.2}
     base.update(kw)
     return Observation(**base)  # type: ignore[arg-type]
 
 
 def test_consolidates_to_fewest_replicas_that_carry_the_load() -> None:
-    # 20 rps at 10 rps/replica and 0.8 target: ceil(20/8) = 3; scale-down threshold 0.6 -> ceil(20/6) = 4.
-    d = decide(obs(current_replicas=8), CFG)
+    # 25 rps at 10 rps/replica: scale-up above 0.9 -> needs ceil(25/9) = 3; scale-down to 0.8 -> 4.
+    d = decide(obs(current_replicas=8, load_rps=25.0, peak_load_rps=25.0), CFG)
     assert (d.replicas, d.reason) == (4, Reason.CONSOLIDATE)
-    assert decide(obs(current_replicas=4), CFG).reason is Reason.HOLD
-    assert decide(obs(current_replicas=3), CFG).replicas == 3  # inside the dead band: hold
+    assert decide(obs(current_replicas=4, load_rps=25.0, peak_load_rps=25.0), CFG).reason is Reason.HOLD
+    assert decide(obs(current_replicas=3, load_rps=25.0, peak_load_rps=25.0), CFG).replicas == 3  # dead band
+
+
+def test_latency_headroom_lets_consolidation_reach_the_target_utilization() -> None:
+    roomy = obs(current_replicas=8, load_rps=25.0, peak_load_rps=25.0, latency_s=0.9)  # <= 0.5 x SLO
+    d = decide(roomy, CFG)
+    assert (d.replicas, d.reason) == (3, Reason.CONSOLIDATE)  # ceil(25/9), not ceil(25/8)
+    assert "0.5 x SLO" in d.detail
+    # ... and the count it reaches is stable once latency rises above the roomy threshold.
+    assert decide(replace(roomy, current_replicas=3, latency_s=1.5), CFG).replicas == 3
 
 
 def test_load_above_target_scales_up_at_once() -> None:
     d = decide(obs(current_replicas=2, load_rps=50.0, peak_load_rps=50.0), CFG)
-    assert (d.replicas, d.reason) == (7, Reason.SCALE_UP_LOAD)  # ceil(50 / 8)
+    assert (d.replicas, d.reason) == (6, Reason.SCALE_UP_LOAD)  # ceil(50 / 9)
 
 
-def test_slo_breach_scales_up_by_latency_ratio_and_clears_hpa_tolerance() -> None:
-    d = decide(obs(current_replicas=4, latency_s=3.0), CFG)
+def test_slo_breach_without_capacity_scales_by_latency_ratio_and_clears_hpa_tolerance() -> None:
+    blind = replace(CFG, replica_capacity_rps=None)  # nothing tells the shortfall but latency
+    d = decide(obs(current_replicas=4, latency_s=3.0), blind)
     assert (d.replicas, d.reason) == (6, Reason.SLO_BREACH)  # 4 * 1.5
-    big = decide(obs(current_replicas=15, load_rps=10.0, peak_load_rps=10.0, latency_s=2.1), CFG)
+    big = decide(obs(current_replicas=15, load_rps=10.0, peak_load_rps=10.0, latency_s=2.1), blind)
     assert big.replicas >= 17  # > 15 * 1.1, so the HPA's 10% tolerance does not swallow it
     assert big.replicas / 15 > 1.1
 
 
+def test_slo_breach_follows_the_demand() -> None:
+    d = decide(obs(current_replicas=2, load_rps=60.0, peak_load_rps=60.0, latency_s=2.2), CFG)
+    assert (d.replicas, d.reason) == (7, Reason.SLO_BREACH)  # ceil(60 / 9): the shortfall at once
+    # The count carries the demand at the target utilisation: one more replica, not a multiple.
+    d = decide(obs(current_replicas=4, load_rps=20.0, peak_load_rps=20.0, latency_s=4.0), CFG)
+    assert (d.replicas, d.reason) == (5, Reason.SLO_BREACH)
+
+
+def test_slo_breach_is_answered_once_while_its_replicas_settle() -> None:
+    first = decide(obs(current_replicas=4, latency_s=3.0, settled_replicas=4), CFG)
+    assert first.replicas == 5
+    # It became ready; latency (a 1-minute window) still shows the breach: no new step.
+    again = decide(obs(current_replicas=5, latency_s=3.0, settled_replicas=4), CFG)
+    assert (again.replicas, again.reason) == (5, Reason.SLO_BREACH)
+    assert "settled 4" in again.detail
+    # Once the settle window has passed with the breach still there, the next step builds on 5.
+    assert decide(obs(current_replicas=5, latency_s=3.0, settled_replicas=5), CFG).replicas == 6
+    # Without the settled count (unknown) the current count is the base.
+    assert decide(obs(current_replicas=5, latency_s=3.0), CFG).replicas == 6
+    # Without a capacity the latency ratio applies, to the settled count too.
+    blind = replace(CFG, replica_capacity_rps=None)
+    assert decide(obs(current_replicas=6, latency_s=3.0, settled_replicas=4), blind).replicas == 6
+    assert decide(obs(current_replicas=6, latency_s=3.0, settled_replicas=6), blind).replicas == 9
+
+
 def test_window_peak_holds_replicas_after_the_load_drops() -> None:
-    d = decide(obs(current_replicas=8, load_rps=5.0, peak_load_rps=45.0), CFG)
-    assert d.replicas == 8  # ceil(45/6) = 8: the peak of the window still needs them
+    d = decide(obs(current_replicas=8, load_rps=5.0, peak_load_rps=60.0), CFG)
+    assert d.replicas == 8  # ceil(60/8) = 8: the peak of the window still needs them
     d = decide(obs(current_replicas=8, load_rps=5.0, peak_load_rps=5.0), CFG)
     assert (d.replicas, d.reason) == (1, Reason.CONSOLIDATE)
 
@@ -86,14 +122,15 @@ def test_demand_wakes_from_zero() -> None:
 def test_unknown_capacity_holds_and_learned_capacity_is_used() -> None:
     cfg = replace(CFG, replica_capacity_rps=None)
     assert decide(obs(current_replicas=8), cfg).reason is Reason.CAPACITY_UNKNOWN
-    assert decide(obs(current_replicas=8, learned_capacity_rps=10.0), cfg).replicas == 4
+    assert decide(obs(current_replicas=8, learned_capacity_rps=10.0), cfg).replicas == 3  # ceil(20 / 8)
 
 
 def test_energy_target_removes_one_replica_at_a_time_down_to_the_load_threshold() -> None:
     cfg = replace(CFG, target_joules_per_request=100.0)
-    d = decide(obs(current_replicas=4, joules_per_request=150.0), cfg)
-    assert (d.replicas, d.reason) == (3, Reason.ENERGY_TARGET)
-    assert decide(obs(current_replicas=3, joules_per_request=150.0), cfg).reason is Reason.HOLD
+    d = decide(obs(current_replicas=4, load_rps=25.0, peak_load_rps=25.0, joules_per_request=150.0), cfg)
+    assert (d.replicas, d.reason) == (3, Reason.ENERGY_TARGET)  # inside the dead band, down to ceil(25/9)
+    three = obs(current_replicas=3, load_rps=25.0, peak_load_rps=25.0, joules_per_request=150.0)
+    assert decide(three, cfg).reason is Reason.HOLD
 
 
 def test_bounds_and_advisory() -> None:
@@ -139,6 +176,7 @@ observations = st.builds(
     idle_for_s=st.floats(0, 2000),
     demand_rps=st.one_of(st.none(), st.floats(0, 5000)),
     learned_capacity_rps=st.one_of(st.none(), st.floats(0.1, 500)),
+    settled_replicas=st.one_of(st.none(), st.integers(0, 60)),
     workload_power_watts=st.one_of(st.none(), st.floats(0, 50_000)),
     historical_replica_power_watts=st.one_of(st.none(), st.floats(1, 2000)),
     joules_per_request=st.one_of(st.none(), st.floats(0, 1000)),
@@ -214,3 +252,19 @@ def test_no_flapping_on_constant_load(
 def test_decisions_are_finite_integers_for_extreme_inputs() -> None:
     d = decide(obs(load_rps=1e12, peak_load_rps=1e12), CFG)
     assert d.replicas == 20 and isinstance(d.replicas, int) and not math.isnan(d.replicas)
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations, configs, st.floats(1.0001, 20))
+def test_one_breach_is_answered_once_while_its_replicas_settle(
+    o: Observation, c: PolicyConfig, over: float
+) -> None:
+    """Feed the breach answer back as the current count with the settled count still the one before
+    the breach (its replicas are coming up, latency still shows the breach): the answer does not grow."""
+    assume(o.current_replicas >= 1)
+    c = replace(c, power_budget_watts=None)  # observed watts per replica would change with the count
+    o = replace(o, latency_s=c.latency_slo_s * over, settled_replicas=o.current_replicas)
+    first = decide(o, c)
+    assume(first.replicas >= o.current_replicas)  # maxReplicas may have capped it
+    again = decide(replace(o, current_replicas=first.replicas), c)
+    assert again.replicas == first.replicas

@@ -38,6 +38,13 @@ def test_scale_down_waits_for_the_stabilisation_window() -> None:
     assert a.hpa_sync(330.0, 9.0, 1.0) == 5  # up at once, limited to +4 pods
 
 
+def test_the_service_running_before_the_trace_is_in_the_stabilisation_window() -> None:
+    a = Autoscaler(HpaConfig(min_replicas=1), 3)
+    assert a.hpa_sync(15.0, 1.0, 1.0) == 3  # a live HPA remembers the 3 it ran before the trace
+    assert a.hpa_sync(300.0, 1.0, 1.0) == 3
+    assert a.hpa_sync(315.0, 1.0, 1.0) == 1
+
+
 def test_keda_scales_to_zero_after_cooldown_and_back() -> None:
     a = Autoscaler(HpaConfig(min_replicas=0, cooldown_s=300), 2)
     assert a.keda_poll(30.0, True) == 2

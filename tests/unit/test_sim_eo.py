@@ -8,6 +8,7 @@ from gpumodel.model import H100_LLAMA_8B, H100X4_LLAMA_70B
 from scaler.policy import decide
 from scaler.powercap.controller import REASON_SLO_BREACH
 from scaler.powercap.settings import Settings
+from scaler.queries import LEARNED_CAPACITY_MAX_EXTRAPOLATION as MOST
 from sim.eo import CapOptions, EoCapController, EoTrigger, controller_config
 from sim.observe import SimPrometheus, bucket_index
 from sim.policies import CapReading
@@ -30,7 +31,10 @@ def test_observation_is_built_like_the_live_queries() -> None:
     assert obs.latency_s is not None and 2.5 < obs.latency_s <= 5.0
     assert obs.idle_for_s == 0.0
     assert obs.demand_rps == pytest.approx(10.0)
-    assert obs.learned_capacity_rps == pytest.approx(5.0)  # load / replicas while the SLO held
+    # load / replicas while the SLO held, extrapolated along the latency headroom (bounded)
+    assert obs.learned_capacity_rps is not None
+    assert obs.learned_capacity_rps == pytest.approx(5.0 * min(10.0 / obs.latency_s, MOST))
+    assert obs.settled_replicas == 2
     answer = trigger.answer(prom, 600.0)
     assert answer.value == decide(obs, trigger.config).replicas
     assert answer.target == 1.0
@@ -43,6 +47,28 @@ def test_breach_scales_up_and_capacity_is_not_learned_while_breached() -> None:
     answer = trigger.answer(prom, 600.0)
     assert answer.value > 2
     assert answer.reason == "slo_breach"
+
+
+def test_settled_replicas_is_the_fewest_serving_over_the_settle_window() -> None:
+    trigger = EoTrigger({"latencySloSeconds": "10", "breachSettleSeconds": "60"})
+    prom = SimPrometheus(step_s=1.0)
+    for second in range(300):
+        replicas = 2 if second < 200 else 5  # three replicas became ready at 200 s
+        prom.record_slot([bucket_index(20.0)] * 10, arrivals=10, ready_replicas=replicas)
+    assert trigger.observe(prom, 230.0).settled_replicas == 2  # the breach answer is still settling
+    assert trigger.observe(prom, 300.0).settled_replicas == 5  # a minute later it counts
+    # A breach seen while the answer settles asks for no more than the first answer did.
+    assert trigger.answer(prom, 230.0).value == trigger.answer(prom, 215.0).value
+
+
+def test_learned_capacity_rises_with_latency_headroom() -> None:
+    """At 5 rps per replica with latency far under the SLO the capacity learned is above 5 rps, so
+    the policy can consolidate (the first low observation no longer sticks)."""
+    trigger = EoTrigger({"latencySloSeconds": "10", "latencyQuantile": "0.99"})
+    prom = busy_prometheus(latency_s=2.0, rps=20, replicas=4)
+    obs = trigger.observe(prom, 600.0)
+    assert obs.learned_capacity_rps == pytest.approx(15.0)  # 5 rps x min(10 / ~2, 3)
+    assert trigger.answer(prom, 600.0).value < 4
 
 
 def test_idle_workload_goes_to_zero() -> None:
