@@ -27,6 +27,17 @@ def keda_value(raw: float) -> float:
     return round(raw, 3) if math.isfinite(raw) and raw >= 0 else 0.0
 
 
+def fetch(stub: pb_grpc.ExternalScalerStub, ref: pb.ScaledObjectRef) -> tuple[float, float, bool]:
+    """One KEDA poll of an external scaler: (metric value, target, active). Raises grpc.RpcError."""
+    spec = stub.GetMetricSpec(ref, timeout=DEADLINE_S).metricSpecs[0]
+    target = keda_value(spec.targetSizeFloat or float(spec.targetSize))
+    request = pb.GetMetricsRequest(scaledObjectRef=ref, metricName=spec.metricName)
+    values = stub.GetMetrics(request, timeout=DEADLINE_S).metricValues
+    value = sum(keda_value(v.metricValueFloat or float(v.metricValue)) for v in values)
+    active = stub.IsActive(ref, timeout=DEADLINE_S).result
+    return value, target, active
+
+
 @dataclass(frozen=True)
 class Poll:
     """One poll's outcome: the metric and activity KEDA saw (None after an error) and the replicas set."""
@@ -61,18 +72,9 @@ class KedaDriver:
         self.failure_threshold = failure_threshold
         self.failures = 0
 
-    def fetch(self) -> tuple[float, float, bool]:
-        spec = self._stub.GetMetricSpec(self._ref, timeout=DEADLINE_S).metricSpecs[0]
-        target = keda_value(spec.targetSizeFloat or float(spec.targetSize))
-        request = pb.GetMetricsRequest(scaledObjectRef=self._ref, metricName=spec.metricName)
-        values = self._stub.GetMetrics(request, timeout=DEADLINE_S).metricValues
-        value = sum(keda_value(v.metricValueFloat or float(v.metricValue)) for v in values)
-        active = self._stub.IsActive(self._ref, timeout=DEADLINE_S).result
-        return value, target, active
-
     def poll(self, now_s: float) -> Poll:
         try:
-            value, target, active = self.fetch()
+            value, target, active = fetch(self._stub, self._ref)
         except grpc.RpcError as err:
             self.failures += 1
             message = f"{err.code().name}: {err.details()}"

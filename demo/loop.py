@@ -187,7 +187,8 @@ def scaler_metadata(
         "minReplicas": "0",
         "maxReplicas": str(config.gpus),
         "idleBeforeZeroSeconds": f"{config.idle_before_zero_s:g}",
-        "stabilizationWindowSeconds": "20",
+        "stabilizationWindowSeconds": "15",
+        "breachSettleSeconds": "15",
         "stalenessSeconds": "30",
     }
 
@@ -293,7 +294,7 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
                 sync_s=config.poll_interval_s,
                 polling_s=config.poll_interval_s,
                 cooldown_s=20.0,
-                scale_down_window_s=20.0,
+                scale_down_window_s=15.0,
             ),
             initial_replicas=1,
             fallback_replicas=2,

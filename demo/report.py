@@ -113,6 +113,7 @@ def plot(result: DemoResult, path: Path) -> None:
     for ax in axes:
         ax.legend(loc="upper right", fontsize="small")
         ax.grid(alpha=0.3)
+    _mark_phases(axes, result.rows)
     fig.suptitle(
         "Energy Orchestrator demo: Azure LLM conversation trace (Splitwise, ISCA 2024), time-compressed"
     )
@@ -128,3 +129,22 @@ def write_outputs(result: DemoResult, out_dir: Path) -> tuple[Path, Path]:
     png = out_dir / "demo.png"
     plot(result, png)
     return summary_path, png
+
+
+def _mark_phases(axes: Any, rows: list[Row]) -> None:
+    """A dotted line where each phase of the schedule begins, named on the top panel."""
+    previous = None
+    for row in rows:
+        if row.phase != previous:
+            for ax in axes:
+                ax.axvline(row.t_s, color="grey", linestyle=":", linewidth=1)
+            axes[0].annotate(
+                row.phase,
+                (row.t_s, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize="small",
+                color="grey",
+            )
+            previous = row.phase

@@ -1,8 +1,8 @@
 """A client that calls an external scaler the way KEDA (v2.17-2.20) and the HPA do, for tests and benches.
 
-Per poll: GetMetricSpec, GetMetrics and IsActive under one 3 s deadline; the HPA's AverageValue
-arithmetic desired = ceil(value / target) with a 10% tolerance, bounded by min/max (at least 1 while
-active); ``fallback.replicas`` after ``failureThreshold`` consecutive failed polls; scale to zero
+Per poll: GetMetricSpec, GetMetrics and IsActive (``demo.keda.fetch``, shared with the demo); the
+HPA's AverageValue arithmetic (``sim.keda.hpa_recommendation``: ceil(value / target) with a 10%
+tolerance), bounded by min/max (at least 1 while active); ``fallback.replicas`` after ``failureThreshold`` consecutive failed polls; scale to zero
 ``cooldownPeriod`` after the last active poll when ``minReplicaCount`` is 0 (an erroring trigger never
 scales to zero).
 """
@@ -14,18 +14,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from demo.keda import fetch
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
+from sim.keda import hpa_recommendation
 
 HPA_TOLERANCE = 0.1
-DEADLINE_S = 3.0
-
-
-def _keda_value(raw: float) -> float:
-    """KEDA rounds to 3 decimals and turns NaN/Inf/negative into 0."""
-    if not math.isfinite(raw) or raw < 0:
-        return 0.0
-    return round(raw, 3)
 
 
 @dataclass
@@ -48,20 +42,8 @@ class KedaLikeScaledObject:
 
     def fetch(self) -> tuple[float, float, bool]:
         """One KEDA poll: (metric value, target, active). Raises grpc.RpcError like KEDA sees it."""
-        ref = self.ref()
-        spec = self.stub.GetMetricSpec(ref, timeout=DEADLINE_S)
-        assert len(spec.metricSpecs) >= 1
-        s = spec.metricSpecs[0]
-        target = _keda_value(s.targetSizeFloat if s.targetSizeFloat > 0 else float(s.targetSize))
+        value, target, active = fetch(self.stub, self.ref())
         assert target > 0, "KEDA requires target > 0 after rounding"
-        metrics = self.stub.GetMetrics(
-            pb.GetMetricsRequest(scaledObjectRef=ref, metricName=s.metricName), timeout=3
-        )
-        value = sum(
-            _keda_value(v.metricValueFloat if v.metricValueFloat > 0 else float(v.metricValue))
-            for v in metrics.metricValues
-        )
-        active = self.stub.IsActive(ref, timeout=DEADLINE_S).result
         return value, target, active
 
     def poll(self, current: int, now_s: float) -> int:
@@ -83,7 +65,5 @@ class KedaLikeScaledObject:
                 return 0
         if current == 0:
             current = 1  # activation: KEDA scales 0 -> 1, then the HPA takes over
-        desired = math.ceil(value / target)
-        if abs(1.0 - value / (target * current)) <= HPA_TOLERANCE:
-            desired = current
+        desired = hpa_recommendation(value, target, current, HPA_TOLERANCE)
         return max(self.min_replicas, 1, min(self.max_replicas, desired))

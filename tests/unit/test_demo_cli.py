@@ -1,0 +1,56 @@
+"""The demo's command line and its bookkeeping of sidecar moves."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from demo.cli import QUICK_PHASES, STANDARD_PHASES, build_parser, parse_phases
+from demo.loop import setting_changes
+from demo.schedule import Phase
+from exporter.devices.simulated import SimulatedGpu
+
+
+def test_phases_parse_in_order() -> None:
+    assert parse_phases("a:10:2, b:5:0") == (Phase("a", 10.0, 2.0), Phase("b", 5.0, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a:10", "expected name:seconds:speedup"),
+        ("a:ten:2", "must be numbers"),
+        ("a:0:2", "seconds > 0"),
+        ("a:10:-1", "speedup >= 0"),
+    ],
+)
+def test_bad_phases_name_the_piece(text: str, message: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=message) as err:
+        parse_phases(text)
+    assert repr(text.split(",", maxsplit=1)[0]) in str(err.value)
+
+
+def test_bad_phases_exit_with_usage_not_a_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--phases", "warm-up:x:2"])
+    assert exit_.value.code == 2
+    assert "must be numbers" in capsys.readouterr().err
+
+
+def test_schedules_include_silence_and_a_surge() -> None:
+    for phases in (STANDARD_PHASES, QUICK_PHASES):
+        assert phases[-1].speedup == 0, "the workload must be able to scale to zero at the end"
+        assert max(p.speedup for p in phases) >= 4 * phases[0].speedup
+
+
+def test_setting_changes_skip_the_permission_probe() -> None:
+    gpu = SimulatedGpu(0)
+    default = gpu.power_limit_default_mw()
+    gpu.set_power_limit_mw(default)  # the sidecar's start-up probe re-writes the limit in force
+    assert setting_changes(gpu) == 0
+    gpu.set_power_limit_mw(default - 100_000)
+    gpu.set_power_limit_mw(default)
+    gpu.lock_sm_clocks_mhz(210, 1500)
+    gpu.reset_sm_clocks()
+    assert setting_changes(gpu) == 4
