@@ -41,6 +41,8 @@ class ScalerHandle:
     kpi_source: KpiSource
     _shutdown: threading.Event
     _http: Any
+    health_port: int | None = None
+    _health_server: grpc.Server | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace_s: float | None = 5.0) -> None:
@@ -51,6 +53,8 @@ class ScalerHandle:
         self.health.enter_graceful_shutdown()
         self._shutdown.set()
         self.server.stop(grace_s).wait()
+        if self._health_server is not None:
+            self._health_server.stop(None)
         self._http.shutdown()
         self._http.server_close()
         close = getattr(self.kpi_source, "close", None)
@@ -109,6 +113,7 @@ def start_scaler(
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind gRPC on {address}")
+    health_server, health_port = _start_health_server(settings, health_servicer)
     http_server, _thread = start_http_server(
         settings.metrics_port, addr=settings.metrics_address, registry=metrics.registry
     )
@@ -131,4 +136,24 @@ def start_scaler(
         kpi_source=source,
         _shutdown=shutdown,
         _http=http_server,
+        health_port=health_port,
+        _health_server=health_server,
     )
+
+
+def _start_health_server(
+    settings: ScalerSettings, servicer: health.HealthServicer
+) -> tuple[grpc.Server | None, int | None]:
+    """A plaintext server with the health service only (the same servicer, so NOT_SERVING shows there
+    too): the kubelet's grpc probe cannot do TLS, and the scaler itself must not be served in clear."""
+    if settings.health_port is None:
+        return None, None
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="eo-health"))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    address = f"{settings.listen_address}:{settings.health_port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind the gRPC health port on {address}")
+    server.start()
+    log.info("gRPC health (plaintext, health service only) on %s:%d", settings.listen_address, port)
+    return server, port

@@ -20,6 +20,8 @@ class ScalerSettings:
     port: int = 6000
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 9103
+    # Plaintext gRPC serving only grpc.health.v1: the kubelet's grpc probe cannot speak TLS.
+    health_port: int | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -56,6 +58,8 @@ class ScalerSettings:
             raise ValueError(
                 "--prometheus-timeout-seconds (EO_PROMETHEUS_TIMEOUT_SECONDS) must be in (0, 2.5]"
             )
+        if self.health_port is not None and self.health_port != 0 and self.health_port == self.port:
+            raise ValueError("--health-port (EO_HEALTH_PORT) must differ from --port (EO_PORT)")
         if self.cache_ttl_s <= 0:
             raise ValueError("--cache-ttl-seconds (EO_CACHE_TTL_SECONDS) must be > 0")
 
@@ -83,6 +87,13 @@ _FLAGS: list[tuple[str, type | object, object, str]] = [
     ("port", int, 6000, "gRPC port (0 picks a free one)"),
     ("metrics-address", str, "0.0.0.0", "address of the scaler's own /metrics"),
     ("metrics-port", int, 9103, "port of the scaler's own /metrics (0 picks a free one)"),
+    (
+        "health-port",
+        int,
+        None,
+        "plaintext gRPC port serving only grpc.health.v1, for kubelet grpc probes when --port uses TLS "
+        "(off when unset; 0 picks a free one)",
+    ),
     ("tls-cert-file", Path, None, "PEM server certificate; enables TLS (set enableTLS in the trigger)"),
     ("tls-key-file", Path, None, "PEM private key of --tls-cert-file"),
     (
@@ -168,6 +179,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             port=ns.port,
             metrics_address=ns.metrics_address,
             metrics_port=ns.metrics_port,
+            health_port=ns.health_port,
             tls_cert_file=ns.tls_cert_file,
             tls_key_file=ns.tls_key_file,
             tls_client_ca_file=ns.tls_client_ca_file,

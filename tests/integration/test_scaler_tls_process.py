@@ -139,6 +139,30 @@ def test_mutual_tls_requires_a_client_certificate(pki: Path) -> None:
         handle.stop(0.5)
 
 
+def test_plaintext_health_port_serves_health_only(pki: Path) -> None:
+    settings = ScalerSettings(**{**_settings(pki, client_ca=True).__dict__, "health_port": 0})
+    handle = start_scaler(settings, kpi_source=StaticKpis())
+    try:
+        assert handle.health_port is not None and handle.health_port != handle.port
+        with grpc.insecure_channel(f"127.0.0.1:{handle.health_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1  # SERVING
+            with pytest.raises(grpc.RpcError) as info:  # the scaler itself is never served in clear
+                pb_grpc.ExternalScalerStub(channel).IsActive(
+                    pb.ScaledObjectRef(scalerMetadata=META), timeout=2
+                )
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            handle.health.enter_graceful_shutdown()  # what stop() does first
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 2  # NOT_SERVING
+    finally:
+        handle.stop(0.5)
+
+
+def test_health_port_must_differ_from_the_grpc_port(pki: Path) -> None:
+    with pytest.raises(ValueError, match="--health-port"):
+        ScalerSettings(port=6000, health_port=6000)
+
+
 def test_sigterm_goes_not_serving_and_exits_zero(tmp_path: Path) -> None:
     env = {
         **os.environ,

@@ -177,7 +177,7 @@ def test_probe_ports_exist_on_the_container(workload: Doc, spec: Doc, container:
         if probe:
             handler = probe.get("httpGet") or probe.get("tcpSocket") or probe.get("grpc")
             assert handler["port"] in ports, f"{kind} port {handler['port']}"
-    for name in ("EO_PORT", "EO_METRICS_PORT"):
+    for name in ("EO_PORT", "EO_METRICS_PORT", "EO_HEALTH_PORT"):
         if name in eo_env(container):
             assert int(eo_env(container)[name]) in ports, f"{name} is not a container port"
 
