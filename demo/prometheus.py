@@ -77,6 +77,10 @@ class _Process:
         log.info("started %s on %s (pid %d, logs %s)", self.name, self.url, self._proc.pid, log_path)
         _wait_ready(self.url + ready_path, self._proc, log_path, timeout_s)
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()

@@ -84,8 +84,9 @@ class ExternalScalerService(pb_grpc.ExternalScalerServicer):
         return trigger, decision
 
     def IsActive(self, request: pb.ScaledObjectRef, context: grpc.ServicerContext) -> pb.IsActiveResponse:
-        _, decision = self._decide(request, context)
-        return pb.IsActiveResponse(result=decision.active)
+        with self.metrics.request_duration.labels("IsActive").time():
+            _, decision = self._decide(request, context)
+            return pb.IsActiveResponse(result=decision.active)
 
     def StreamIsActive(
         self, request: pb.ScaledObjectRef, context: grpc.ServicerContext
@@ -103,7 +104,8 @@ class ExternalScalerService(pb_grpc.ExternalScalerServicer):
     def GetMetricSpec(
         self, request: pb.ScaledObjectRef, context: grpc.ServicerContext
     ) -> pb.GetMetricSpecResponse:
-        return self._spec(self._trigger(request, context))
+        with self.metrics.request_duration.labels("GetMetricSpec").time():
+            return self._spec(self._trigger(request, context))
 
     def StreamMetricSpec(
         self, request: pb.ScaledObjectRef, context: grpc.ServicerContext
@@ -117,10 +119,11 @@ class ExternalScalerService(pb_grpc.ExternalScalerServicer):
     def GetMetrics(
         self, request: pb.GetMetricsRequest, context: grpc.ServicerContext
     ) -> pb.GetMetricsResponse:
-        trigger, decision = self._decide(request.scaledObjectRef, context)
-        value = pb.MetricValue(
-            metricName=request.metricName or trigger.metric_name,
-            metricValue=decision.replicas,
-            metricValueFloat=float(decision.replicas),
-        )
-        return pb.GetMetricsResponse(metricValues=[value])
+        with self.metrics.request_duration.labels("GetMetrics").time():
+            trigger, decision = self._decide(request.scaledObjectRef, context)
+            value = pb.MetricValue(
+                metricName=request.metricName or trigger.metric_name,
+                metricValue=decision.replicas,
+                metricValueFloat=float(decision.replicas),
+            )
+            return pb.GetMetricsResponse(metricValues=[value])

@@ -63,6 +63,14 @@ class ScalerMetrics:
             registry=r,
         )
 
+        self.request_duration = Histogram(
+            "eo_scaler_request_duration_seconds",
+            "Time eo-scaler took to answer a KEDA call, by gRPC method (cache hits are the fast bulk).",
+            ("method",),
+            buckets=(0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.1, 0.5, 1.0, 3.0),
+            registry=r,
+        )
+
     def record_decision(
         self, trigger: TriggerConfig, decision: ReplicaDecision, current_replicas: int
     ) -> None:

@@ -176,6 +176,10 @@ def test_invalid_metadata_names_the_key_and_is_counted(
         urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
     )
     assert 'eo_scaler_errors_total{code="INVALID_ARGUMENT",namespace="inference",workload="llama"}' in text
+    # Failed calls are timed too: the duration histogram is what operators watch for slow answers.
+    for method in ("GetMetricSpec", "IsActive"):
+        assert f'eo_scaler_request_duration_seconds_count{{method="{method}"}}' in text
+    assert 'eo_scaler_request_duration_seconds_count{method="IsActive"} 0.0' not in text
 
 
 def test_stream_is_active_sends_on_open(stub: pb_grpc.ExternalScalerStub, fresh: FakeKpis) -> None:
