@@ -48,10 +48,10 @@ proto: $(STAMP) ## regenerate the committed gRPC code from proto/
 bench: bench-exporter bench-scaler bench-policy ## every benchmark; each prints its figures
 
 bench-exporter: $(STAMP)
-	$(BIN)/python bench/exporter.py
+	$(BIN)/python bench/exporter_scrape.py
 
 bench-scaler: system-deps $(STAMP)
-	$(BIN)/python bench/scaler.py
+	$(BIN)/python bench/scaler_polls.py
 
 bench-policy: $(STAMP) ## the simulator's policy comparison on both Azure traces
 	$(BIN)/python bench/policy.py

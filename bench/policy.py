@@ -18,13 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-# bench/scaler.py would shadow the scaler package: import from the project, not from this folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from gpumodel.model import H100_LLAMA_8B  # noqa: E402
-from sim.eo import CapOptions, caps_only_policy, eo_policy  # noqa: E402
-from sim.report import ATTRIBUTION, Summary, summarize  # noqa: E402
-from sim.scenario import (  # noqa: E402
+from gpumodel.model import H100_LLAMA_8B
+from sim.eo import CapOptions, caps_only_policy, eo_policy
+from sim.report import ATTRIBUTION, Summary, summarize
+from sim.scenario import (
     PROVISION_UTILIZATION,
     make_scenario,
     static_peak,
@@ -33,8 +30,8 @@ from sim.scenario import (  # noqa: E402
     tuned_threshold,
     user_threshold,
 )
-from sim.server import ServerConfig  # noqa: E402
-from sim.trace import compress, load_trace  # noqa: E402
+from sim.server import ServerConfig
+from sim.trace import compress, load_trace
 
 TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces"
 CANDIDATES = [TRACES, Path("/work/shared/data/traces"), Path.cwd().parent / "shared" / "data" / "traces"]

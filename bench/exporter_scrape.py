@@ -5,7 +5,7 @@ times, one connection per scrape as Prometheus does after an idle interval. Prin
 latency p50/p99/max and the exporter process's CPU seconds per scrape (user + system, from
 /proc/<pid>/stat, so the client's own work is not counted).
 
-    python bench/exporter.py [--scrapes 1000] [--gpus 8]
+    python bench/exporter_scrape.py [--scrapes 1000] [--gpus 8]
 """
 
 from __future__ import annotations

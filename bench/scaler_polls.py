@@ -7,7 +7,7 @@ time; phase 2 sends the same per-poll PromQL straight to Prometheus, which is wh
 prometheus scaler does on every poll. Prints throughput, p50/p99 latency, and how many Prometheus
 queries the scaler sent per poll (from its own /metrics).
 
-    python bench/scaler.py [--scaledobjects 1000] [--seconds 10] [--concurrency 64]
+    python bench/scaler_polls.py [--scaledobjects 1000] [--seconds 10] [--concurrency 64]
 """
 
 from __future__ import annotations
@@ -29,22 +29,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-# This file is named scaler.py and Python puts its folder first on sys.path, where it would shadow the
-# `scaler` package: drop that entry before importing the project.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import grpc
+import yaml
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
-import grpc  # noqa: E402
-import yaml  # noqa: E402
-from prometheus_client import CollectorRegistry, start_http_server  # noqa: E402
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from prometheus_client.registry import Collector  # noqa: E402
-
-from demo.prometheus import Prometheus  # noqa: E402
-from scaler import externalscaler_pb2 as pb  # noqa: E402
-from scaler import externalscaler_pb2_grpc as pb_grpc  # noqa: E402
-from scaler.metadata import parse_metadata  # noqa: E402
-from scaler.queries import build_query  # noqa: E402
+from demo.prometheus import Prometheus
+from scaler import externalscaler_pb2 as pb
+from scaler import externalscaler_pb2_grpc as pb_grpc
+from scaler.metadata import parse_metadata
+from scaler.queries import build_query
 
 RULES = {
     "groups": [
