@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from exporter.devices.base import GpuBackend, GpuDevice, GpuError
+from exporter.devices.base import GpuBackend, GpuError
 from exporter.devices.simulated import SimulatedBackend, SimulatedGpu
 from scaler.powercap.events import EventSink, KubernetesEventSink, NullEventSink, PodRef, in_cluster_api_url
 from scaler.powercap.latency import (
@@ -31,6 +31,7 @@ from scaler.powercap.latency import (
     PrometheusSource,
     preset,
 )
+from scaler.powercap.selection import read_uuids_file, select_devices, visible_uuids
 from scaler.powercap.settings import DEFAULT_STATE_DIR, Settings, StartupRefused
 from scaler.powercap.sidecar import start_powercap
 
@@ -68,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="nvml",
     )
     _add(g, "--gpu-uuids", "comma-separated GPU UUIDs to control (default: the visible GPUs)", default="")
+    _add(
+        g,
+        "--gpu-uuids-file",
+        "file holding the GPU UUIDs to control, written by the container that holds the GPUs (its "
+        "NVIDIA_VISIBLE_DEVICES); waited for, then read once",
+        default="",
+    )
+    _add(
+        g,
+        "--gpu-uuids-wait-seconds",
+        "how long to wait for --gpu-uuids-file to appear before refusing to start",
+        type=float,
+        default=600.0,
+    )
     _add(g, "--simulated-gpus", "number of simulated GPUs", type=int, default=1)
     _add(
         g,
@@ -288,36 +303,6 @@ def open_backend(a: argparse.Namespace) -> GpuBackend:
     return backend
 
 
-def visible_uuids(explicit: str, environ: dict[str, str]) -> list[str] | None:
-    """UUIDs to control, or None for every device the backend lists. Raises StartupRefused when none are."""
-    if explicit.strip():
-        return [u.strip() for u in explicit.split(",") if u.strip()]
-    for var in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
-        value = environ.get(var)
-        if value is None:
-            continue
-        value = value.strip()
-        if value.lower() in ("", "none", "void", "-1"):
-            raise StartupRefused(f"{var}={value!r}: no GPU is visible to this container")
-        uuids = [v.strip() for v in value.split(",") if v.strip().startswith(("GPU-", "MIG-"))]
-        # Indices (or "all") are already applied by the container runtime: NVML lists just those GPUs.
-        return uuids or None
-    return None
-
-
-def select_devices(devices: Sequence[GpuDevice], wanted: list[str] | None) -> list[GpuDevice]:
-    if wanted is None:
-        return list(devices)
-    by_uuid = {d.uuid: d for d in devices}
-    missing = [u for u in wanted if u not in by_uuid]
-    if missing:
-        raise StartupRefused(
-            f"GPU(s) {', '.join(missing)} not visible (visible: {', '.join(by_uuid) or 'none'}); the sidecar "
-            "acts only on its pod's GPUs"
-        )
-    return [by_uuid[u] for u in wanted]
-
-
 def build_events(a: argparse.Namespace) -> EventSink:
     url = a.kube_api_url or in_cluster_api_url()
     if a.kube_events == "off" or (a.kube_events == "auto" and url is None):
@@ -358,7 +343,10 @@ def run(argv: Sequence[str] | None = None, stop: threading.Event | None = None) 
     a = build_parser().parse_args(argv)
     setup_logging(a.log_format, a.log_level)
     settings = settings_from_args(a)
-    wanted = visible_uuids(a.gpu_uuids, dict(os.environ))
+    explicit = a.gpu_uuids
+    if a.gpu_uuids_file and not explicit.strip():
+        explicit = read_uuids_file(Path(a.gpu_uuids_file), a.gpu_uuids_wait_seconds, stop)
+    wanted = visible_uuids(explicit, dict(os.environ))
     source = build_source(a)
     backend = open_backend(a)
     try:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from exporter.devices.simulated import SimulatedGpu
-from scaler.powercap.main import build_parser, main, visible_uuids
+from scaler.powercap.main import build_parser, main
+from scaler.powercap.selection import visible_uuids
 from scaler.powercap.settings import StartupRefused
 from scaler.powercap.sidecar import start_powercap
 from tests.powercap_support import ScriptedSource, TextServer, settings, vllm_histogram
@@ -117,6 +118,7 @@ def test_refusal_in_a_real_process_is_a_message_and_exit_2(tmp_path: Path) -> No
         ),
         (["--floor-watts", "800"], "floor 800 W is above ceiling 700 W"),
         (["--gpu-uuids", "GPU-not-ours"], "GPU-not-ours not visible"),
+        (["--gpu-uuids-file", "/nonexistent/gpus", "--gpu-uuids-wait-seconds", "0"], "still missing"),
         (["--server", "tgi", "--latency-kind", "ttft"], "--latency-metric"),
         (["--raise-above-ratio", "0.5"], "--lower-below-ratio"),
         (["--interval-seconds", "0"], "--interval-seconds"),
