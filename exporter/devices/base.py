@@ -80,6 +80,11 @@ class GpuDevice(Protocol):
         """Enforced power limit in milliwatts (the lowest of all limits in force)."""
         ...
 
+    def power_management_limit_mw(self) -> int:
+        """The power management limit in milliwatts: what ``set_power_limit_mw`` writes. The enforced
+        limit can be lower (another limit in force), so setting and restoring go by this one."""
+        ...
+
     def power_limit_default_mw(self) -> int: ...
     def power_limit_constraints_mw(self) -> tuple[int, int]:
         """(min, max) settable power management limit in milliwatts."""

@@ -128,6 +128,10 @@ class NvmlGpu:
     def power_limit_mw(self) -> int:
         return int(_nvml(pynvml.nvmlDeviceGetEnforcedPowerLimit, "enforced power limit", self._handle))
 
+    def power_management_limit_mw(self) -> int:
+        fn = pynvml.nvmlDeviceGetPowerManagementLimit
+        return int(_nvml(fn, "power management limit", self._handle))
+
     @functools.cached_property
     def _default_limit_mw(self) -> int:
         fn = pynvml.nvmlDeviceGetPowerManagementDefaultLimit

@@ -50,6 +50,7 @@ class SimulatedGpu:
         per_gpu = 1.0 / profile.num_gpus
         self._scale = per_gpu
         self._limit_mw = int(profile.power_limit_default_w * per_gpu * 1000)
+        self._other_limit_mw: int | None = None
         self._clock_lock: ClockLock | None = None
         self._last_t = clock()
         self._energy_mj = 0.0
@@ -78,7 +79,7 @@ class SimulatedGpu:
 
     # -- model ---------------------------------------------------------------------------------------
     def _point(self, batch: float) -> tuple[float, float, bool]:
-        cap_w = self._limit_mw / 1000 / self._scale
+        cap_w = self._enforced_mw() / 1000 / self._scale
         locked = self._clock_lock.max_mhz if self._clock_lock else None
         op = operating_point(self._profile, batch, power_cap_w=cap_w, locked_clock_mhz=locked)
         return op.power_w * self._scale, op.clock_ratio, op.power_capped
@@ -124,7 +125,22 @@ class SimulatedGpu:
     def power_limit_mw(self) -> int:
         with self._lock:
             self._advance()
+            return self._enforced_mw()
+
+    def power_management_limit_mw(self) -> int:
+        with self._lock:
             return self._limit_mw
+
+    def set_other_limit_mw(self, limit_mw: int | None) -> None:
+        """Another limit in force besides the management limit (a test hook: e.g. a board or rack cap
+        set outside NVML's management limit); the enforced limit is the lower of the two."""
+        with self._lock:
+            self._advance()
+            self._other_limit_mw = limit_mw
+
+    def _enforced_mw(self) -> int:
+        other = self._other_limit_mw
+        return self._limit_mw if other is None else min(self._limit_mw, other)
 
     def power_limit_default_mw(self) -> int:
         return int(self._profile.power_limit_default_w * self._scale * 1000)

@@ -53,8 +53,9 @@ class ControlledGpu:
         self.clock_range_mhz = (float(clocks[0]), float(device.max_sm_clock_mhz()))
         self.record = self._recover()
         self.original_w = self.record.original_power_limit_mw / 1000
-        # What we believe is in force; a different reading means someone else wrote.
-        self.expected_mw = device.power_limit_mw()
+        # The management limit we believe is set; a different reading means someone else wrote. (Not
+        # the enforced limit: another limit in force may hold that lower without anyone writing ours.)
+        self.expected_mw = device.power_management_limit_mw()
         self.locked_max_mhz: int | None = None
 
     # -- startup -------------------------------------------------------------------------------------
@@ -89,16 +90,18 @@ class ControlledGpu:
         return GpuRecord(
             uuid=self.uuid,
             actuator=self.actuator,
-            original_power_limit_mw=self.device.power_limit_mw(),
+            original_power_limit_mw=self.device.power_management_limit_mw(),
             original_clocks="unlocked",
             status="restored",
             pod=self._pod,
         )
 
     def check_permission(self) -> None:
-        """Prove we may set limits: a no-op set of the limit in force (NVML checks privileges first)."""
+        """Prove we may set limits: a true no-op, the management limit written back as it is (NVML checks
+        privileges first). Writing the *enforced* limit instead would lower the management limit
+        whenever another limit holds the enforced one lower, and leave the GPU capped."""
         try:
-            self.device.set_power_limit_mw(self.device.power_limit_mw())
+            self.device.set_power_limit_mw(self.device.power_management_limit_mw())
         except GpuNoPermission as exc:
             raise StartupRefused(_permission_message(self.uuid, exc)) from exc
 
@@ -158,7 +161,7 @@ class ControlledGpu:
             self.status = "restored"
 
     def _restore_to(self, record: GpuRecord) -> None:
-        if self.device.power_limit_mw() != record.original_power_limit_mw:
+        if self.device.power_management_limit_mw() != record.original_power_limit_mw:
             self.device.set_power_limit_mw(record.original_power_limit_mw)
         if record.actuator == "clocks":
             self.device.reset_sm_clocks()

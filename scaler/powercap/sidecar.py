@@ -178,7 +178,7 @@ class Sidecar:
         if self.settings.dry_run:
             return
         try:
-            foreign = g.foreign_write(g.device.power_limit_mw())
+            foreign = g.foreign_write(g.device.power_management_limit_mw())
             if foreign is not None:
                 g.release(foreign)
                 self._events.emit(

@@ -40,6 +40,7 @@ class Boards:
                 "power": 350_000 + i * 100_000,
                 "energy": 1_000_000 + i,
                 "limit": 700_000,
+                "management": 700_000,
                 "default": 700_000,
                 "constraints": [200_000, 700_000],
                 "temperature": 60 + i,
@@ -76,6 +77,7 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch, boards: Boards) -> MagicMock:
         ("nvmlDeviceGetPowerUsage", "power"),
         ("nvmlDeviceGetTotalEnergyConsumption", "energy"),
         ("nvmlDeviceGetEnforcedPowerLimit", "limit"),
+        ("nvmlDeviceGetPowerManagementLimit", "management"),
         ("nvmlDeviceGetPowerManagementDefaultLimit", "default"),
         ("nvmlDeviceGetPowerManagementLimitConstraints", "constraints"),
         ("nvmlDeviceGetTemperature", "temperature"),
@@ -315,3 +317,15 @@ def test_older_binding_falls_back_to_throttle_reasons(fake_nvml: MagicMock) -> N
     fake_nvml.nvmlDeviceGetCurrentClocksThrottleReasons.return_value = 0x40
     gpu = NvmlBackend().devices()[0]
     assert gpu.clock_event_reasons() == {"hw_thermal_slowdown"}
+
+
+def test_enforced_and_management_limits_are_read_apart(fake_nvml: MagicMock, boards: Boards) -> None:
+    """The sidecar sets and restores the management limit; the enforced one may be lower."""
+    boards.values["h0"]["limit"] = 450_000  # another limit in force holds the GPU lower
+    backend = nvml_module.NvmlBackend()
+    try:
+        device = backend.devices()[0]
+        assert device.power_limit_mw() == 450_000
+        assert device.power_management_limit_mw() == 700_000
+    finally:
+        backend.close()

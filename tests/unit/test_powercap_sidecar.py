@@ -384,3 +384,24 @@ def test_metrics_and_health_endpoints(
         scrape(h, "/healthz")
     assert err.value.code == 503
     err.value.close()
+
+
+def test_another_limit_in_force_is_neither_lowered_into_ours_nor_taken_for_a_foreign_write(
+    tmp_path: Path, clock: FakeClock, handles: list[PowercapHandle]
+) -> None:
+    """Enforced 500 W under a 700 W management limit (e.g. a rack cap): the sidecar's permission probe,
+    its record of the original and its restore all go by the management limit, so stopping leaves it
+    at 700 W, as found, and the lower enforced limit is not mistaken for another writer."""
+    gpu = SimulatedGpu(0, clock=clock)
+    gpu.set_other_limit_mw(500_000)
+    source = ScriptedSource(latency_s=0.1)
+    h = start(handles, [gpu], source, clock, tmp_path=tmp_path)
+    assert gpu.set_calls[0] == ("power_limit_mw", ORIGINAL_MW), "the probe writes back 700 W, not 500 W"
+    tick(h, clock, times=10)
+    assert record(tmp_path, gpu)["original_power_limit_mw"] == ORIGINAL_MW
+    assert gpu.power_management_limit_mw() < ORIGINAL_MW, "still controlling: no foreign write seen"
+    assert h.sidecar.gpus[0].status == "controlling"
+    h.stop()
+    handles.remove(h)
+    assert gpu.power_management_limit_mw() == ORIGINAL_MW
+    assert gpu.power_limit_mw() == 500_000
