@@ -31,13 +31,13 @@ STANDARD_PHASES = (
     Phase("rising", 20, 3.5),
     Phase("busy", 45, 5),
     Phase("surge", 40, 20),
-    Phase("calm", 50, 1.5),
-    Phase("quiet", 100, 0),
+    Phase("calm", 60, 1.5),
+    Phase("quiet", 95, 0),
 )
 QUICK_PHASES = (
     Phase("warm-up", 15, 2),
     Phase("busy", 35, 5),
-    Phase("surge", 30, 20),
+    Phase("surge", 45, 20),
     Phase("calm", 40, 1.5),
     Phase("quiet", 85, 0),
 )
@@ -86,13 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--phases",
         type=parse_phases,
         default=env("EO_DEMO_PHASES"),
-        help="load schedule as name:seconds:speedup,... (default: a ~4.5-minute schedule)",
+        help="load schedule as name:seconds:speedup,... (default: a 5-minute schedule)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
         default=env("EO_DEMO_QUICK") == "1",
-        help="a shorter schedule (~3.5 minutes), as the end-to-end test runs",
+        help="a shorter schedule (under 4 minutes), as the end-to-end test runs",
     )
     parser.add_argument(
         "--gpus",
@@ -189,6 +189,8 @@ def print_summary(result: DemoResult, wall_s: float) -> None:
         f"  within the SLO           {'-' if attainment is None else f'{attainment:.1%}'}"
         f" (p95 end-to-end latency <= {s['slo_seconds']:g} s; the surge exceeds every GPU on purpose)"
     )
+    phases = ", ".join(f"{name} {share:.0%}" for name, share in s["slo_attainment_by_arrival_phase"].items())
+    print(f"    by arrival phase       {phases}")
     print(f"  GPU energy               {s['gpu_energy_kj']} kJ, {s['gpu_joules_per_request']} J/request")
     print(f"  replicas                 up to {s['max_replicas']}, {s['final_replicas']} at the end")
     print(f"  sidecar setting changes  {s['sidecar_setting_changes']} ({s['sidecar_actuator']})")

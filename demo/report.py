@@ -66,6 +66,8 @@ class DemoResult:
     max_desired: int
     final_desired: int
     actuator: str
+    by_phase: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Arrival phase -> (requests finished, of which within the SLO), in schedule order."""
 
     def summary(self) -> dict[str, Any]:
         jpr = self.gpu_energy_j / self.finished if self.gpu_energy_j and self.finished else None
@@ -74,6 +76,9 @@ class DemoResult:
             "finished": self.finished,
             "slo_seconds": self.slo_s,
             "slo_attainment": self.within_slo / self.finished if self.finished else None,
+            "slo_attainment_by_arrival_phase": {
+                phase: round(held / served, 4) for phase, (served, held) in self.by_phase.items() if served
+            },
             "replica_capacity_rps": round(self.capacity_rps, 2),
             "gpu_energy_kj": round(self.gpu_energy_j / 1000, 1) if self.gpu_energy_j else None,
             "gpu_joules_per_request": round(jpr, 1) if jpr else None,

@@ -46,7 +46,8 @@ class Pod:
 class TickStats:
     arrivals: int = 0
     finished: int = 0
-    latencies_s: list[float] = field(default_factory=list)
+    latencies_s: list[tuple[float, float]] = field(default_factory=list)
+    """(arrival, end-to-end latency) in seconds, of each request finished in the tick."""
 
 
 class DemoDeployment:
@@ -112,7 +113,7 @@ class DemoDeployment:
                 server = self._pods[rid].server if rid in self._pods else None
                 for req in ids:
                     e2e = log_.end_s[req] - log_.arrival_s[req]
-                    stats.latencies_s.append(e2e)
+                    stats.latencies_s.append((log_.arrival_s[req], e2e))
                     if server is not None:
                         r = self.requests[req]
                         ttft = log_.first_token_s[req] - log_.arrival_s[req]

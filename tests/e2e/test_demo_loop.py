@@ -47,6 +47,11 @@ def test_sidecars_move_the_gpus_and_restore_them(result: DemoResult) -> None:
     assert result.gpus_restored
 
 
+def test_the_slo_holds_while_capacity_suffices(result: DemoResult) -> None:
+    served, held = result.by_phase["warm-up"]
+    assert served > 0 and held / served >= 0.99
+
+
 def test_slo_alert_fires_on_the_deliberate_surge(result: DemoResult) -> None:
     assert "EoLatencySLOBreach" in result.alerts_seen
     surge_and_after = [r for r in result.rows if r.phase in ("surge", "calm")]
