@@ -78,7 +78,8 @@ class RunResult:
     """Each trigger answer: (t_s, metric value, active, reason, replicas set after it)."""
     series: dict[str, list[float]]
     """Time series every ``sample_s``: t_s, arrival_rps, replicas (ready), replicas_total, power_w,
-    latency_p99_s (histogram quantile over the sample window, NaN when none finished), mean_cap_w."""
+    latency_p99_s (histogram quantile over the sample window, NaN when none finished), mean_cap_w,
+    mean_clock_cap_mhz (the highest SM clock allowed, the profile's maximum when unlocked)."""
 
 
 def _periods(step_s: float, period_s: float) -> int:
@@ -125,6 +126,7 @@ def simulate(
             "power_w",
             "latency_p99_s",
             "mean_cap_w",
+            "mean_clock_cap_mhz",
         )
     }
     span = trace.span_s
@@ -245,3 +247,6 @@ def _sample(
         if r.is_ready(now_s)
     ]
     series["mean_cap_w"].append(sum(caps) / len(caps) if caps else math.nan)
+    ready = [r for r in cluster.replicas if r.is_ready(now_s)]
+    clocks = [r.locked_clock_mhz or r.config.profile.max_sm_clock_mhz for r in ready]
+    series["mean_clock_cap_mhz"].append(sum(clocks) / len(clocks) if clocks else math.nan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,10 +42,14 @@ def plot(
         ax_power.set_ylabel("watts")
         ax_power.set_ylim(bottom=0)
         ax_cap = ax_power.twinx()
-        ax_cap.plot(
-            t_min, r.series["mean_cap_w"], color="tab:orange", lw=0.8, ls="--", label="mean power cap (W)"
-        )
-        ax_cap.set_ylabel("cap, W")
+        if _clocks_moved(r):
+            ax_cap.plot(t_min, r.series["mean_clock_cap_mhz"], color="tab:orange", lw=0.8, ls="--",
+                        label="mean SM clock cap (MHz)")  # fmt: skip
+            ax_cap.set_ylabel("clock cap, MHz")
+        else:
+            ax_cap.plot(t_min, r.series["mean_cap_w"], color="tab:orange", lw=0.8, ls="--",
+                        label="mean power cap (W)")  # fmt: skip
+            ax_cap.set_ylabel("cap, W")
         handles = ax_power.get_legend_handles_labels()[0] + ax_cap.get_legend_handles_labels()[0]
         ax_power.legend(handles=handles, loc="upper left", fontsize=7)
         ax_power.set_title(f"{s.policy}: GPU power ({s.energy_kwh:.3f} kWh, idle {s.idle_energy_share:.0%})",
@@ -55,7 +60,9 @@ def plot(
         )
         ax_lat.axhline(slo_s, color="black", ls="--", lw=0.8, label=f"SLO {slo_s:g} s")
         ax_lat.set_ylabel("seconds")
-        ax_lat.set_yscale("log")
+        # Linear, clipped at 4x the SLO: a backlog's minutes-long latencies would flatten the rest.
+        finite = [v for v in r.series["latency_p99_s"] if math.isfinite(v)]
+        ax_lat.set_ylim(0, max(1.5 * slo_s, min(max(finite, default=slo_s) * 1.05, 4 * slo_s)))
         ax_lat.legend(loc="upper left", fontsize=7)
         ax_lat.set_title(f"{s.policy}: end-to-end latency ({s.slo_attainment:.2%} within SLO)", fontsize=9)
     for ax in axes[-1]:
@@ -64,3 +71,9 @@ def plot(
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.8 * rows + 0.8)))
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _clocks_moved(result: RunResult) -> bool:
+    """Whether a sidecar locked clocks in this run (then the clock cap is the setting worth showing)."""
+    values = [v for v in result.series["mean_clock_cap_mhz"] if math.isfinite(v)]
+    return bool(values) and min(values) < max(values)
