@@ -26,6 +26,8 @@ DEFAULT_TRACE = _SHARED_TRACE if _SHARED_TRACE.is_file() else _EMBEDDED_TRACE
 # speed; one simulated replica holds the SLO up to ~16 req/s. "surge" asks for more than every GPU can
 # serve, on purpose, so the SLO alert fires; "calm" lets the scaler consolidate; "quiet" is silence, so
 # the workload scales to zero.
+MAX_GPUS = 16  # one process runs them all, with a vLLM endpoint and a sidecar each
+
 STANDARD_PHASES = (
     Phase("warm-up", 30, 2),
     Phase("rising", 20, 3.5),
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--gpus",
         type=int,
-        default=int(env("EO_DEMO_GPUS", "6")),
+        default=env("EO_DEMO_GPUS", "6"),  # a string: argparse converts it, and names it when it is bad
         help="simulated GPUs on the node, also the ScaledObject's maxReplicaCount (default 6)",
     )
     parser.add_argument(
@@ -150,13 +152,13 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    log_path = setup_logging(args.out, args.verbose)
-    if args.gpus < 1:
-        print("--gpus must be at least 1", file=sys.stderr)
+    if not 1 <= args.gpus <= MAX_GPUS:
+        print(f"--gpus (EO_DEMO_GPUS) must be between 1 and {MAX_GPUS}, got {args.gpus}", file=sys.stderr)
         return 2
     if not args.trace.is_file():
         print(f"trace {args.trace} not found (pass --trace PATH)", file=sys.stderr)
         return 2
+    log_path = setup_logging(args.out, args.verbose)
     phases = args.phases or (QUICK_PHASES if args.quick else STANDARD_PHASES)
     config = DemoConfig(args.trace, phases, gpus=args.gpus, actuator=args.actuator, out_dir=args.out)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop cleanly when killed, as on Ctrl-C
@@ -170,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_demo(config, LiveTable(config.actuator))
     except PrometheusNotInstalled as err:
         print(f"{err}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as err:  # a port, a binary that would not start: say which, not a trace
+        logging.getLogger(__name__).exception("the demo could not run")
+        print(f"the demo could not run: {err} (details in {log_path})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: everything the demo started has been stopped")
@@ -186,8 +192,8 @@ def print_summary(result: DemoResult, wall_s: float) -> None:
     print(f"\nSummary ({wall_s:.0f} s):")
     print(f"  requests finished        {s['finished']} of {s['requests']}")
     print(
-        f"  within the SLO           {'-' if attainment is None else f'{attainment:.1%}'}"
-        f" (p95 end-to-end latency <= {s['slo_seconds']:g} s; the surge exceeds every GPU on purpose)"
+        f"  within {s['slo_seconds']:g} s end to end    {'-' if attainment is None else f'{attainment:.1%}'}"
+        f" of requests (the SLO: p95 <= {s['slo_seconds']:g} s; the surge exceeds every GPU on purpose)"
     )
     phases = ", ".join(f"{name} {share:.0%}" for name, share in s["slo_attainment_by_arrival_phase"].items())
     print(f"    by arrival phase       {phases}")

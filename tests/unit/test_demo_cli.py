@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from demo.cli import QUICK_PHASES, STANDARD_PHASES, build_parser, parse_phases
+from demo.cli import QUICK_PHASES, STANDARD_PHASES, build_parser, main, parse_phases
 from demo.loop import setting_changes
 from demo.schedule import Phase
 from exporter.devices.simulated import SimulatedGpu
@@ -54,3 +55,18 @@ def test_setting_changes_skip_the_permission_probe() -> None:
     gpu.lock_sm_clocks_mhz(210, 1500)
     gpu.reset_sm_clocks()
     assert setting_changes(gpu) == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--gpus", "40"], "--gpus (EO_DEMO_GPUS) must be between 1 and 16"),
+        (["--trace", "/nonexistent.csv"], "trace /nonexistent.csv not found"),
+    ],
+)
+def test_bad_options_are_messages_before_anything_starts(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
