@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import shutil
 import statistics
 import sys
 import tempfile
@@ -157,6 +158,7 @@ def main() -> int:
         server.shutdown()
         server.server_close()
     grpc_server.stop(None)
+    shutil.rmtree(tmp, ignore_errors=True)
     parent.send("stop")
     proc.join(timeout=5)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shutil
 import tempfile
 from collections import deque
 from dataclasses import dataclass
@@ -118,6 +119,7 @@ def simulate(
     gpu = SimulatedGpu(0, PROFILE, load=lambda: batch["b"], clock=clock)
     source = HistogramSource(0.95, args.window)
     handle = None
+    handle_state_dir = Path(tempfile.mkdtemp(prefix="eo-powercap-bench-"))
     if actuator is not None:
         settings = Settings(
             latency_target_s=target_s,
@@ -126,7 +128,7 @@ def simulate(
             settle_s=args.settle,
             lower_below_ratio=args.lower_below_ratio,
             raise_above_ratio=args.raise_above_ratio,
-            state_dir=Path(tempfile.mkdtemp(prefix="eo-powercap-bench-")),
+            state_dir=handle_state_dir,
             listen_address="127.0.0.1",
             port=0,
         )
@@ -172,6 +174,7 @@ def simulate(
     energy_j = gpu.total_energy_mj() / 1000
     if handle is not None:
         handle.stop()
+    shutil.rmtree(handle_state_dir, ignore_errors=True)
     # SLO held: share of 60 s windows (with requests) whose exact p95 e2e latency is under target.
     windows: dict[int, list[float]] = {}
     for finish, latency in done:

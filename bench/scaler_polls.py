@@ -304,6 +304,7 @@ def main() -> int:
             if proc.stdout:
                 proc.stdout.close()
         prom.stop()
+        shutil.rmtree(rules.parent, ignore_errors=True)
         http.shutdown()
         http.server_close()
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -241,6 +242,7 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
     # Arrival phase -> (finished, within the SLO), in the schedule's order.
     by_phase: dict[str, tuple[int, int]] = {phase.name: (0, 0) for phase in config.phases}
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)  # last: after the sidecars have restored
         stack.callback(deployment.stop)
         gateway = Gateway(NAMESPACE, WORKLOAD)
         stack.callback(gateway.stop)
