@@ -93,7 +93,9 @@ def observe(
     offered: float,
     slo_s: float,
     actuator: str,
+    quantile: float,
 ) -> Row:
+    """One row of the live table: what Prometheus and the GPUs say now."""
     sel = f'{{namespace="{NAMESPACE}",workload="{WORKLOAD}"}}'
     pods = deployment.pods()
     if actuator == "clocks":
@@ -113,7 +115,7 @@ def observe(
         latency_s=_scalar(
             prom,
             "namespace_workload_quantile:eo_pod_request_latency_seconds:histogram_quantile_rate5m"
-            f'{{namespace="{NAMESPACE}",workload="{WORKLOAD}",quantile="0.95"}}',
+            f'{{namespace="{NAMESPACE}",workload="{WORKLOAD}",quantile="{quantile:g}"}}',
         ),
         mean_setting=sum(settings) / len(settings) if settings else None,
         slo_s=slo_s,
@@ -333,7 +335,9 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
                 phase = phase_at(config.phases, t)
                 offered = offered_since_row / config.row_interval_s
                 name = phase.name if phase else "end"
-                row = observe(prom, deployment, t, name, offered, slo_s, config.actuator)
+                row = observe(
+                    prom, deployment, t, name, offered, slo_s, config.actuator, config.latency_quantile
+                )
                 alerts_seen.update(row.alerts)
                 rows.append(row)
                 on_row(row)
