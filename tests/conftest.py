@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,3 +18,14 @@ def calibration_csv() -> Path:
     if not path.exists():
         pytest.skip(f"calibration data not found at {path}")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Binaries' ``main()`` run in-process install root handlers on the test's captured stderr; put the
+    root logger back afterwards, or later tests log into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
