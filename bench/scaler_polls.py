@@ -40,6 +40,7 @@ from demo.prometheus import Prometheus
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
 from scaler.metadata import parse_metadata
+from scaler.powercap.histogram import bucket_quantile
 from scaler.queries import build_query
 
 RULES = {
@@ -148,41 +149,32 @@ def poll_prometheus(url: str, n: int, seconds: float, concurrency: int) -> list[
     return latencies
 
 
-def scaler_queries(metrics_port: int) -> float:
+def scaler_samples(metrics_port: int) -> list[Any]:
+    """Every sample eo-scaler's /metrics publishes now."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+def scaler_queries(metrics_port: int) -> float:
     return sum(
-        s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == "eo_scaler_prometheus_queries_total"
+        s.value for s in scaler_samples(metrics_port) if s.name == "eo_scaler_prometheus_queries_total"
     )
 
 
 def server_durations(metrics_port: int) -> dict[float, float]:
     """eo-scaler's own GetMetrics duration histogram: cumulative count per bucket bound (s)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
     return {
         float(s.labels["le"]): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
+        for s in scaler_samples(metrics_port)
         if s.name == "eo_scaler_request_duration_seconds_bucket" and s.labels.get("method") == "GetMetrics"
     }
 
 
 def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
-    """PromQL's histogram_quantile over the difference of two cumulative snapshots (linear in a bucket)."""
-    bounds = sorted(after)
-    counts = [after[b] - before.get(b, 0.0) for b in bounds]
-    rank, lower, below = q * counts[-1], 0.0, 0.0
-    for bound, cumulative in zip(bounds, counts, strict=True):
-        if cumulative >= rank:
-            if bound == float("inf"):
-                return lower
-            return lower + (bound - lower) * (rank - below) / max(cumulative - below, 1e-12)
-        lower, below = bound, cumulative
-    return lower
+    """The q-quantile of the calls between two cumulative snapshots, as PromQL's histogram_quantile."""
+    delta = [(bound, after[bound] - before.get(bound, 0.0)) for bound in sorted(after)]
+    return bucket_quantile(q, delta) or 0.0
 
 
 def isolate_a_core(prometheus_pid: int | None) -> int | None:

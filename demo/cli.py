@@ -133,7 +133,7 @@ def setup_logging(out_dir: Path, verbose: bool) -> Path:
 
 
 class LiveTable:
-    """Prints the header before the first row, then one line per row."""
+    """Prints one line per row, and the column titles before the first and every 20th."""
 
     def __init__(self, actuator: str) -> None:
         self._header = header(actuator)

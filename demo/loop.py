@@ -75,6 +75,14 @@ class DemoConfig:
         return sum(p.duration_s for p in self.phases)
 
 
+def latency_kpi(quantile: float) -> str:
+    """The workload's latency quantile from the recording rules (time-compressed in the demo)."""
+    return (
+        "namespace_workload_quantile:eo_pod_request_latency_seconds:histogram_quantile_rate5m"
+        f'{{namespace="{NAMESPACE}",workload="{WORKLOAD}",quantile="{quantile:g}"}}'
+    )
+
+
 def _scalar(prom: Prometheus, promql: str) -> float | None:
     try:
         result = prom.query(promql)
@@ -112,11 +120,7 @@ def observe(
         ready=deployment.ready(),
         gpu_power_w=_scalar(prom, "sum(eo_gpu_power_watts)"),
         joules_per_request=_scalar(prom, f"namespace_workload:eo_joules_per_request:ratio_rate5m{sel}"),
-        latency_s=_scalar(
-            prom,
-            "namespace_workload_quantile:eo_pod_request_latency_seconds:histogram_quantile_rate5m"
-            f'{{namespace="{NAMESPACE}",workload="{WORKLOAD}",quantile="{quantile:g}"}}',
-        ),
+        latency_s=_scalar(prom, latency_kpi(quantile)),
         mean_setting=sum(settings) / len(settings) if settings else None,
         slo_s=slo_s,
         alerts=firing,
@@ -172,17 +176,13 @@ def scaler_metadata(
     recording rule, so the scaler's view of latency moves as fast as the demo's; demand comes from the
     gateway's arrival counter, the only signal while replicas are saturated or at zero.
     """
-    sel = f'namespace="{NAMESPACE}",workload="{WORKLOAD}"'
     window = f"{max(2, round(config.poll_interval_s * 2))}s"
     return {
         "serverAddress": prometheus_url,
         "workload": WORKLOAD,
         "latencySloSeconds": f"{slo_s:g}",
         "latencyQuantile": f"{config.latency_quantile:g}",
-        "latencyQuery": (
-            "namespace_workload_quantile:eo_pod_request_latency_seconds:histogram_quantile_rate5m"
-            f'{{{sel},quantile="{config.latency_quantile:g}"}}'
-        ),
+        "latencyQuery": latency_kpi(config.latency_quantile),
         "activationQuery": (
             f'sum(rate(gateway_requests_total{{namespace="{NAMESPACE}",service="{WORKLOAD}"}}[{window}]))'
         ),
@@ -356,6 +356,5 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
         restored = all(
             g.power_limit_mw() == g.power_limit_default_mw() and g.locked_sm_clock_mhz is None for g in gpus
         )
-    within = sum(held for _, held in by_phase.values())
-    return DemoResult(rows, slo_s, capacity, len(requests), finished, within, energy, changes, alerts_seen,
+    return DemoResult(rows, slo_s, capacity, len(requests), finished, energy, changes, alerts_seen,
                       restored, max_desired, final_desired, config.actuator, by_phase)  # fmt: skip

@@ -58,7 +58,6 @@ class DemoResult:
     capacity_rps: float
     requests: int
     finished: int
-    within_slo: int
     gpu_energy_j: float | None
     cap_changes: int
     alerts_seen: set[str]
@@ -66,8 +65,12 @@ class DemoResult:
     max_desired: int
     final_desired: int
     actuator: str
-    by_phase: dict[str, tuple[int, int]] = field(default_factory=dict)
+    by_phase: dict[str, tuple[int, int]]
     """Arrival phase -> (requests finished, of which within the SLO), in schedule order."""
+
+    @property
+    def within_slo(self) -> int:
+        return sum(held for _, held in self.by_phase.values())
 
     def summary(self) -> dict[str, Any]:
         jpr = self.gpu_energy_j / self.finished if self.gpu_energy_j and self.finished else None

@@ -77,7 +77,8 @@ def replicas_expr(trigger: TriggerConfig) -> str:
 
 def capacity_sample_expr(trigger: TriggerConfig) -> str:
     """One sample of the learned per-replica capacity: while latency holds the SLO, the per-replica load
-    extrapolated along the latency headroom, ``load/replicas * min(slo/latency, 2)``; empty otherwise.
+    extrapolated along the latency headroom, ``load/replicas * min(slo/latency, 3)``
+    (``LEARNED_CAPACITY_MAX_EXTRAPOLATION``); empty otherwise.
 
     Under continuous batching latency grows with the batch, i.e. with the per-replica load; the straight
     line through the origin and today's point reaches the SLO at ``load/replica * slo/latency``. It

@@ -241,12 +241,10 @@ def _sample(
     series["power_w"].append(energy_j / window_s)
     p99 = prom.latency_quantile(0.99, window_s, now_s)
     series["latency_p99_s"].append(math.nan if p99 is None else p99)
+    ready = [r for r in cluster.replicas if r.is_ready(now_s)]
     caps = [
-        r.power_cap_w if r.power_cap_w is not None else r.config.profile.power_limit_default_w
-        for r in cluster.replicas
-        if r.is_ready(now_s)
+        r.power_cap_w if r.power_cap_w is not None else r.config.profile.power_limit_default_w for r in ready
     ]
     series["mean_cap_w"].append(sum(caps) / len(caps) if caps else math.nan)
-    ready = [r for r in cluster.replicas if r.is_ready(now_s)]
     clocks = [r.locked_clock_mhz or r.config.profile.max_sm_clock_mhz for r in ready]
     series["mean_clock_cap_mhz"].append(sum(clocks) / len(clocks) if clocks else math.nan)

@@ -10,6 +10,9 @@ from pathlib import Path
 from exporter.devices.base import GpuDevice
 from scaler.powercap.settings import StartupRefused
 
+# How NVML names a whole GPU and a MIG instance; an index names a different GPU in every container.
+UUID_PREFIXES = ("GPU-", "MIG-")
+
 
 def visible_uuids(explicit: str, environ: dict[str, str]) -> list[str] | None:
     """UUIDs to control, or None for every device the backend lists. Raises StartupRefused when none are."""
@@ -22,7 +25,7 @@ def visible_uuids(explicit: str, environ: dict[str, str]) -> list[str] | None:
         value = value.strip()
         if value.lower() in ("", "none", "void", "-1"):
             raise StartupRefused(f"{var}={value!r}: no GPU is visible to this container")
-        uuids = [v.strip() for v in value.split(",") if v.strip().startswith(("GPU-", "MIG-"))]
+        uuids = [v.strip() for v in value.split(",") if v.strip().startswith(UUID_PREFIXES)]
         # Indices (or "all") are already applied by the container runtime: NVML lists just those GPUs.
         return uuids or None
     return None
@@ -48,7 +51,7 @@ def read_uuids_file(
             raise StartupRefused(f"--gpu-uuids-file {path}: still missing or empty after {wait_s:g}s")
         time.sleep(poll_s)
     entries = [e.strip() for e in text.split(",") if e.strip()]
-    wrong = [e for e in entries if not e.startswith(("GPU-", "MIG-"))]
+    wrong = [e for e in entries if not e.startswith(UUID_PREFIXES)]
     if wrong:
         raise StartupRefused(
             f"--gpu-uuids-file {path} holds {text!r}, not GPU UUIDs (e.g. the device plugin's index "
