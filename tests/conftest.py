@@ -29,3 +29,15 @@ def _restore_root_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+_MARK_BY_DIRECTORY = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the folder it lives in, so no file can forget its marker."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        mark = _MARK_BY_DIRECTORY.get(folder)
+        if mark is not None:
+            item.add_marker(mark)

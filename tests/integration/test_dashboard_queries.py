@@ -18,8 +18,6 @@ from tools.gen_prometheusrule import DASHBOARD_JSON, REPO, rule_files
 from tools.metric_catalog import PUBLISHED
 from tools.promql_names import metric_names
 
-pytestmark = pytest.mark.integration
-
 DASHBOARD: dict[str, Any] = json.loads((REPO / DASHBOARD_JSON).read_text())
 # What Grafana would substitute: "All" of a multi-value variable is its allValue, ".*".
 VARIABLES = {

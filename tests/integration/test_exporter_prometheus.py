@@ -14,8 +14,6 @@ import pytest
 
 from demo.prometheus import Prometheus, free_port
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def exporter(tmp_path: Path) -> Iterator[tuple[int, Path]]:

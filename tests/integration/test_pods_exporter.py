@@ -18,8 +18,6 @@ from exporter.server import start_exporter
 from exporter.settings import SettingsError, parse_settings
 from tests.pods_support import VllmServer, start_kubelet, wait_until
 
-pytestmark = pytest.mark.integration
-
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:

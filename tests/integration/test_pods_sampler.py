@@ -19,8 +19,6 @@ from exporter.pods.sampler import PodSampler, StaticPodMetadata
 from exporter.pods.scrape import AppReader
 from tests.pods_support import PodResourcesServicer, VllmServer, start_kubelet
 
-pytestmark = pytest.mark.integration
-
 G0 = "GPU-00000000-0000-4000-8000-000000000000"
 G1 = "GPU-11111111-1111-4111-8111-111111111111"
 NODE = "gpu-node-1"

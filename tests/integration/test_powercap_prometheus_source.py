@@ -10,8 +10,6 @@ from demo.prometheus import Prometheus
 from scaler.powercap.latency import LatencySourceError, PrometheusSource
 from tests.powercap_support import TextServer, vllm_histogram
 
-pytestmark = pytest.mark.integration
-
 
 def test_quantile_and_load_from_promql() -> None:
     served = {"n": 0.0}

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from demo.prometheus import Alertmanager, Prometheus
-
-pytestmark = pytest.mark.integration
 
 
 def test_prometheus_scrapes_itself_and_answers_queries() -> None:

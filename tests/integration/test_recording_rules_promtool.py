@@ -11,8 +11,6 @@ import yaml
 
 from tools.gen_prometheusrule import REPO, rule_files
 
-pytestmark = pytest.mark.integration
-
 RULES = REPO / "recording_rules"
 SUITES = sorted((RULES / "tests").glob("*.yaml"))
 

@@ -23,8 +23,6 @@ from scaler.server import ScalerHandle, start_scaler
 from scaler.settings import ScalerSettings
 from tests.integration.keda_like import KedaLikeScaledObject
 
-pytestmark = pytest.mark.integration
-
 META = {
     "workload": "llama",
     "latencySloSeconds": "2",

@@ -22,8 +22,6 @@ from scaler.queries import KpiUnavailable, capacity_sample_expr, parts, selector
 from scaler.server import ScalerHandle, start_scaler
 from scaler.settings import ScalerSettings
 
-pytestmark = pytest.mark.integration
-
 # The scaler reads these KPIs by name (the contract); the real rules (recording_rules/) use 5m windows.
 # The fixture uses 10s so that a rate is exact seconds after start instead of after five minutes.
 RULES = {

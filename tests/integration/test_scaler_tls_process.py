@@ -21,7 +21,6 @@ from scaler.policy import Observation
 from scaler.server import start_scaler
 from scaler.settings import ScalerSettings
 
-pytestmark = pytest.mark.integration
 META = {"workload": "llama", "latencySloSeconds": "2", "replicaCapacityRps": "10"}
 
 

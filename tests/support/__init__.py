@@ -1,0 +1,1 @@
+"""Test support: real peers and processes that tests start on loopback."""
