@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from exporter.logs import configure_logging
+from common.logs import configure_logging
 from exporter.pods.settings import PodAttributionError
 from exporter.server import start_exporter
 from exporter.settings import SettingsError, parse_settings

@@ -1,4 +1,8 @@
-"""Logging setup for the daemon: plain text for people, one JSON object per line for log pipelines."""
+"""One logging setup for every binary: plain text for people, one JSON object per line for log pipelines.
+
+The JSON layout is the same everywhere: ``time`` (UTC, ms), ``level``, ``logger``, ``message`` and, when
+there is one, ``exception``.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str = "text", level: str = "info") -> None:
+    """Route the root logger to stderr in ``log_format`` (``text`` or ``json``) at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())

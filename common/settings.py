@@ -1,0 +1,209 @@
+"""One configuration mechanism for every binary: declare a field once, get its flag, variable and help.
+
+A binary's settings are a ``BinarySettings`` subclass (pydantic-settings): each field has its type (units
+in the name: ``_s``, ``_watts``), default, validation (pydantic constraints or the annotated types below)
+and help text, declared once with ``setting()``. From that declaration ``load()`` derives:
+
+- the flag: ``--field-name``, or the ``flag=`` given (kept where a published flag name differs);
+- the environment variable: ``EO_`` + the flag in upper snake case (``--log-level`` → ``EO_LOG_LEVEL``),
+  read by a pydantic-settings source; a flag wins over its variable;
+- ``--help``: every flag with its help, variable and default;
+- errors: a bad value raises ``SettingsError`` naming the flag and the variable (never a traceback,
+  never the whole input echoed); the binaries print it and exit with status 2.
+
+Booleans take ``--flag`` (true), ``--flag=false`` or ``--flag false``, and ``true/false/1/0/yes/no/on/off``
+in variables: one parser for every binary.
+
+Why pydantic-settings with our own name derivation rather than its built-in CLI: the flag and variable
+names are a published interface (manifests, docs, users' scripts), and several flags spell units out
+(``--interval-seconds``) where the field says ``interval_s``; the derivation keeps them unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "EO_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_MAX_ECHO = 80
+# The environment a load() reads; None means the process environment (tests pass their own mapping).
+_environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("eo_env", default=None)
+
+S = TypeVar("S", bound="BinarySettings")
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the flag and its environment variable."""
+
+
+def setting(default: Any, help: str, *, flag: str | None = None, **constraints: Any) -> Any:
+    """A field of a ``BinarySettings``: its default, its help and (rarely) a flag name of its own."""
+    extra: dict[str, Any] | None = {"flag": flag} if flag else None
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+def parse_bool(value: object) -> bool:
+    """The one boolean parser: ``true/false/1/0/yes/no/on/off`` (any case) or a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _empty_is_none(value: object) -> object:
+    return None if isinstance(value, str) and value == "" else value
+
+
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"file {_short(str(value))!r} does not exist")
+    return value
+
+
+def _finite_positive(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a number > 0")
+    return value
+
+
+# Annotated types shared by the binaries' settings.
+Flag = Annotated[bool, BeforeValidator(parse_bool)]
+Seconds = Annotated[float, AfterValidator(_finite_positive)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+OptionalText = Annotated[str | None, BeforeValidator(_empty_is_none)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_empty_is_none)]
+ExistingFile = Annotated[Path | None, BeforeValidator(_empty_is_none), AfterValidator(_existing_file)]
+
+
+class _FlagNamedEnvironment(PydanticBaseSettingsSource):
+    """Reads ``EO_<FLAG>`` for each field (names derived from the flags, see the module docstring)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        environ = _environ.get()
+        env = env_name(flag_of(field, field_name))
+        value = (os.environ if environ is None else environ).get(env)
+        return value, env, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[name] = value
+        return values
+
+
+class BinarySettings(BaseSettings):
+    """Base of every binary's settings: frozen, unknown keys refused, flags over ``EO_*`` variables."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags arrive as init values and win; then the flag-named variables; then the defaults.
+        return (init_settings, _FlagNamedEnvironment(settings_cls))
+
+
+def flag_of(field: FieldInfo, name: str) -> str:
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("flag"), str):
+        return str(extra["flag"])
+    return "--" + name.replace("_", "-")
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+
+
+def _is_bool(field: FieldInfo) -> bool:
+    return field.annotation is bool
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO] + "…"
+
+
+def build_parser(cls: type[BinarySettings], prog: str, description: str) -> argparse.ArgumentParser:
+    """The binary's argument parser, derived from its settings class."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for name, field in cls.model_fields.items():
+        flag = flag_of(field, name)
+        default = field.default
+        shown = "" if default is None else str(default)
+        shown = shown.lower() if isinstance(default, bool) else shown
+        help_text = f"{field.description or ''} (env {env_name(flag)}; default: {shown or 'none'})"
+        if _is_bool(field):
+            parser.add_argument(
+                flag, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text)
+    return parser
+
+
+def load(
+    cls: type[S],
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    environ: Mapping[str, str] | None = None,
+) -> S:
+    """Settings from ``argv`` over ``environ`` (default: the process's) over the defaults.
+
+    ``--help`` and argparse's own usage errors exit as argparse does (status 0 / 2); a bad value raises
+    ``SettingsError``.
+    """
+    given = vars(build_parser(cls, prog, description).parse_args(argv))
+    return from_values(cls, given, environ=environ)
+
+
+def from_values(cls: type[S], values: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> S:
+    """Settings from field values (as text or typed) over ``environ`` over the defaults."""
+    token = _environ.set(environ)
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        raise SettingsError(describe(cls, exc)) from None
+    finally:
+        _environ.reset(token)
+
+
+def describe(cls: type[BinarySettings], exc: ValidationError) -> str:
+    """One line per bad field, naming its flag and variable, without echoing long input."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = error.get("loc") or ("",)
+        name = str(loc[0])
+        field = cls.model_fields.get(name)
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if field is None:
+            lines.append(_short(message) if not name else f"{_short(name)}: {_short(message)}")
+            continue
+        flag = flag_of(field, name)
+        lines.append(f"{flag} / {env_name(flag)}: {_short(message)}")
+    return "; ".join(lines)
