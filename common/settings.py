@@ -145,10 +145,15 @@ def _short(text: str) -> str:
     return text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO] + "…"
 
 
-def build_parser(cls: type[BinarySettings], prog: str, description: str) -> argparse.ArgumentParser:
+def build_parser(
+    cls: type[BinarySettings], prog: str, description: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
     """The binary's argument parser, derived from its settings class."""
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for name, field in cls.model_fields.items():
         flag = flag_of(field, name)
@@ -156,6 +161,7 @@ def build_parser(cls: type[BinarySettings], prog: str, description: str) -> argp
         shown = "" if default is None else str(default)
         shown = shown.lower() if isinstance(default, bool) else shown
         help_text = f"{field.description or ''} (env {env_name(flag)}; default: {shown or 'none'})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if _is_bool(field):
             parser.add_argument(
                 flag, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, help=help_text
@@ -171,6 +177,7 @@ def load(
     *,
     prog: str,
     description: str,
+    epilog: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> S:
     """Settings from ``argv`` over ``environ`` (default: the process's) over the defaults.
@@ -178,7 +185,7 @@ def load(
     ``--help`` and argparse's own usage errors exit as argparse does (status 0 / 2); a bad value raises
     ``SettingsError``.
     """
-    given = vars(build_parser(cls, prog, description).parse_args(argv))
+    given = vars(build_parser(cls, prog, description, epilog).parse_args(argv))
     return from_values(cls, given, environ=environ)
 
 

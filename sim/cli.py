@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
+from pydantic import AfterValidator
+
+from common.logs import configure_logging
+from common.settings import BinarySettings, Flag, OptionalPath, Seconds, SettingsError, load, setting
+from common.settings import build_parser as settings_parser
 from gpumodel.model import PROFILES
 from sim.engine import Policy, RunResult, SimConfig
 from sim.eo import CapOptions, caps_only_policy, eo_policy
@@ -47,74 +51,91 @@ def default_trace() -> Path | None:
     return None
 
 
-def _env(flag: str) -> str:
-    return "EO_" + flag.lstrip("-").upper().replace("-", "_")
+_DESCRIPTION = (
+    "Replay an LLM request trace against a calibrated GPU inference-server model and compare "
+    "replica/power policies: static provisioning for the peak, KEDA's request-rate threshold, "
+    "the offline optimum, and Energy Orchestrator's own scaler policy (decide()) and power-cap "
+    "controller (step()). Prints a table of energy, latency and SLO attainment per policy."
+)
+_EPILOG = (
+    "Every flag can also be set with an environment variable: --some-flag is EO_SOME_FLAG (the flag "
+    "wins). Trace formats: Azure 'TIMESTAMP,ContextTokens,GeneratedTokens' or generic "
+    "'arrival_s,prompt_tokens,output_tokens' (header optional). " + ATTRIBUTION
+)
+
+
+def _known_profile(name: str) -> str:
+    if name not in PROFILES:
+        raise ValueError(f"{name!r} is not one of {', '.join(PROFILES)}")
+    return name
+
+
+def _policy_list(text: str) -> str:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in POLICY_NAMES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(POLICY_NAMES)}"
+        )
+    return ",".join(names)
+
+
+class SimSettings(BinarySettings):
+    """eo-sim's flags (each also ``EO_<FLAG>``)."""
+
+    trace: OptionalPath = setting(
+        None, "request trace CSV (default: the Azure conversation trace in ../shared when present)"
+    )
+    speedup: float = setting(
+        1.0, "compress time by this factor (8: an hour replays in 7.5 min at 8x the rate)", gt=0
+    )
+    overlay: int = setting(1, "superpose N copies of the trace, shifted by span/N and wrapped", ge=1)
+    profile: Annotated[str, AfterValidator(_known_profile)] = setting(
+        "llama-3.1-8b-h100", f"GPU server profile: {', '.join(PROFILES)}"
+    )
+    slo_seconds: Seconds | None = setting(
+        None,
+        "end-to-end latency SLO (default: 2x the trace's unloaded p99, rounded up to a vLLM histogram "
+        "bucket)",
+    )
+    latency_quantile: float = setting(
+        0.99, "quantile the scaler and the sidecar hold under the SLO", gt=0, lt=1
+    )
+    policies: Annotated[str, AfterValidator(_policy_list)] = setting(
+        ",".join(DEFAULT_POLICIES), f"comma-separated policies to compare: {', '.join(POLICY_NAMES)}"
+    )
+    capacity_rps: float | None = setting(
+        None, "per-replica capacity at the SLO (default: a simulated load test)", gt=0
+    )
+    static_replicas: int | None = setting(
+        None,
+        "replicas of the static baseline (default: the peak minute's rate over 70% of the capacity, "
+        "rounded up)",
+        ge=1,
+    )
+    threshold_rps: float | None = setting(
+        None, "request-rate threshold per replica of the KEDA baseline (default: 70% of the capacity)", gt=0
+    )
+    target_attainment: float = setting(
+        0.99, "share of requests within the SLO the baselines are tuned to hold", gt=0, le=1
+    )
+    cap_actuator: Literal["power", "clocks"] = setting(
+        "clocks", "what the power-cap sidecar moves: power or clocks"
+    )
+    cap_target_ratio: float = setting(
+        1.0, "sidecar latency target as a share of the SLO when the scaler also runs", gt=0
+    )
+    max_batch: int = setting(256, "vLLM max_num_seqs per replica", ge=1)
+    cold_start_seconds: Seconds | None = setting(None, "replica cold start (default: the profile's)")
+    step_seconds: Seconds = setting(0.25, "control step of the simulation (must divide 5 s)")
+    json_path: OptionalPath = setting(None, "write the figures and time series as JSON here", flag="--json")
+    plot: OptionalPath = setting(None, "write a PNG of load, replicas, power and latency per policy here")
+    progress: Flag = setting(False, "show a progress bar on stderr even when it is not a terminal")
+    log_level: str = setting("WARNING", "logging level")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="eo-sim",
-        description=(
-            "Replay an LLM request trace against a calibrated GPU inference-server model and compare "
-            "replica/power policies: static provisioning for the peak, KEDA's request-rate threshold, "
-            "the offline optimum, and Energy Orchestrator's own scaler policy (decide()) and power-cap "
-            "controller (step()). Prints a table of energy, latency and SLO attainment per policy."
-        ),
-        epilog=(
-            "Every flag can also be set with an environment variable: --some-flag is EO_SOME_FLAG (the flag "
-            "wins). Trace formats: Azure 'TIMESTAMP,ContextTokens,GeneratedTokens' or generic "
-            "'arrival_s,prompt_tokens,output_tokens' (header optional). " + ATTRIBUTION
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-
-    def add(flag: str, help_text: str, **kw: Any) -> None:
-        env = _env(flag)
-        if env in os.environ:
-            kw["default"] = os.environ[env]
-        p.add_argument(flag, help=f"{help_text} [env {env}]", **kw)
-
-    add("--trace", "request trace CSV (default: the Azure conversation trace in ../shared when present)",
-        type=Path, default=default_trace())  # fmt: skip
-    add("--speedup", "compress time by this factor (8: an hour replays in 7.5 min at 8x the rate)",
-        type=float, default=1.0)  # fmt: skip
-    add("--overlay", "superpose N copies of the trace, shifted by span/N and wrapped", type=int, default=1)
-    add("--profile", f"GPU server profile: {', '.join(PROFILES)}", default="llama-3.1-8b-h100")
-    add("--slo-seconds", "end-to-end latency SLO (default: 2x the trace's unloaded p99, rounded up to a "
-        "vLLM histogram bucket)", type=float, default=None)  # fmt: skip
-    add(
-        "--latency-quantile",
-        "quantile the scaler and the sidecar hold under the SLO",
-        type=float,
-        default=0.99,
-    )
-    add("--policies", f"comma-separated policies to compare: {', '.join(POLICY_NAMES)}",
-        default=",".join(DEFAULT_POLICIES))  # fmt: skip
-    add("--capacity-rps", "per-replica capacity at the SLO (default: a simulated load test)", type=float,
-        default=None)  # fmt: skip
-    add("--static-replicas", "replicas of the static baseline (default: the peak minute's rate over 70%% "
-        "of the capacity, rounded up)", type=int, default=None)  # fmt: skip
-    add("--threshold-rps", "request-rate threshold per replica of the KEDA baseline (default: 70%% of the "
-        "capacity)", type=float, default=None)  # fmt: skip
-    add("--target-attainment", "share of requests within the SLO the baselines are tuned to hold",
-        type=float, default=0.99)  # fmt: skip
-    add("--cap-actuator", "what the power-cap sidecar moves: power or clocks", choices=("power", "clocks"),
-        default="clocks")  # fmt: skip
-    add("--cap-target-ratio", "sidecar latency target as a share of the SLO when the scaler also runs",
-        type=float, default=1.0)  # fmt: skip
-    add("--max-batch", "vLLM max_num_seqs per replica", type=int, default=256)
-    add("--cold-start-seconds", "replica cold start (default: the profile's)", type=float, default=None)
-    add("--step-seconds", "control step of the simulation (must divide 5 s)", type=float, default=0.25)
-    add("--json", "write the figures and time series as JSON here", type=Path, default=None)
-    add("--plot", "write a PNG of load, replicas, power and latency per policy here", type=Path, default=None)
-    p.add_argument(
-        "--progress",
-        action="store_true",
-        default=os.environ.get("EO_PROGRESS", "") in ("1", "true"),
-        help="show a progress bar on stderr even when it is not a terminal [env EO_PROGRESS]",
-    )
-    add("--log-level", "logging level", default="WARNING")
-    return p
+    return settings_parser(SimSettings, "eo-sim", _DESCRIPTION, _EPILOG)
 
 
 class Progress:
@@ -147,17 +168,8 @@ class Progress:
             sys.stderr.flush()
 
 
-def _parse_policies(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in POLICY_NAMES]
-    if unknown or not names:
-        raise ValueError(f"--policies: unknown {', '.join(unknown) or '(none given)'}; choose from "
-                         f"{', '.join(POLICY_NAMES)}")  # fmt: skip
-    return names
-
-
 def run_policies(
-    sc: Scenario, names: Sequence[str], args: argparse.Namespace, progress: Progress
+    sc: Scenario, names: Sequence[str], args: SimSettings, progress: Progress
 ) -> list[RunResult]:
     results: list[RunResult] = []
     static_n: int | None = args.static_replicas
@@ -187,7 +199,7 @@ def run_policies(
     return results
 
 
-def _eo_policy(name: str, sc: Scenario, args: argparse.Namespace, static_n: int | None) -> Policy:
+def _eo_policy(name: str, sc: Scenario, args: SimSettings, static_n: int | None) -> Policy:
     q = args.latency_quantile
     profile = sc.server.profile
     if name == "caps-only":
@@ -198,9 +210,12 @@ def _eo_policy(name: str, sc: Scenario, args: argparse.Namespace, static_n: int 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=str(args.log_level).upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = load(SimSettings, argv, prog="eo-sim", description=_DESCRIPTION, epilog=_EPILOG)
+    except SettingsError as exc:
+        print(f"eo-sim: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("text", args.log_level)
     try:
         return _main(args)
     except (TraceError, ValueError) as exc:
@@ -211,38 +226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _number(args: argparse.Namespace, name: str, kind: type) -> None:
-    value = getattr(args, name)
-    if value is None or isinstance(value, kind):
-        return
-    try:
-        setattr(args, name, kind(value))
-    except ValueError:
-        raise ValueError(f"--{name.replace('_', '-')}: {value!r} is not a {kind.__name__}") from None
-
-
-def _main(args: argparse.Namespace) -> int:
-    # Values from environment variables arrive as strings.
-    for name in ("speedup", "slo_seconds", "latency_quantile", "capacity_rps", "threshold_rps",
-                 "target_attainment", "cap_target_ratio", "cold_start_seconds", "step_seconds"):  # fmt: skip
-        _number(args, name, float)
-    for name in ("overlay", "static_replicas", "max_batch"):
-        _number(args, name, int)
-    if args.trace is None:
+def _main(args: SimSettings) -> int:
+    trace_path = args.trace or default_trace()
+    if trace_path is None:
         raise ValueError(f"no --trace given and {DEFAULT_TRACE_NAME} was not found in ../shared/data/traces")
-    if args.profile not in PROFILES:
-        raise ValueError(f"--profile: {args.profile!r} is not one of {', '.join(PROFILES)}")
-    if not 0 < args.latency_quantile < 1:
-        raise ValueError("--latency-quantile must be in (0, 1)")
-    names = _parse_policies(args.policies)
-    trace = load_trace(Path(args.trace))
+    names = args.policies.split(",")
+    trace = load_trace(trace_path)
     trace = overlay(compress(trace, args.speedup), args.overlay)
     server = ServerConfig(
         PROFILES[args.profile], max_batch=args.max_batch, cold_start_s=args.cold_start_seconds
     )
     slo = args.slo_seconds if args.slo_seconds is not None else default_slo_s(trace, server)
-    if slo <= 0:
-        raise ValueError("--slo-seconds must be > 0")
     capacity = args.capacity_rps
     if capacity is None:
         capacity = load_test_capacity(trace, server, slo, args.latency_quantile)
@@ -267,8 +261,8 @@ def _main(args: argparse.Namespace) -> int:
         "capacity_rps": capacity,
         "descriptions": {n: DESCRIPTIONS[n] for n in names},
     }
-    if args.json is not None:
-        args.json.write_text(json.dumps(document(summaries, results, meta), indent=1))
+    if args.json_path is not None:
+        args.json_path.write_text(json.dumps(document(summaries, results, meta), indent=1))
     if args.plot is not None:
         from sim.plot import plot  # noqa: PLC0415 (matplotlib loads only when a plot is asked for)
 
