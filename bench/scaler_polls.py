@@ -36,11 +36,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from common.quantiles import bucket_quantile, nearest_rank
 from demo.prometheus import Prometheus
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
 from scaler.metadata import parse_metadata
-from scaler.powercap.histogram import bucket_quantile
 from scaler.queries import build_query
 
 RULES = {
@@ -84,11 +84,6 @@ ERRORS: dict[str, int] = {}
 
 def metadata(i: int) -> dict[str, str]:
     return {"workload": f"wl{i}", "latencySloSeconds": "2", "replicaCapacityRps": "4", "maxReplicas": "50"}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def poll_scaler(port: int, n: int, seconds: float, concurrency: int) -> list[float]:
@@ -256,7 +251,7 @@ def main() -> int:
 
         def row(name: str, values: list[float]) -> str:
             rate = len(values) / args.seconds
-            p50, p99 = statistics.median(values) * 1e3, percentile(values, 0.99) * 1e3
+            p50, p99 = statistics.median(values) * 1e3, nearest_rank(values, 0.99) * 1e3
             return f"  {name:<44}: {rate:7.0f} polls/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ({len(values)})"
 
         pinned = (
@@ -273,7 +268,7 @@ def main() -> int:
         print(
             f"  ratio scaler/direct: throughput x{len(lat) / len(direct):.1f}; "
             f"p99 at {args.light_concurrency} in flight "
-            f"x{percentile(direct_light, 0.99) / percentile(lat_light, 0.99):.1f} lower"
+            f"x{nearest_rank(direct_light, 0.99) / nearest_rank(lat_light, 0.99):.1f} lower"
         )
         server_p50 = histogram_quantile(0.5, server_before, server_after) * 1e3
         server_p99 = histogram_quantile(0.99, server_before, server_after) * 1e3

@@ -12,6 +12,8 @@ import bisect
 import math
 from collections import deque
 
+from common.quantiles import counts_quantile
+
 # vLLM's bucket boundaries for vllm:e2e_request_latency_seconds (seconds); +Inf is implicit.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
@@ -26,27 +28,9 @@ def bucket_index(latency_s: float) -> int:
 
 
 def histogram_quantile(q: float, counts: list[int] | tuple[int, ...]) -> float | None:
-    """PromQL's ``histogram_quantile`` over per-bucket (non-cumulative) counts; None where PromQL says NaN.
-
-    The rank ``q * total`` falls in the first bucket whose cumulative count reaches it, and the answer
-    is interpolated linearly inside that bucket (from 0 for the first one). A rank in the +Inf bucket
-    answers the highest finite bound.
-    """
-    total = sum(counts)
-    if total <= 0:
-        return None
-    rank = q * total
-    cumulative = 0
-    for i, c in enumerate(counts):
-        below = cumulative
-        cumulative += c
-        if cumulative >= rank and c > 0:
-            if i >= len(LATENCY_BUCKETS_S):
-                return LATENCY_BUCKETS_S[-1]
-            lower = LATENCY_BUCKETS_S[i - 1] if i > 0 else 0.0
-            upper = LATENCY_BUCKETS_S[i]
-            return lower + (upper - lower) * (rank - below) / c
-    return LATENCY_BUCKETS_S[-1]
+    """PromQL's ``histogram_quantile`` over per-bucket (non-cumulative) counts on vLLM's bounds; None
+    where PromQL says NaN."""
+    return counts_quantile(q, LATENCY_BUCKETS_S, counts)
 
 
 class SimPrometheus:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from common.quantiles import nearest_rank
 from sim.engine import RunResult
 
 ATTRIBUTION = (
@@ -16,13 +17,7 @@ ATTRIBUTION = (
 )
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1): the smallest value with at least ``q`` of values at or
-    below it. NaN for no values."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    return s[max(0, math.ceil(q * len(s)) - 1)]
+
 
 
 @dataclass(frozen=True)
@@ -74,12 +69,12 @@ def summarize(result: RunResult, slo_s: float) -> Summary:
         joules_per_request=energy / n if n else math.nan,
         joules_per_output_token=energy / result.output_tokens if result.output_tokens else math.nan,
         idle_energy_share=result.idle_energy_j / energy if energy > 0 else math.nan,
-        ttft_p50_s=percentile(ttft, 0.50),
-        ttft_p95_s=percentile(ttft, 0.95),
-        ttft_p99_s=percentile(ttft, 0.99),
-        latency_p50_s=percentile(lat, 0.50),
-        latency_p95_s=percentile(lat, 0.95),
-        latency_p99_s=percentile(lat, 0.99),
+        ttft_p50_s=nearest_rank(ttft, 0.50),
+        ttft_p95_s=nearest_rank(ttft, 0.95),
+        ttft_p99_s=nearest_rank(ttft, 0.99),
+        latency_p50_s=nearest_rank(lat, 0.50),
+        latency_p95_s=nearest_rank(lat, 0.95),
+        latency_p99_s=nearest_rank(lat, 0.99),
         slo_s=slo_s,
         slo_attainment=ok / n if n else math.nan,
         replica_minutes=result.replica_seconds / 60.0,

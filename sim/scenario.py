@@ -23,6 +23,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from common.quantiles import nearest_rank
 from gpumodel.model import prefill_point
 from sim.engine import Policy, RunResult, SimConfig, simulate
 from sim.keda import HpaConfig
@@ -73,14 +74,6 @@ def attainment(result: RunResult, slo_s: float) -> float:
     return ok / len(result.arrival_s) if result.arrival_s else 1.0
 
 
-def quantile(values: list[float], q: float) -> float:
-    """Nearest-rank quantile (no interpolation) of unsorted ``values``; NaN when empty."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    return s[max(0, math.ceil(q * len(s)) - 1)]
-
-
 def load_test_capacity(
     trace: Trace,
     server: ServerConfig,
@@ -104,7 +97,7 @@ def load_test_capacity(
         result = simulate(test, server, Policy("load-test", schedule=StaticSchedule(1)), sim_cfg)
         warm = duration_s / 10
         lat = [e - a for a, e in zip(result.arrival_s, result.end_s, strict=True) if a >= warm]
-        return quantile(lat, q)
+        return nearest_rank(lat, q)
 
     lo, hi = 0.0, 1.0
     while p_latency(hi) <= slo_s and hi < 1e4:

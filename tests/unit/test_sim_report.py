@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from common.quantiles import nearest_rank
 from sim.engine import RunResult
-from sim.report import document, percentile, summarize, table
+from sim.report import document, summarize, table
 
 
 def result() -> RunResult:
@@ -32,10 +33,10 @@ def result() -> RunResult:
 
 def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 0.5) == 50.0
-    assert percentile(values, 0.99) == 99.0
-    assert percentile(values, 1.0) == 100.0
-    assert math.isnan(percentile([], 0.5))
+    assert nearest_rank(values, 0.5) == 50.0
+    assert nearest_rank(values, 0.99) == 99.0
+    assert nearest_rank(values, 1.0) == 100.0
+    assert math.isnan(nearest_rank([], 0.5))
 
 
 def test_summary_figures() -> None:
