@@ -1,4 +1,5 @@
-"""Every kustomization under manifests/ renders, and every object it renders is valid.
+"""Every kustomization under manifests/ renders with ``kubectl kustomize``, and every object it renders is
+valid.
 
 Kubernetes' own kinds are validated offline and strictly (unknown fields are errors) with
 kubernetes-validate's bundled schemas; ScaledObjects against KEDA's CRD schema from ../shared; the
@@ -8,6 +9,7 @@ here, by their required fields.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.manifests_support import (
-    MANIFESTS,
-    REPO,
-    Doc,
-    KustomizeError,
-    build,
-    kustomization_dirs,
-    strategic_merge,
-)
+from tests.manifests_support import MANIFESTS, REPO, Doc, KustomizeError, build, kustomization_dirs
 
 # The oldest Kubernetes the manifests support, and the newest the validator knows.
 KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.utils.latest_version()]
@@ -72,7 +66,8 @@ def test_every_yaml_file_is_listed_by_a_kustomization() -> None:
     for d in kustomization_dirs():
         k = yaml.safe_load((d / "kustomization.yaml").read_text())
         listed.update((d / r).resolve() for r in k.get("resources", []))
-        listed.update((d / p["path"]).resolve() for p in k.get("patches", []))
+        listed.update((d / p["path"]).resolve() for p in k.get("patches", []) if "path" in p)
+        listed.update((d / t).resolve() for t in k.get("transformers", []) if "\n" not in t)  # else inline
     files = {p.resolve() for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml"}
     assert files - listed == set(), "manifests no kustomization applies"
 
@@ -84,8 +79,8 @@ def test_kubernetes_objects_validate_strictly(where: str, doc: Doc, version: str
 
 
 def test_strict_validation_catches_a_misspelt_field() -> None:
-    daemonset = next(d for _, d in OBJECTS if d["kind"] == "DaemonSet")
-    broken = strategic_merge(daemonset, {"spec": {"template": {"spec": {"tolerationz": []}}}})
+    broken = copy.deepcopy(next(d for _, d in OBJECTS if d["kind"] == "DaemonSet"))
+    broken["spec"]["template"]["spec"]["tolerationz"] = []
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)
 
@@ -106,8 +101,8 @@ def test_scaledobjects_validate_against_keda_crd(where: str, doc: Doc) -> None:
 
 
 def test_keda_schema_catches_a_bad_fallback() -> None:
-    so = SCALED_OBJECTS[0][1]
-    broken = strategic_merge(so, {"spec": {"fallback": {"replicas": "four"}}})
+    broken = copy.deepcopy(SCALED_OBJECTS[0][1])
+    broken["spec"]["fallback"]["replicas"] = "four"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, _keda_schema())
 
@@ -179,30 +174,38 @@ def test_custom_resources_have_their_required_fields(where: str, doc: Doc) -> No
 
 
 def test_a_service_monitor_without_honor_labels_is_refused() -> None:
-    monitor = next(d for _, d in OBJECTS if d["kind"] == "ServiceMonitor")
-    broken = strategic_merge(monitor, {"spec": {"endpoints": [{"port": "metrics"}]}})
+    broken = copy.deepcopy(next(d for _, d in OBJECTS if d["kind"] == "ServiceMonitor"))
+    broken["spec"]["endpoints"] = [{"port": "metrics"}]
     with pytest.raises(AssertionError, match="honorLabels"):
         _check_service_monitor(broken)
 
 
-def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: []\nimages:\n  - name: x\n    newTag: y\n")
-    with pytest.raises(KustomizeError, match="images"):
+def test_a_kustomization_kubectl_refuses_fails_with_kubectls_reason(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n")
+    with pytest.raises(KustomizeError, match="missing.yaml"):
         build(tmp_path)
 
 
-def test_renderer_merges_lists_by_their_keys_and_deletes_nulls() -> None:
-    base = {"containers": [{"name": "a", "env": [{"name": "X", "value": "1"}], "securityContext": {"p": 1}}]}
-    patch = {
-        "containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}], "securityContext": {"p": None}}]
-    }
-    merged = strategic_merge(base, patch)
-    assert merged["containers"][0]["env"] == [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]
-    assert merged["containers"][0]["securityContext"] == {}
+def test_the_enforce_patch_merges_into_the_sidecar_by_key() -> None:
+    """kustomize's strategic merge: env by name (replaced, not doubled), null deletes the field."""
+    (deployment,) = [d for d in build(MANIFESTS / "examples/vllm-enforce") if d["kind"] == "Deployment"]
+    sidecar = next(
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "eo-powercap"
+    )
+    dry_run = [e for e in sidecar["env"] if e["name"] == "EO_DRY_RUN"]
+    assert dry_run == [{"name": "EO_DRY_RUN", "value": "false"}]
+    assert "EO_GPU_UUIDS_FILE" in {e["name"] for e in sidecar["env"]}, "the base's variables stay"
+    assert "allowPrivilegeEscalation" not in sidecar["securityContext"]
+
+
+EXPORTER_NAMESPACE = "energy-orchestrator-node"
+SCALER_NAMESPACE = "energy-orchestrator"
 
 
 def test_base_objects_carry_the_part_of_label_and_namespace() -> None:
     for doc in build(MANIFESTS / "base"):
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "energy-orchestrator", doc["kind"]
         if doc["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:
-            assert doc["metadata"]["namespace"] == "energy-orchestrator", doc["kind"]
+            exporter = doc["metadata"]["labels"].get("app.kubernetes.io/component") == "exporter"
+            wanted = EXPORTER_NAMESPACE if exporter else SCALER_NAMESPACE
+            assert doc["metadata"]["namespace"] == wanted, (doc["kind"], doc["metadata"]["name"])
