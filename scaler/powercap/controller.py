@@ -115,7 +115,8 @@ class Reading:
     latency_s: float | None
     """Observed latency quantile; None when no request finished in the window (nothing to judge)."""
     age_s: float = 0.0
-    """Seconds since the latency source last answered successfully."""
+    """Seconds since the latency source last gave a usable latency (a number, from finished requests):
+    errors, empty windows and NaN all age the data, so none of them can hold a cap past stale_after_s."""
     load_rps: float | None = None
     temperature_c: float | None = None
     """Hottest of the controlled GPUs."""

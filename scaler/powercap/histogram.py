@@ -3,7 +3,8 @@
 Pure: the sidecar feeds it cumulative bucket counts with a timestamp; it keeps the scrapes that span the
 window and answers the quantile of the requests that finished between the oldest kept scrape and the
 newest (bucket deltas), interpolated linearly inside a bucket as Prometheus' ``histogram_quantile``
-does. A counter reset (the server restarted) drops the history.
+does. A counter reset (the server restarted) drops the history. No finished request in the window (the
+counters did not move) answers no quantile, never a number.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float |
     if not buckets:
         return None
     total = buckets[-1][1]
-    if total <= 0:
+    # No requests, or a count that is not a number (NaN compares false to everything): no quantile.
+    if not math.isfinite(total) or total <= 0:
         return None
     rank = q * total
     prev_bound, prev_count = 0.0, 0.0

@@ -1,24 +1,41 @@
 """Where the sidecar reads latency and load: the local inference server's /metrics, or Prometheus.
 
 Both are thin adapters returning a ``LatencySample``; a failure raises ``LatencySourceError`` (the
-sidecar counts the age of its last good sample and restores the GPU once it is stale).
+sidecar counts the age of its last usable sample and restores the GPU once it is stale). Every read goes
+through ``common.http.BoundedHttpClient``: one total deadline for the whole read (connect, headers, body,
+and for Prometheus both queries), a cap on the decompressed body, no redirects. A peer that trickles,
+hangs or floods costs the sidecar at most its deadline, never a stuck control loop.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.http import BoundedHttpClient, HttpError
+from common.prometheus import (
+    PrometheusClient,
+    PrometheusCredentials,
+    PrometheusRejected,
+    PrometheusUnavailable,
+    truncate,
+)
 from scaler.powercap.histogram import SlidingWindow, snapshot_from_buckets
 
 log = logging.getLogger(__name__)
+
+# A vLLM /metrics page is a few hundred KiB; 16 MiB (after decompression) leaves room for many models
+# and LoRA adapters while bounding what one scrape can cost.
+METRICS_MAX_BODY_BYTES = 16 * 1024 * 1024
+# The latency and load queries answer one series each; anything near this is not such an answer.
+PROMETHEUS_MAX_BODY_BYTES = 1024 * 1024
 
 # Histogram names per inference server and latency kind: (metric, factor from its unit to seconds).
 PRESETS: dict[tuple[str, str], tuple[str, float]] = {
@@ -36,7 +53,7 @@ LATENCY_KINDS: tuple[str, ...] = ("e2e", "ttft", "itl")
 
 
 class LatencySourceError(Exception):
-    """The source could not answer (unreachable, malformed, metric absent)."""
+    """The source could not answer (unreachable, too slow, too big, malformed, metric absent)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,11 @@ def preset(server: str, kind: str) -> tuple[str, float]:
 
 
 class MetricsEndpointSource:
-    """Scrapes a Prometheus text endpoint and keeps a sliding window of one histogram's bucket deltas."""
+    """Scrapes a Prometheus text endpoint and keeps a sliding window of one histogram's bucket deltas.
+
+    ``timeout_s`` is the total deadline of one scrape. A scrape whose bucket counts are not finite,
+    non-negative numbers (NaN, Inf) is an error, not a reading: it never enters the window.
+    """
 
     def __init__(
         self,
@@ -75,23 +96,30 @@ class MetricsEndpointSource:
         scale: float = 1.0,
         labels: Mapping[str, str] | None = None,
         timeout_s: float = 2.0,
-        session: requests.Session | None = None,
+        http: BoundedHttpClient | None = None,
+        max_body_bytes: int = METRICS_MAX_BODY_BYTES,
     ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s: must be > 0, got {timeout_s}")
         self._url = url
         self._metric = metric
         self._scale = scale
         self._labels = dict(labels or {})
-        self._timeout_s = timeout_s
-        self._session = session or requests.Session()
+        self._deadline_s = timeout_s
+        self._max_body_bytes = max_body_bytes
+        self._http = http or BoundedHttpClient(
+            deadline_s=timeout_s, max_body_bytes=max_body_bytes, num_pools=2
+        )
         self._window = SlidingWindow(window_s, quantile)
 
     def read(self, now_s: float) -> LatencySample:
         try:
-            resp = self._session.get(self._url, timeout=self._timeout_s)
-            resp.raise_for_status()
-        except requests.RequestException as exc:
+            resp = self._http.get(self._url, deadline_s=self._deadline_s, max_body_bytes=self._max_body_bytes)
+        except HttpError as exc:
             raise LatencySourceError(f"scraping {self._url}: {exc}") from exc
-        buckets = self._buckets(resp.text)
+        if resp.status != 200:
+            raise LatencySourceError(f"scraping {self._url}: HTTP {resp.status}")
+        buckets = self._buckets(resp.text())
         self._window.add(snapshot_from_buckets(now_s, buckets, self._scale))
         stats = self._window.stats()
         return LatencySample(stats.quantile_s, stats.rate_rps)
@@ -107,19 +135,31 @@ class MetricsEndpointSource:
                     if any(sample.labels.get(k) != v for k, v in self._labels.items()):
                         continue
                     le = float(sample.labels["le"])
+                    if math.isnan(le):
+                        raise ValueError("a bucket bound is NaN")
                     # Summed by le over every matching series (e.g. several models on one server).
                     summed[le] = summed.get(le, 0.0) + sample.value
-        except (ValueError, KeyError) as exc:
-            raise LatencySourceError(f"malformed metrics from {self._url}: {exc}") from exc
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise LatencySourceError(f"malformed metrics from {self._url}: {truncate(str(exc))}") from exc
         if not summed:
             raise LatencySourceError(f"{self._url} serves no {wanted} series matching {self._labels or '{}'}")
         if math.inf not in summed:
             raise LatencySourceError(f"{wanted} from {self._url} has no +Inf bucket")
+        unusable = sorted(le for le, count in summed.items() if not math.isfinite(count) or count < 0)
+        if unusable:
+            # Missing data is not a number: a NaN bucket would poison every delta of the window.
+            raise LatencySourceError(
+                f"{wanted} from {self._url} has no usable count in bucket(s) le={unusable[:5]}"
+            )
         return summed
 
 
 class PrometheusSource:
-    """Evaluates a PromQL instant query for the latency (and optionally one for the load)."""
+    """Evaluates a PromQL instant query for the latency (and optionally one for the load).
+
+    ``timeout_s`` is the total deadline of one read, both queries together. The bearer token (or the
+    credentials given) is read from its file on every query: projected service-account tokens rotate.
+    """
 
     def __init__(
         self,
@@ -128,49 +168,65 @@ class PrometheusSource:
         load_query: str | None = None,
         timeout_s: float = 5.0,
         bearer_token_file: Path | None = None,
-        session: requests.Session | None = None,
+        client: PrometheusClient | None = None,
+        credentials: PrometheusCredentials | None = None,
     ) -> None:
-        self._url = url.rstrip("/") + "/api/v1/query"
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s: must be > 0, got {timeout_s}")
+        self._server = url
         self._latency_query = latency_query
         self._load_query = load_query
-        self._timeout_s = timeout_s
-        self._token_file = bearer_token_file
-        self._session = session or requests.Session()
+        self._deadline_s = timeout_s
+        self._credentials = credentials or PrometheusCredentials(bearer_token_file=bearer_token_file)
+        self._client = client or PrometheusClient(
+            BoundedHttpClient(deadline_s=timeout_s, max_body_bytes=PROMETHEUS_MAX_BODY_BYTES, num_pools=2)
+        )
 
     def read(self, now_s: float) -> LatencySample:
-        latency = self._scalar(self._latency_query)
-        load = self._scalar(self._load_query) if self._load_query else None
+        end = time.monotonic() + self._deadline_s
+        latency = self._value(self._latency_query, end)
+        load = self._value(self._load_query, end) if self._load_query else None
         return LatencySample(latency, load)
 
-    def _scalar(self, query: str) -> float | None:
-        headers: dict[str, str] = {}
-        if self._token_file is not None:
-            # Read on every query: projected service-account tokens rotate.
-            headers["Authorization"] = "Bearer " + self._token_file.read_text().strip()
+    def _value(self, query: str, end: float) -> float | None:
+        what = f"Prometheus query {truncate(query)!r}"
+        left = end - time.monotonic()
+        if left <= 0:
+            raise LatencySourceError(f"{what}: no time left of the {self._deadline_s:g}s read deadline")
         try:
-            resp = self._session.get(
-                self._url, params={"query": query}, headers=headers, timeout=self._timeout_s
-            )
-            # Prometheus explains a bad query in a JSON body with a 4xx status: keep its words.
-            if not resp.headers.get("Content-Type", "").startswith("application/json"):
-                resp.raise_for_status()
-            body = resp.json()
-        except (requests.RequestException, ValueError) as exc:
-            raise LatencySourceError(f"Prometheus query {query!r}: {exc}") from exc
-        if not isinstance(body, dict) or body.get("status") != "success":
-            error = body.get("error", body) if isinstance(body, dict) else body
-            raise LatencySourceError(f"Prometheus query {query!r}: {error}")
-        data = body.get("data", {})
-        result = data.get("result")
-        if data.get("resultType") == "scalar":
-            value = float(result[1])
-        elif data.get("resultType") == "vector" and result:
-            if len(result) > 1:
-                raise LatencySourceError(
-                    f"Prometheus query {query!r} returned {len(result)} series, need one"
-                )
-            value = float(result[0]["value"][1])
-        else:
-            raise LatencySourceError(f"Prometheus query {query!r} returned no series")
+            headers = self._credentials.request_headers()
+        except OSError as exc:
+            raise LatencySourceError(f"{what}: cannot read the credentials: {exc}") from exc
+        try:
+            result_type, result = self._client.query(self._server, query, headers=headers, deadline_s=left)
+        except (PrometheusUnavailable, PrometheusRejected) as exc:
+            raise LatencySourceError(f"{what}: {exc}") from exc
+        value = _single_value(result_type, result, what)
         # NaN is histogram_quantile's answer for a window without requests: no data, not an error.
         return value if math.isfinite(value) else None
+
+
+def _single_value(result_type: str, result: Any, what: str) -> float:
+    """The one number of a scalar or one-series vector answer; ``LatencySourceError`` for any other shape."""
+    if result_type == "scalar":
+        return _sample_value(result, what)
+    if result_type != "vector" or not isinstance(result, list):
+        raise LatencySourceError(f"{what} returned a {result_type} result, need a scalar or one series")
+    if not result:
+        raise LatencySourceError(f"{what} returned no series")
+    if len(result) > 1:
+        raise LatencySourceError(f"{what} returned {len(result)} series, need one")
+    series = result[0]
+    if not isinstance(series, dict) or not isinstance(series.get("metric", {}), dict):
+        raise LatencySourceError(f"{what} returned a series of an unexpected shape")
+    return _sample_value(series.get("value"), what)
+
+
+def _sample_value(pair: Any, what: str) -> float:
+    """Prometheus' ``[timestamp, "value"]`` pair; the value is a decimal string (NaN and Inf spelled out)."""
+    if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], str):
+        raise LatencySourceError(f"{what} returned a sample of an unexpected shape")
+    try:
+        return float(pair[1])
+    except ValueError:
+        raise LatencySourceError(f"{what} returned a sample value that is not a number") from None

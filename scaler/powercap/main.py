@@ -113,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add(lat, "--latency-metric", "histogram name, overriding --server/--latency-kind", default="")
     _add(lat, "--latency-scale", "factor from the histogram's unit to seconds (ms: 0.001)", type=float)
     _add(lat, "--latency-labels", "only series with these labels, e.g. model_name=llama", default="")
-    _add(lat, "--scrape-timeout-seconds", "timeout of one /metrics scrape", type=float, default=2.0)
+    _add(
+        lat,
+        "--scrape-timeout-seconds",
+        "total deadline of one /metrics scrape (connect, headers, body); at most --interval-seconds",
+        type=float,
+        default=2.0,
+    )
     _add(lat, "--prometheus-url", "Prometheus (or compatible) base URL", default="http://prometheus:9090")
     _add(
         lat,
@@ -123,7 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(lat, "--prometheus-load-query", "PromQL giving requests per second (optional)", default="")
     _add(lat, "--prometheus-bearer-token-file", "bearer token file for Prometheus", default="")
-    _add(lat, "--prometheus-timeout-seconds", "Prometheus query timeout", type=float, default=5.0)
+    _add(
+        lat,
+        "--prometheus-timeout-seconds",
+        "total deadline of one Prometheus read (latency and load queries together); at most "
+        "--interval-seconds",
+        type=float,
+        default=5.0,
+    )
     c = p.add_argument_group("controller (docs/powercap.md explains the tuning)")
     _add(c, "--interval-seconds", "control interval", type=float, default=5.0)
     _add(c, "--floor-watts", "lowest power limit (default: the GPU's minimum)", type=float)
@@ -246,6 +259,14 @@ def _labels(text: str) -> dict[str, str]:
     return labels
 
 
+def _read_deadline(flag: str, value: float, interval_s: float) -> float:
+    """A latency read's total deadline: the flag's value, never longer than one control interval (a
+    slow source then delays a tick by at most one interval; restoring never waits on it anyway)."""
+    if not value > 0:
+        raise StartupRefused(f"{flag}: must be > 0, got {value}")
+    return min(value, interval_s)
+
+
 def build_source(a: argparse.Namespace) -> LatencySource:
     if a.latency_source == "prometheus":
         query = a.prometheus_query
@@ -264,9 +285,10 @@ def build_source(a: argparse.Namespace) -> LatencySource:
                 f"sum(rate(eo_pod_request_latency_seconds_count{{{sel}}}[{window}]))"
             )
         token = Path(a.prometheus_bearer_token_file) if a.prometheus_bearer_token_file else None
-        return PrometheusSource(
-            a.prometheus_url, query, a.prometheus_load_query or None, a.prometheus_timeout_seconds, token
+        deadline = _read_deadline(
+            "--prometheus-timeout-seconds", a.prometheus_timeout_seconds, a.interval_seconds
         )
+        return PrometheusSource(a.prometheus_url, query, a.prometheus_load_query or None, deadline, token)
     metric, scale = a.latency_metric, 1.0
     if not metric:
         try:
@@ -284,7 +306,7 @@ def build_source(a: argparse.Namespace) -> LatencySource:
         a.latency_window_seconds,
         scale,
         _labels(a.latency_labels),
-        a.scrape_timeout_seconds,
+        _read_deadline("--scrape-timeout-seconds", a.scrape_timeout_seconds, a.interval_seconds),
     )
 
 

@@ -4,12 +4,18 @@ Each tick: read latency and load, read the GPUs' temperatures, call ``controller
 in force on every GPU still under control, publish metrics, count and report changes. Whatever fails,
 the GPU goes back to how the sidecar found it: stale metrics restore it (the controller decides that),
 an NVML error restores it (here), and stopping restores it (``stop``).
+
+Restoring never waits on the control loop. A latency read is bounded by its source's deadline, but even
+a read that never returned could not hold a restore back: a watchdog thread restores once the last
+usable reading is older than stale-after, and stop restores at once, both under a write lock that no
+read holds; a tick that finishes its read after a stop writes nothing (docs/powercap.md, "Restore rules").
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +35,16 @@ from scaler.powercap.settings import Settings, StartupRefused
 log = logging.getLogger(__name__)
 
 _WARNING_REASONS = {"slo_breach", "thermal", "stale_metrics"}
+# A tick that finished its latency read after stop began: it decides nothing and writes nothing.
+REASON_STOPPING = "stopping"
+
+SHUTDOWN_BUDGET_S = 5.0
+"""``PowercapHandle.stop`` (SIGTERM) restores and returns within this, whatever the loop is doing."""
+WRITE_LOCK_WAIT_S = 1.0
+"""How long a restore waits for a GPU write in progress before restoring without it."""
+WATCHDOG_MAX_PERIOD_S = 1.0
+"""The staleness watchdog checks every min(interval, this): a restore comes at most that late."""
+_LOOP_JOIN_S = 0.5
 
 
 class Sidecar:
@@ -64,10 +80,15 @@ class Sidecar:
         self.state = initial_state(original, self.config)
         self.last_decision: CapDecision | None = None
         self._started_s = clock()
-        self._last_ok_s: float | None = None
+        self._last_usable_s: float | None = None
         self._last_tick_s: float | None = None
-        self._source_failing = False
+        self._signal: str | None = None
+        # Two locks so that restoring never waits on a latency read: the tick lock keeps ticks one at a
+        # time (and is held across the read); the write lock guards the controller state and every GPU
+        # write, and is never held across a read. Stop and the staleness watchdog take only the latter.
         self._tick_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._stopping = False
         self._publish_static()
         for g in self.gpus:
             if g.recovered:
@@ -123,53 +144,103 @@ class Sidecar:
 
     # -- the loop ------------------------------------------------------------------------------------
     def tick(self) -> CapDecision:
+        """One control step: read the latency (bounded by the source's deadline, holding no write lock),
+        then decide and put the decision in force under the write lock, unless the sidecar is stopping."""
         with self._tick_lock:
+            read_at = self._clock()
+            latency, load = self._read_latency(read_at)
+            with self._write_lock:
+                if self._stopping:
+                    # Restored while this tick was reading: a late decision must not cap the GPU again.
+                    return CapDecision("hold", self.state.setpoint, REASON_STOPPING, self.state.setpoint)
+                if latency is not None:
+                    self._last_usable_s = read_at
+                now = self._clock()
+                self._recover_errors(now)
+                temps: list[float] = []
+                slowdowns: list[float] = []
+                powers: list[float] = []
+                for g in self._active():
+                    try:
+                        temps.append(g.device.temperature_c())
+                        slowdowns.append(g.device.slowdown_temperature_c())
+                        powers.append(g.device.power_usage_mw() / 1000)
+                    except GpuError as exc:
+                        self._gpu_error(g, exc, now)
+                reading = Reading(
+                    now_s=now,
+                    latency_s=latency,
+                    age_s=self._age(now),
+                    load_rps=load,
+                    temperature_c=max(temps) if temps else None,
+                    slowdown_temperature_c=min(slowdowns) if slowdowns else None,
+                    power_w=max(powers) if powers else None,
+                )
+                decision = self._decide(reading, now)
+                self._last_tick_s = now
+                return decision
+
+    def enforce_staleness(self) -> CapDecision | None:
+        """Restore now if the last usable reading is older than stale-after, whatever a tick is doing.
+
+        The watchdog thread calls this every ``watchdog_period_s``; it takes only the write lock, which
+        no latency read ever holds, so a source that trickles or hangs cannot delay the restore."""
+        with self._write_lock:
+            if self._stopping or self.state.mode == "restored":
+                return None
             now = self._clock()
-            latency, load = self._read_latency(now)
-            self._recover_errors(now)
-            temps: list[float] = []
-            slowdowns: list[float] = []
-            powers: list[float] = []
-            for g in self._active():
-                try:
-                    temps.append(g.device.temperature_c())
-                    slowdowns.append(g.device.slowdown_temperature_c())
-                    powers.append(g.device.power_usage_mw() / 1000)
-                except GpuError as exc:
-                    self._gpu_error(g, exc, now)
-            age = now - (self._last_ok_s if self._last_ok_s is not None else self._started_s)
-            reading = Reading(
-                now_s=now,
-                latency_s=latency,
-                age_s=age,
-                load_rps=load,
-                temperature_c=max(temps) if temps else None,
-                slowdown_temperature_c=min(slowdowns) if slowdowns else None,
-                power_w=max(powers) if powers else None,
-            )
-            self.state, decision = step(self.state, reading, self.config)
-            for g in self._active():
-                self._put_in_force(g, decision, now)
-            self._publish(decision, latency)
-            if decision.changed:
-                self._report(decision)
-            self.last_decision = decision
-            self._last_tick_s = now
-            return decision
+            age = self._age(now)
+            if age <= self.config.stale_after_s:
+                return None
+            return self._decide(Reading(now_s=now, latency_s=None, age_s=age), now)
+
+    def _age(self, now: float) -> float:
+        """Seconds since the last usable reading (or since the start, before the first one)."""
+        return now - (self._last_usable_s if self._last_usable_s is not None else self._started_s)
+
+    def _decide(self, reading: Reading, now: float) -> CapDecision:
+        """The controller's step, put in force and reported. Caller holds the write lock."""
+        self.state, decision = step(self.state, reading, self.config)
+        for g in self._active():
+            self._put_in_force(g, decision, now)
+        self._publish(decision, reading.latency_s)
+        if decision.changed:
+            self._report(decision)
+        self.last_decision = decision
+        return decision
 
     def _read_latency(self, now: float) -> tuple[float | None, float | None]:
+        """(latency, load) of one read; latency None unless it is a usable number (it alone keeps the
+        data fresh: an error, no finished request, NaN or a negative value all age it)."""
         try:
             sample = self._source.read(now)
         except LatencySourceError as exc:
-            if not self._source_failing:
-                log.warning("latency source failing (the GPU is restored once the data is stale): %s", exc)
-            self._source_failing = True
+            self._signal_changed(
+                "failing", "latency source failing (the GPU is restored once the data is stale): %s", exc
+            )
             return None, None
-        if self._source_failing:
-            log.info("latency source answers again")
-        self._source_failing = False
-        self._last_ok_s = now
-        return sample.latency_s, sample.load_rps
+        latency = sample.latency_s
+        load = sample.load_rps
+        if load is not None and not (math.isfinite(load) and load >= 0):
+            load = None
+        if latency is None or not math.isfinite(latency) or latency < 0:
+            self._signal_changed(
+                "no_data",
+                "no usable latency (no request finished in the window, or not a number): the GPU is "
+                "restored once this lasts --stale-after-seconds (%gs)",
+                self.config.stale_after_s,
+            )
+            return None, load
+        self._signal_changed("ok", "latency source gives usable data again")
+        return latency, load
+
+    def _signal_changed(self, signal: str, message: str, *args: object) -> None:
+        """Log the source's condition once per change, not once per tick."""
+        if signal == self._signal:
+            return
+        if signal != "ok" or self._signal is not None:
+            (log.info if signal == "ok" else log.warning)(message, *args)
+        self._signal = signal
 
     def _active(self) -> list[ControlledGpu]:
         return [g for g in self.gpus if g.status in ("controlling", "restored")]
@@ -242,8 +313,8 @@ class Sidecar:
     # -- reporting -----------------------------------------------------------------------------------
     def _publish(self, decision: CapDecision, latency: float | None) -> None:
         m = self.metrics
-        if latency is not None:
-            m.latency.set(latency)
+        # No usable latency is shown as NaN, never as the last number seen.
+        m.latency.set(latency if latency is not None else math.nan)
         for g in self.gpus:
             if self.config.actuator == "power":
                 m.target_watts.labels(uuid=g.uuid).set(decision.setpoint)
@@ -289,25 +360,40 @@ class Sidecar:
 
     # -- shutdown ------------------------------------------------------------------------------------
     def restore_all(self) -> bool:
-        """Restore every GPU a setting of ours may still be on; True when all are restored."""
+        """Restore every GPU a setting of ours may still be on; True when all are restored.
+
+        Takes the write lock, never the tick lock: a tick stuck in a latency read cannot delay it. If a
+        GPU write holds the lock (an NVML call that does not return), it restores anyway after
+        ``WRITE_LOCK_WAIT_S``."""
+        acquired = self._write_lock.acquire(timeout=WRITE_LOCK_WAIT_S)
+        if not acquired:
+            log.error(
+                "a GPU write did not finish within %gs; restoring without waiting for it", WRITE_LOCK_WAIT_S
+            )
+        try:
+            return self._restore_every_gpu()
+        finally:
+            if acquired:
+                self._write_lock.release()
+
+    def _restore_every_gpu(self) -> bool:
         ok = True
-        with self._tick_lock:
-            for g in self.gpus:
-                if self.settings.dry_run or g.record.status != "controlling":
-                    continue
-                try:
-                    g.restore()
-                    self.metrics.set_state(g.uuid, "restored")
-                    self._restored(g, "shutdown")
-                    log.info("GPU %s: original setting restored", g.uuid)
-                except GpuError as exc:
-                    ok = False
-                    log.error(
-                        "GPU %s: restore failed (%s); its state file still says controlling, so the next "
-                        "sidecar on this GPU restores it first",
-                        g.uuid,
-                        exc,
-                    )
+        for g in self.gpus:
+            if self.settings.dry_run or g.record.status != "controlling":
+                continue
+            try:
+                g.restore()
+                self.metrics.set_state(g.uuid, "restored")
+                self._restored(g, "shutdown")
+                log.info("GPU %s: original setting restored", g.uuid)
+            except GpuError as exc:
+                ok = False
+                log.error(
+                    "GPU %s: restore failed (%s); its state file still says controlling, so the next "
+                    "sidecar on this GPU restores it first",
+                    g.uuid,
+                    exc,
+                )
         return ok
 
     def _unlock(self) -> None:
@@ -315,6 +401,10 @@ class Sidecar:
             g.unlock()
 
     def close(self) -> bool:
+        """Stop for good: no tick or watchdog writes anything after this; restore; release the locks."""
+        # Set before the restore: a tick that takes the write lock after it sees the flag and writes
+        # nothing, so a late tick cannot put a cap back after the restore.
+        self._stopping = True
         ok = self.restore_all()
         self._unlock()
         return ok
@@ -327,16 +417,24 @@ class PowercapHandle:
     _server: MetricsServer
     _events: EventSink
     _stop: threading.Event
-    _thread: threading.Thread | None
+    _threads: tuple[threading.Thread, ...] = ()
 
     def stop(self) -> bool:
-        """Stop the loop, restore every GPU, release the locks; True when every restore succeeded."""
+        """Restore every GPU, stop the loop, release the locks; True when every restore succeeded.
+
+        Returns within ``SHUTDOWN_BUDGET_S`` whatever the loop is doing: the restore comes first and
+        does not wait for a tick; the loop and watchdog threads are waited for briefly (they are daemons:
+        one stuck in a latency read writes nothing more and ends with the process); queued Events get
+        what is left of the budget."""
         if self._stop.is_set():
             return True
+        end = time.monotonic() + SHUTDOWN_BUDGET_S
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
         ok = self.sidecar.close()
+        for thread in self._threads:
+            thread.join(max(0.0, min(_LOOP_JOIN_S, end - time.monotonic())))
+            if thread.is_alive():
+                log.warning("%s still busy (a latency read); it writes nothing more", thread.name)
         self._server.stop()
         self._events.close()
         return ok
@@ -353,7 +451,9 @@ def start_powercap(
     pod: str = "",
     run_loop: bool = True,
 ) -> PowercapHandle:
-    """Start the sidecar in-process. ``run_loop=False`` leaves ticking to the caller (tests, simulators)."""
+    """Start the sidecar in-process. ``run_loop=False`` leaves ticking (and ``enforce_staleness``) to the
+    caller (tests, simulators); otherwise a loop thread ticks every interval and a watchdog thread
+    enforces staleness every min(interval, ``WATCHDOG_MAX_PERIOD_S``)."""
     sink = events or NullEventSink()
     sidecar = Sidecar(settings, devices, latency_source, clock, sink, registry, pod)
     try:
@@ -364,19 +464,31 @@ def start_powercap(
         sidecar.close()
         raise StartupRefused(f"cannot listen on {settings.listen_address}:{settings.port}: {exc}") from exc
     stop = threading.Event()
-    thread = None
+    threads: tuple[threading.Thread, ...] = ()
     if run_loop:
+
+        def guarded(action: Callable[[], object], what: str) -> None:
+            try:
+                action()
+            except Exception:
+                # A bug must not leave a GPU capped: restore, keep serving /metrics, try again.
+                log.exception("%s failed; restoring every GPU", what)
+                sidecar.restore_all()
 
         def loop() -> None:
             while not stop.is_set():
-                try:
-                    sidecar.tick()
-                except Exception:
-                    # A bug must not leave a GPU capped: restore, keep serving /metrics, try again.
-                    log.exception("control step failed; restoring every GPU")
-                    sidecar.restore_all()
+                guarded(sidecar.tick, "control step")
                 stop.wait(settings.interval_s)
 
-        thread = threading.Thread(target=loop, name="eo-powercap-loop", daemon=True)
-        thread.start()
-    return PowercapHandle(sidecar, server.port, server, sink, stop, thread)
+        def watchdog() -> None:
+            period = min(settings.interval_s, WATCHDOG_MAX_PERIOD_S)
+            while not stop.wait(period):
+                guarded(sidecar.enforce_staleness, "staleness check")
+
+        threads = (
+            threading.Thread(target=loop, name="eo-powercap-loop", daemon=True),
+            threading.Thread(target=watchdog, name="eo-powercap-watchdog", daemon=True),
+        )
+        for thread in threads:
+            thread.start()
+    return PowercapHandle(sidecar, server.port, server, sink, stop, threads)
