@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from demo.data import conversation_trace_excerpt
 from demo.loop import DemoConfig, run_demo
 from demo.prometheus import PrometheusNotInstalled
 from demo.report import DemoResult, Row, format_row, header, write_outputs
@@ -19,8 +20,7 @@ from demo.schedule import Phase
 
 _SHARED_TRACE = Path(__file__).resolve().parents[2] / "shared/data/traces/azure_llm_2023_conv.csv"
 # The first 8,000 requests of the same trace ship with the demo, for machines without ../shared.
-_EMBEDDED_TRACE = Path(__file__).resolve().parent / "data/azure_llm_2023_conv_first8000.csv"
-DEFAULT_TRACE = _SHARED_TRACE if _SHARED_TRACE.is_file() else _EMBEDDED_TRACE
+DEFAULT_TRACE = _SHARED_TRACE if _SHARED_TRACE.is_file() else conversation_trace_excerpt()
 
 # Wall-clock seconds and trace speed-up of each phase. The conversation trace runs ~5.5 req/s at native
 # speed; one simulated replica holds the SLO up to ~16 req/s. "surge" asks for more than every GPU can

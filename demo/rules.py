@@ -1,6 +1,7 @@
 """The project's recording rules and alerts with time compressed, so a few-minute demo shows them work.
 
-The rule files stay the single source of truth: this module loads them, divides every range-vector
+The rule files stay the single source of truth: this module loads them from the installed package
+``recording_rules`` (package data, so no repository checkout is needed), divides every range-vector
 window, ``offset`` and alert ``for:`` by ``factor`` (never below ``min_window_s``, so a rate still
 spans several scrapes) and writes the result to a temporary folder for the demo's Prometheus. Record
 names are unchanged (``...:rate5m`` then means "5 demo-minutes"), so the scaler and the dashboard read
@@ -15,7 +16,8 @@ from typing import Any
 
 import yaml
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "recording_rules"
+import recording_rules
+
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _DURATION = re.compile(r"(\d+)(ms|[smhdwy])")
 _RANGE = re.compile(r"\[(\d+(?:ms|[smhdwy]))(:(\d+(?:ms|[smhdwy]))?)?\]")
@@ -65,13 +67,11 @@ def compress_group(group: dict[str, Any], factor: float, min_window_s: float) ->
     return {**group, "rules": rules}
 
 
-def write_compressed_rules(
-    out_dir: Path, factor: float, min_window_s: float, source: Path = RULES_DIR
-) -> list[Path]:
-    """Write every rule file of ``source`` to ``out_dir`` compressed by ``factor``; return the paths."""
+def write_compressed_rules(out_dir: Path, factor: float, min_window_s: float) -> list[Path]:
+    """Write the package's rule files to ``out_dir`` compressed by ``factor``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in sorted(source.glob("*.yaml")):
+    for path in recording_rules.rule_files():
         doc = yaml.safe_load(path.read_text())
         groups = [compress_group(g, factor, min_window_s) for g in doc.get("groups", [])]
         target = out_dir / path.name

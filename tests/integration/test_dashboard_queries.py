@@ -8,17 +8,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import recording_rules
 from demo.prometheus import Prometheus
-from tools.gen_prometheusrule import DASHBOARD_JSON, REPO, rule_files
 from tools.metric_catalog import PUBLISHED
 from tools.promql_names import metric_names
 
-DASHBOARD: dict[str, Any] = json.loads((REPO / DASHBOARD_JSON).read_text())
+DASHBOARD: dict[str, Any] = json.loads(recording_rules.dashboard().read_text())
+RULE_FILES = [Path(str(f)) for f in recording_rules.rule_files()]
 # What Grafana would substitute: "All" of a multi-value variable is its allValue, ".*".
 VARIABLES = {
     "namespace": ".*",
@@ -59,7 +61,7 @@ QUERIES = _queries()
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[Prometheus]:
     # Loading the rule files into the same Prometheus also proves the PrometheusRule's content loads.
-    prom = Prometheus(rule_files=rule_files(REPO), scrape_interval_s=1.0).start()
+    prom = Prometheus(rule_files=RULE_FILES, scrape_interval_s=1.0).start()
     try:
         yield prom
     finally:
@@ -90,7 +92,7 @@ def test_a_broken_query_is_caught(prometheus: Prometheus) -> None:
 def test_queries_read_only_published_or_recorded_metrics() -> None:
     recorded = {
         rule["record"]
-        for path in rule_files(REPO)
+        for path in RULE_FILES
         for group in yaml.safe_load(path.read_text())["groups"]
         for rule in group["rules"]
         if "record" in rule

@@ -1,4 +1,5 @@
-"""The rule files pass `promtool check rules` and every `promtool test rules` suite under recording_rules/tests."""
+"""The packaged rule files pass `promtool check rules` and every `promtool test rules` suite shipped with
+them (``recording_rules/tests``), read where the installed package keeps them."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools.gen_prometheusrule import REPO, rule_files
+import recording_rules
 
-RULES = REPO / "recording_rules"
-SUITES = sorted((RULES / "tests").glob("*.yaml"))
+# Installed packages are plain folders (pip never leaves one zipped), so the resources are paths.
+RULE_FILES = [Path(str(f)) for f in recording_rules.rule_files()]
+SUITES = [Path(str(f)) for f in recording_rules.promtool_suites()]
 
 
-def _promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("promtool")
     if binary is None:
         pytest.fail("promtool not found on PATH: run `make system-deps`")
@@ -27,7 +29,8 @@ def _suite_docs() -> list[dict]:
 
 
 def test_promtool_check_rules() -> None:
-    result = _promtool("check", "rules", *map(str, rule_files(REPO)))
+    assert RULE_FILES and SUITES
+    result = _promtool("check", "rules", *map(str, RULE_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -39,7 +42,7 @@ def test_promtool_test_rules(suite: Path) -> None:
 
 def test_every_record_is_checked_with_values_and_every_alert_is_tested() -> None:
     records, alerts = set(), set()
-    for path in rule_files(REPO):
+    for path in RULE_FILES:
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
                 if "record" in rule:

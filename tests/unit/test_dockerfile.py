@@ -3,6 +3,7 @@ scripts the manifests run, constraints that pin every runtime dependency within 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -12,7 +13,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.manifests_support import REPO
+from tests.conftest import REPO
 
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -89,3 +90,34 @@ def test_constraints_pin_each_runtime_dependency_within_its_range(requirement: s
     pins = _constraints()
     assert canonicalize_name(req.name) in pins, f"{req.name} is not pinned in docker/constraints.txt"
     assert req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True)
+
+
+def _copied_sources() -> set[str]:
+    copied = [shlex.split(a) for i, a in STEPS if i == "COPY" and not a.startswith("--from")]
+    return {src for words in copied for src in words[:-1]}
+
+
+def test_the_build_context_is_the_packages_and_their_metadata_only() -> None:
+    packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    metadata = {"pyproject.toml", "README.md", "docker/constraints.txt"}  # README: pyproject's `readme`
+    assert _copied_sources() == packages | metadata, "rules, dashboards and data ship as package data"
+
+
+def _dockerignore_admits(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path decides; ``!`` re-includes."""
+    admitted = True
+    for raw in patterns:
+        exclude = not raw.startswith("!")
+        pattern = raw.lstrip("!").strip("/")
+        if fnmatch.fnmatchcase(path, pattern):
+            admitted = not exclude
+    return admitted
+
+
+def test_the_dockerignore_admits_every_copied_source() -> None:
+    text = (REPO / "docker" / "Dockerfile.dockerignore").read_text()
+    patterns = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    shut_out = sorted(src for src in _copied_sources() if not _dockerignore_admits(src, patterns))
+    assert not shut_out, f"COPY sources the build context leaves out (Dockerfile.dockerignore): {shut_out}"
+    assert not _dockerignore_admits("tests", patterns), "the context stays the packages"
+    assert not _dockerignore_admits("manifests", patterns)

@@ -13,7 +13,7 @@ from tools import gen_prometheusrule as gen
 
 
 def _copy_sources(tmp_path: Path) -> Path:
-    for rel in (gen.RULES_DIR, gen.DASHBOARD_JSON.parent, gen.RULE_MANIFEST.parent):
+    for rel in (gen.RULES_DIR, gen.RULE_MANIFEST.parent, gen.DASHBOARD_CONFIGMAP.parent):
         shutil.copytree(gen.REPO / rel, tmp_path / rel, dirs_exist_ok=True)
     return tmp_path
 
@@ -37,7 +37,15 @@ def test_dashboard_configmap_carries_the_json_and_the_sidecar_label() -> None:
     assert json.loads(text) == json.loads((gen.REPO / gen.DASHBOARD_JSON).read_text())
 
 
-@pytest.mark.parametrize("source", [gen.RULES_DIR / "workload.rules.yaml", gen.DASHBOARD_JSON])
+def test_manifests_dashboard_is_a_copy_of_the_packaged_one() -> None:
+    assert (gen.REPO / gen.DASHBOARD_COPY).read_bytes() == (gen.REPO / gen.DASHBOARD_JSON).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [gen.RULES_DIR / "workload.rules.yaml", gen.DASHBOARD_JSON, gen.DASHBOARD_COPY],
+    ids=["rule-source", "dashboard-source", "dashboard-copy-edited-by-hand"],
+)
 def test_check_fails_on_drift_and_regeneration_fixes_it(
     tmp_path: Path, source: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
