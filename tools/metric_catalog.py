@@ -1,8 +1,9 @@
 """The metric names Energy Orchestrator's components publish, and those users may add.
 
 Rules and dashboards may only read these (or what the rules record): a test fails on any other name, so a
-typo or a renamed metric cannot ship as a silently empty panel. Sources: ARCHITECTURE.md's metric contract
-and the additions decided in the project conventions.
+typo or a renamed metric cannot ship as a silently empty panel. The metric contract is in
+docs/architecture.md; tests/unit/test_metric_catalog.py checks this list against the metrics the
+components' code creates, both ways.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ EXPORTER = frozenset(
         "eo_gpu_info",
         "eo_cpu_energy_joules_total",
         "eo_node_power_watts",
+        "eo_node_power_age_seconds",
         "eo_gpu_pod_info",
         "eo_pod_energy_joules_total",
         "eo_pod_requests_total",
         "eo_pod_tokens_total",
         "eo_pod_joules_per_request",
+        "eo_pod_metrics_up",
         "eo_exporter_collect_duration_seconds",
         "eo_exporter_collector_up",
     }
@@ -70,6 +73,7 @@ HISTOGRAMS = frozenset(
         "eo_pod_request_latency_seconds",
         "eo_pod_time_to_first_token_seconds",
         "eo_scaler_query_duration_seconds",
+        "eo_scaler_request_duration_seconds",
     }
 )
 
