@@ -182,7 +182,7 @@ def test_a_service_monitor_without_honor_labels_is_refused() -> None:
 
 def test_a_kustomization_kubectl_refuses_fails_with_kubectls_reason(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n")
-    with pytest.raises(KustomizeError, match="missing.yaml"):
+    with pytest.raises(KustomizeError, match=r"missing\.yaml"):
         build(tmp_path)
 
 
