@@ -354,3 +354,17 @@ def test_rbac_is_what_the_docs_say_and_binds_existing_service_accounts() -> None
         "spec"
     ]
     assert scaler_pod["automountServiceAccountToken"] is False, "the scaler never calls the Kubernetes API"
+
+
+def test_every_workload_runs_as_a_service_account_of_its_own_namespace() -> None:
+    """A service account is namespaced: moving a workload without its account leaves the pod uncreated."""
+    checked = 0
+    for docs in RENDERS.values():
+        accounts = {
+            (d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceAccount"
+        }
+        for doc, spec, _ in _containers(docs):
+            wanted = (doc["metadata"]["namespace"], spec.get("serviceAccountName", "default"))
+            assert wanted in accounts, f"{doc['kind']} {doc['metadata']['name']}: no ServiceAccount {wanted}"
+            checked += 1
+    assert checked >= 3
