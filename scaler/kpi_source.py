@@ -1,46 +1,70 @@
 """Where observations come from: Prometheus behind a short-TTL, de-duplicating cache.
 
 ``KpiSource.observe(trigger)`` returns a policy ``Observation`` or raises ``KpiUnavailable`` /
-``KpiQueryRejected``. ``PrometheusKpiSource`` sends the trigger's single combined query
-(``scaler.queries``) through prometheus-api-client's ``PrometheusConnect`` with a bounded timeout and
-no retries (KEDA's HPA path allows 3 s in all). ``CachedKpiSource`` makes sure that however many
-ScaledObjects and KEDA operator replicas ask about the same workload, Prometheus sees one query per
-TTL: entries are keyed by the whole query (and server, headers), concurrent misses wait on one
-in-flight fetch (singleflight), entries past their TTL are served while one background refresh runs
-(stale-while-revalidate, bounded at ``serve_stale_s``), and failures are cached briefly so a down
-Prometheus is not hammered.
+``KpiQueryRejected``. ``PrometheusKpiSource`` sends the trigger's combined query, and each custom part as
+a query of its own (``scaler.queries``), through the project's one bounded client
+(``common.prometheus.PrometheusClient`` over ``common.http.BoundedHttpClient``): one total deadline for
+all of a poll's queries (connect, headers and body; KEDA's HPA path allows 3 s in all), answers capped
+after decompression, no redirects, no retries, no peer text in messages. At most
+``max_in_flight_per_server`` queries run against one server at a time, so a slow server holds a few
+workers for at most its deadline and never the others.
+
+``CachedKpiSource`` makes sure that however many ScaledObjects and KEDA operator replicas ask about the
+same workload, Prometheus sees one query per TTL: entries are keyed by a digest of the whole query set
+(and server, headers), concurrent misses wait on one in-flight fetch (singleflight) for at most
+``wait_timeout_s``, entries past their TTL are served while one background refresh runs
+(stale-while-revalidate, bounded at ``serve_stale_s``), failures are cached briefly so a down
+Prometheus is not hammered, and the entries are bounded in number and age.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import logging
-import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import requests
-from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
-from scaler.metadata import TriggerConfig
+from common.http import BoundedHttpClient
+from common.prometheus import (
+    PrometheusClient,
+    PrometheusCredentials,
+    PrometheusRejected,
+    PrometheusUnavailable,
+    truncate,
+)
+from scaler.bounded import BoundedCache
+from scaler.metadata import TriggerConfig, echo
 from scaler.policy import Observation
-from scaler.queries import KpiQueryRejected, KpiUnavailable, build_query, to_observation
+from scaler.queries import (
+    KpiQueryRejected,
+    KpiUnavailable,
+    build_query,
+    custom_parts,
+    custom_value,
+    to_observation,
+)
 from scaler.telemetry import ScalerMetrics
 
 log = logging.getLogger(__name__)
-_STATUS_RE = re.compile(r"HTTP Status Code (\d{3})")
+
+DEFAULT_MAX_ANSWER_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_IN_FLIGHT_PER_SERVER = 8
+# Built queries, by trigger: KEDA repeats the same metadata on every poll.
+_QUERIES: BoundedCache[TriggerConfig, tuple[str, tuple[tuple[str, str], ...]]] = BoundedCache(512, 600.0)
 
 
-@functools.lru_cache(maxsize=4096)
-def _query_for(trigger: TriggerConfig) -> str:
-    return build_query(trigger)
+def queries_for(trigger: TriggerConfig) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The combined query and the custom parts' own queries ``((name, expr), ...)`` of ``trigger``."""
+    return _QUERIES.get_or_compute(
+        trigger, lambda: (build_query(trigger), tuple(custom_parts(trigger).items()))
+    )
 
 
 class KpiSource(Protocol):
@@ -51,8 +75,9 @@ class KpiSource(Protocol):
 class PrometheusAuth:
     """How to reach the configured Prometheus (scaler-process settings, secrets read from files).
 
-    Credentials are attached only to requests to ``url``: a ScaledObject naming another
-    ``serverAddress`` in its metadata cannot make the scaler send them elsewhere.
+    Credentials and ``headers`` are attached only to requests to ``url``. By default a trigger may not
+    name another ``serverAddress`` at all (``restrict_server_address``); metadata headers are sent only
+    when their name is in ``allowed_metadata_headers``, and the operator's headers always win.
     """
 
     url: str | None = None
@@ -62,96 +87,154 @@ class PrometheusAuth:
     ca_file: Path | None = None
     headers: tuple[tuple[str, str], ...] = ()
     timeout_s: float = 2.0
-    restrict_server_address: bool = False
+    restrict_server_address: bool = True
+    allowed_metadata_headers: tuple[str, ...] = ()
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_in_flight_per_server: int = DEFAULT_MAX_IN_FLIGHT_PER_SERVER
+
+
+class _ServerSlots:
+    """At most ``per_server`` concurrent queries per server; the map holds only servers in use."""
+
+    def __init__(self, per_server: int) -> None:
+        self.per_server = per_server
+        self._busy: dict[str, int] = {}
+        self._cond = threading.Condition()
+
+    def acquire(self, server: str, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            while self._busy.get(server, 0) >= self.per_server:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            self._busy[server] = self._busy.get(server, 0) + 1
+            return True
+
+    def release(self, server: str) -> None:
+        with self._cond:
+            left = self._busy[server] - 1
+            if left:
+                self._busy[server] = left
+            else:
+                del self._busy[server]
+            self._cond.notify_all()
 
 
 class PrometheusKpiSource:
-    """Uncached: one combined instant query per ``observe``."""
+    """Uncached: the trigger's queries on every ``observe``, within one deadline."""
 
     def __init__(self, auth: PrometheusAuth, metrics: ScalerMetrics | None = None) -> None:
         self.auth = auth
         self.metrics = metrics or ScalerMetrics()
-        self._clients: dict[tuple[object, ...], PrometheusConnect] = {}
-        self._sessions: dict[str, requests.Session] = {}
-        self._lock = threading.Lock()
+        self._own_url = auth.url.rstrip("/") if auth.url else None
+        ca = str(auth.ca_file) if auth.ca_file is not None else None
+        deadline_s, cap = max(auth.timeout_s, 0.001), auth.max_answer_bytes
+        # The operator's Prometheus (its CA bundle) and any other server (system CAs) in separate pools.
+        self._own = PrometheusClient(
+            BoundedHttpClient(
+                deadline_s=deadline_s, max_body_bytes=cap, ca_file=ca, pool_maxsize=16, num_pools=2
+            )
+        )
+        self._other = PrometheusClient(
+            BoundedHttpClient(deadline_s=deadline_s, max_body_bytes=cap, pool_maxsize=4, num_pools=16)
+        )
+        self._credentials = PrometheusCredentials(
+            bearer_token_file=auth.bearer_token_file,
+            basic_auth_user=auth.basic_auth_user,
+            basic_auth_password_file=auth.basic_auth_password_file,
+            headers=auth.headers,
+        )
+        self._allowed_headers = frozenset(name.lower() for name in auth.allowed_metadata_headers)
+        self._slots = _ServerSlots(auth.max_in_flight_per_server)
 
     def server_for(self, trigger: TriggerConfig) -> str:
-        url = trigger.server_address or self.auth.url
-        if url is None:
+        url = (trigger.server_address or self._own_url or "").rstrip("/")
+        if not url:
             raise KpiQueryRejected("serverAddress is required (the scaler has no --prometheus-url default)")
-        if self.auth.restrict_server_address and self.auth.url and url != self.auth.url.rstrip("/"):
-            raise KpiQueryRejected(f"serverAddress {url!r} is not allowed (--restrict-server-address)")
-        return url.rstrip("/")
+        if self.auth.restrict_server_address and url != self._own_url:
+            raise KpiQueryRejected(
+                f"serverAddress {echo(url)} is not the scaler's --prometheus-url "
+                "(the operator can allow others with --allow-any-server-address)"
+            )
+        return url
 
-    def _client(self, url: str, headers: dict[str, str], auth: tuple[str, str] | None) -> PrometheusConnect:
-        """One PrometheusConnect per (server, headers, credentials); a rotated token makes a new one."""
-        key = (url, tuple(sorted(headers.items())), auth)
-        with self._lock:
-            client = self._clients.get(key)
-            if client is None:
-                session = self._sessions.get(url)
-                if session is None:
-                    session = self._sessions[url] = requests.Session()
-                    own = self.auth.url is not None and url == self.auth.url.rstrip("/")
-                    if own and self.auth.ca_file is not None:
-                        session.verify = str(self.auth.ca_file)
-                # No retries: a retry would blow KEDA's 3 s budget; the cache absorbs blips instead.
-                client = PrometheusConnect(
-                    url=url, headers=headers, auth=auth, session=session, retry=Retry(total=0)
+    def _metadata_headers(self, trigger: TriggerConfig) -> dict[str, str]:
+        for name, _ in trigger.custom_headers:
+            if name.lower() not in self._allowed_headers:
+                raise KpiQueryRejected(
+                    f"metadata key 'customHeaders': header {echo(name)} is not allowed by the operator "
+                    "(--allowed-metadata-headers)"
                 )
-                # PrometheusConnect mounts a 10-connection pool; misses may run on many gRPC threads.
-                session.mount(url, HTTPAdapter(max_retries=Retry(total=0), pool_maxsize=64))
-                if len(self._clients) > 1000:
-                    self._clients.clear()
-                self._clients[key] = client
-            return client
+        return dict(trigger.custom_headers)
 
-    def _request_headers(
-        self, url: str, trigger: TriggerConfig
-    ) -> tuple[dict[str, str], tuple[str, str] | None]:
-        headers = dict(trigger.custom_headers)
-        auth: tuple[str, str] | None = None
-        if self.auth.url is not None and url == self.auth.url.rstrip("/"):
-            headers = {**dict(self.auth.headers), **headers}
-            # Read on every fetch: projected tokens rotate (fetches are rare thanks to the cache).
-            if self.auth.bearer_token_file is not None:
-                headers["Authorization"] = "Bearer " + self.auth.bearer_token_file.read_text().strip()
-            elif self.auth.basic_auth_user is not None and self.auth.basic_auth_password_file is not None:
-                auth = (self.auth.basic_auth_user, self.auth.basic_auth_password_file.read_text().strip())
-        return headers, auth
+    def _request_headers(self, url: str, trigger: TriggerConfig) -> dict[str, str]:
+        headers = self._metadata_headers(trigger)
+        if url != self._own_url:
+            return headers
+        # Read on every fetch: projected tokens rotate (fetches are rare thanks to the cache).
+        operator = self._credentials.request_headers()
+        # The operator's headers always win, whatever the case of the trigger's names.
+        lowered = {name.lower() for name in operator}
+        return {**{k: v for k, v in headers.items() if k.lower() not in lowered}, **operator}
 
-    def cache_key(self, trigger: TriggerConfig) -> tuple[object, ...]:
-        return (self.server_for(trigger), trigger.custom_headers, _query_for(trigger), trigger.staleness_s)
+    def cache_key(self, trigger: TriggerConfig) -> bytes:
+        server = self.server_for(trigger)
+        self._metadata_headers(trigger)
+        combined, custom = queries_for(trigger)
+        digest = hashlib.sha256()
+        for part in (server, repr(trigger.custom_headers), combined, repr(custom)):
+            digest.update(part.encode("utf-8", errors="surrogatepass"))
+            digest.update(b"\0")
+        return digest.digest()
 
-    def observe(self, trigger: TriggerConfig) -> Observation:
-        url = self.server_for(trigger)
-        query = _query_for(trigger)
-        try:
-            headers, auth = self._request_headers(url, trigger)
-        except OSError as exc:
-            raise KpiUnavailable(f"cannot read Prometheus credentials: {exc}") from exc
-        client = self._client(url, headers, auth)
-        timeout = min(trigger.query_timeout_s or self.auth.timeout_s, self.auth.timeout_s)
-        self.metrics.prometheus_queries.labels(trigger.namespace, trigger.workload).inc()
+    def _query(
+        self, server: str, expr: str, headers: dict[str, str], end: float, trigger: TriggerConfig
+    ) -> tuple[str, object]:
+        client = self._own if server == self._own_url else self._other
+        left = end - time.monotonic()
+        if left <= 0:
+            raise KpiUnavailable(f"Prometheus at {truncate(server, 100)}: no time left for the next query")
+        self.metrics.prometheus_queries.labels(*self.metrics.workload_labels(trigger)).inc()
         start = time.perf_counter()
         try:
-            result = client.custom_query(query, timeout=timeout)
-        except requests.RequestException as exc:
-            raise KpiUnavailable(f"Prometheus at {url} unreachable: {type(exc).__name__}") from exc
-        except PrometheusApiClientException as exc:
-            status = _STATUS_RE.search(str(exc))
-            if status and status.group(1) in ("400", "422"):
-                raise KpiQueryRejected(f"Prometheus rejected the query: {str(exc)[:300]}") from exc
-            raise KpiUnavailable(f"Prometheus at {url} failed: {str(exc)[:200]}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise KpiUnavailable(
-                f"Prometheus at {url} answered something that is not a query result"
-            ) from exc
+            return client.query(server, expr, headers=headers, deadline_s=left)
+        except PrometheusRejected as exc:
+            self.metrics.prometheus_failures.labels("rejected").inc()
+            raise KpiQueryRejected(truncate(str(exc), 300)) from exc
+        except PrometheusUnavailable as exc:
+            self.metrics.prometheus_failures.labels("unavailable").inc()
+            raise KpiUnavailable(truncate(str(exc), 300)) from exc
         finally:
             self.metrics.query_duration.observe(time.perf_counter() - start)
-        if not isinstance(result, list):
-            raise KpiUnavailable("Prometheus answered a non-vector result")
-        return to_observation(trigger, result)
+
+    def observe(self, trigger: TriggerConfig) -> Observation:
+        server = self.server_for(trigger)
+        try:
+            headers = self._request_headers(server, trigger)
+        except OSError as exc:
+            raise KpiUnavailable(f"cannot read Prometheus credentials: {type(exc).__name__}") from exc
+        combined, custom = queries_for(trigger)
+        deadline = min(trigger.query_timeout_s or self.auth.timeout_s, self.auth.timeout_s)
+        end = time.monotonic() + deadline
+        if not self._slots.acquire(server, deadline):
+            self.metrics.prometheus_failures.labels("busy").inc()
+            raise KpiUnavailable(
+                f"Prometheus at {truncate(server, 100)} is slow: {self.auth.max_in_flight_per_server} "
+                f"queries still in flight after {deadline:g}s"
+            )
+        try:
+            result_type, result = self._query(server, combined, headers, end, trigger)
+            if result_type != "vector":
+                raise KpiUnavailable(f"Prometheus answered a {result_type}, not a vector")
+            values = {
+                name: custom_value(name, *self._query(server, expr, headers, end, trigger))
+                for name, expr in custom
+            }
+        finally:
+            self._slots.release(server)
+        return to_observation(trigger, result, values)
 
 
 @dataclass
@@ -174,7 +257,9 @@ class CachedKpiSource:
         error_ttl_s: float = 2.0,
         metrics: ScalerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
-        refresh_workers: int = 4,
+        refresh_workers: int = 8,
+        wait_timeout_s: float = 2.5,
+        max_entries: int = 4096,
     ) -> None:
         self.inner = inner
         self.key = key
@@ -183,7 +268,10 @@ class CachedKpiSource:
         self.error_ttl_s = error_ttl_s
         self.metrics = metrics or ScalerMetrics()
         self.clock = clock
-        self._entries: dict[object, _Entry] = {}
+        self.wait_timeout_s = wait_timeout_s
+        self.max_entries = max_entries
+        # Oldest fetch first: every store moves its key to the end.
+        self._entries: OrderedDict[object, _Entry] = OrderedDict()
         self._inflight: dict[object, Future[Observation]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=refresh_workers, thread_name_prefix="eo-kpi-refresh")
@@ -199,18 +287,26 @@ class CachedKpiSource:
             future.set_result(value)
         with self._lock:
             self._entries[key] = entry
+            self._entries.move_to_end(key)
             self._inflight.pop(key, None)
-            if len(self._entries) > 10000:
-                self._prune(entry.fetched_at)
+            self._prune(entry.fetched_at)
 
     def _prune(self, now: float) -> None:
-        for stale_key in [k for k, e in self._entries.items() if now - e.fetched_at > self.serve_stale_s]:
-            del self._entries[stale_key]
+        """Drop entries too old to serve, then the oldest beyond ``max_entries`` (caller holds the lock)."""
+        keep_s = max(self.serve_stale_s, self.error_ttl_s)
+        while self._entries:
+            oldest_key, oldest = next(iter(self._entries.items()))
+            if now - oldest.fetched_at <= keep_s and len(self._entries) <= self.max_entries:
+                break
+            del self._entries[oldest_key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def observe(self, trigger: TriggerConfig) -> Observation:
         key = self.key(trigger)
         now = self.clock()
-        labels = (trigger.namespace, trigger.workload)
+        labels = self.metrics.workload_labels(trigger)
         with self._lock:
             entry = self._entries.get(key)
             inflight = self._inflight.get(key)
@@ -234,7 +330,14 @@ class CachedKpiSource:
         assert inflight is not None
         if owner:
             self._fetch(key, trigger, inflight)
-        return inflight.result()
+        try:
+            # A waiter never waits longer than one query may take: a slow fetch costs it that, no more.
+            return inflight.result(timeout=self.wait_timeout_s)
+        except FutureTimeout:
+            raise KpiUnavailable(
+                f"the Prometheus answer for {trigger.namespace}/{trigger.workload} is still pending after "
+                f"{self.wait_timeout_s:g}s"
+            ) from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -6,6 +6,11 @@ typo (``latencySLOSeconds``) fails loudly instead of silently falling back to a 
 keys (``scalerAddress``, ``enableTLS``, ...) are accepted and ignored, and ``<key>FromEnv`` is read as
 ``<key>`` because KEDA resolves those from the target's environment before calling the scaler.
 docs/scaler.md documents every key.
+
+Metadata is input from every ScaledObject author, so it is bounded before anything else looks at it
+(``MAX_METADATA_KEYS`` keys, ``MAX_KEY_CHARS`` per key, ``MAX_VALUE_BYTES`` per value,
+``MAX_METADATA_BYTES`` in all) and error messages echo at most ``MAX_ECHO_CHARS`` of a bad value: a long
+value is an ``INVALID_ARGUMENT`` with a short message, never a message larger than gRPC's trailers allow.
 """
 
 from __future__ import annotations
@@ -28,6 +33,42 @@ _URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 KEDA_KEYS = frozenset(
     {"scalerAddress", "enableTLS", "unsafeSsl", "tlsCertFile", "caCert", "tlsClientCert", "tlsClientKey"}
 )
+# Limits on what one trigger may send (docs/scaler.md, "Limits").
+MAX_METADATA_KEYS = 64
+MAX_KEY_CHARS = 128
+MAX_VALUE_BYTES = 4096
+MAX_METADATA_BYTES = 16 * 1024
+MAX_QUERY_CHARS = 4000
+MAX_CUSTOM_HEADERS = 16
+MAX_ECHO_CHARS = 64
+# Headers no trigger may set, even where the operator allows metadata headers: credentials and cookies
+# ride only on the operator's own configuration, and framing/routing headers would let a trigger change
+# what the request is or where a proxy believes it comes from.
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "expect",
+        "accept-encoding",
+        "forwarded",
+        "via",
+        "x-real-ip",
+    }
+)
+FORBIDDEN_HEADER_PREFIXES = ("x-forwarded-", "proxy-")
 MAX_QUERY_TIMEOUT_S = 2.5  # KEDA's HPA path gives GetMetricSpec + GetMetrics + IsActive 3 s together.
 # Plan for 90% of the per-replica capacity at the SLO (the capacity is measured *at* the SLO, so the
 # 10% is the margin for the next minute's growth); scale down only to 8/9 of that (0.8): the band
@@ -39,6 +80,19 @@ DEFAULT_SCALE_DOWN_SHARE = 8 / 9
 class Mode(StrEnum):
     ENFORCE = "enforce"
     ADVISORY = "advisory"
+
+
+def header_forbidden(name: str) -> bool:
+    """True for a header no trigger may set (``FORBIDDEN_HEADERS``, ``X-Forwarded-*``, ``Proxy-*``)."""
+    lower = name.strip().lower()
+    return lower in FORBIDDEN_HEADERS or lower.startswith(FORBIDDEN_HEADER_PREFIXES)
+
+
+def echo(value: str) -> str:
+    """``value`` quoted for an error message, at most ``MAX_ECHO_CHARS`` characters of it."""
+    if len(value) <= MAX_ECHO_CHARS:
+        return repr(value)
+    return f"{value[:MAX_ECHO_CHARS]!r}... ({len(value)} characters)"
 
 
 class MetadataError(ValueError):
@@ -133,7 +187,7 @@ def _float(key: str, raw: str, *, low: float, high: float = math.inf, low_open: 
     try:
         value = float(raw.strip())
     except ValueError:
-        raise MetadataError(key, f"expected a number, got {raw!r}") from None
+        raise MetadataError(key, f"expected a number, got {echo(raw)}") from None
     if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
         bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
         raise MetadataError(key, f"{value} is outside {bound}")
@@ -143,7 +197,7 @@ def _float(key: str, raw: str, *, low: float, high: float = math.inf, low_open: 
 def _int(key: str, raw: str, *, low: int, high: int) -> int:
     text = raw.strip()
     if not re.fullmatch(r"[+-]?\d{1,9}", text):
-        raise MetadataError(key, f"expected an integer, got {raw!r}")
+        raise MetadataError(key, f"expected an integer, got {echo(raw)}")
     value = int(text)
     if not low <= value <= high:
         raise MetadataError(key, f"{value} is outside [{low}, {high}]")
@@ -152,34 +206,65 @@ def _int(key: str, raw: str, *, low: int, high: int) -> int:
 
 def _query(key: str, raw: str) -> str:
     text = raw.strip()
-    if not text or len(text) > 4000:
-        raise MetadataError(key, "expected a PromQL expression of 1 to 4000 characters")
+    if not text or len(text) > MAX_QUERY_CHARS:
+        raise MetadataError(key, f"expected a PromQL expression of 1 to {MAX_QUERY_CHARS} characters")
     return text
 
 
 def _headers(key: str, raw: str) -> tuple[tuple[str, str], ...]:
-    """``Name=value,Name2=value2`` (KEDA prometheus scaler's format)."""
+    """``Name=value,Name2=value2`` (KEDA prometheus scaler's format).
+
+    Which names may actually be sent is the operator's choice (``--allowed-metadata-headers``, checked
+    where the request is made); names in ``FORBIDDEN_HEADERS`` are refused here whatever it allows.
+    """
     out: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, sep, value = item.partition("=")
         name, value = name.strip(), value.strip()
         if not sep or not _HEADER_NAME_RE.fullmatch(name):
-            raise MetadataError(key, f"expected Name=value pairs separated by commas, got {item!r}")
+            raise MetadataError(key, f"expected Name=value pairs separated by commas, got {echo(item)}")
         if any(c in value for c in "\r\n\0"):
-            raise MetadataError(key, f"header {name} value contains a control character")
-        if name.lower() in {"authorization", "host", "content-length"}:
+            raise MetadataError(key, f"header {echo(name)} value contains a control character")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise MetadataError(key, f"header {echo(name)} value is not Latin-1 (HTTP header text)") from None
+        if header_forbidden(name):
             raise MetadataError(
-                key, f"header {name} may not be set from metadata (credentials come from files)"
+                key, f"header {echo(name)} may not be set from metadata (credentials come from files)"
             )
+        if name.lower() in seen:
+            raise MetadataError(key, f"header {echo(name)} given twice")
+        seen.add(name.lower())
         out.append((name, value))
+    if len(out) > MAX_CUSTOM_HEADERS:
+        raise MetadataError(key, f"at most {MAX_CUSTOM_HEADERS} headers")
     return tuple(out)
 
 
-def _resolve_aliases(metadata: Mapping[str, str]) -> dict[str, str]:
-    merged: dict[str, str] = {}
+def check_limits(metadata: Mapping[str, str]) -> None:
+    """Refuse metadata past the documented limits before anything else reads, copies or keeps it."""
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise MetadataError("scalerMetadata", f"{len(metadata)} keys; at most {MAX_METADATA_KEYS}")
+    total = 0
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise MetadataError(str(key), "keys and values must be strings")
+            raise MetadataError(str(key)[:MAX_ECHO_CHARS], "keys and values must be strings")
+        if len(key) > MAX_KEY_CHARS:
+            raise MetadataError(key[:MAX_ECHO_CHARS] + "...", f"key longer than {MAX_KEY_CHARS} characters")
+        size = len(value.encode("utf-8", errors="surrogatepass"))
+        if size > MAX_VALUE_BYTES:
+            raise MetadataError(key, f"value of {size} bytes; at most {MAX_VALUE_BYTES}")
+        total += size + len(key)
+    if total > MAX_METADATA_BYTES:
+        raise MetadataError("scalerMetadata", f"{total} bytes in all; at most {MAX_METADATA_BYTES}")
+
+
+def _resolve_aliases(metadata: Mapping[str, str]) -> dict[str, str]:
+    check_limits(metadata)
+    merged: dict[str, str] = {}
+    for key, value in metadata.items():
         base = key[: -len("FromEnv")] if key.endswith("FromEnv") and key != "FromEnv" else key
         if base not in KNOWN_KEYS:
             raise MetadataError(key, f"unknown key (known: {', '.join(sorted(_FIELDS))})")
@@ -201,7 +286,7 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
 
     namespace = m.get("namespace", default_namespace).strip()
     if not _NAMESPACE_RE.fullmatch(namespace):
-        raise MetadataError("namespace", f"{namespace!r} is not a Kubernetes namespace name")
+        raise MetadataError("namespace", f"{echo(namespace)} is not a Kubernetes namespace name")
     kw["namespace"] = namespace
     if "workload" not in m:
         raise MetadataError(
@@ -209,7 +294,7 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
         )
     workload = m["workload"].strip()
     if not _WORKLOAD_RE.fullmatch(workload):
-        raise MetadataError("workload", f"{workload!r} is not a Kubernetes object name")
+        raise MetadataError("workload", f"{echo(workload)} is not a Kubernetes object name")
     kw["workload"] = workload
     if "latencySloSeconds" not in m:
         raise MetadataError("latencySloSeconds", "required: the latency SLO in seconds, e.g. '2.5'")
@@ -218,7 +303,9 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
     if "serverAddress" in m:
         address = m["serverAddress"].strip().rstrip("/")
         if not _URL_RE.fullmatch(address):
-            raise MetadataError("serverAddress", f"expected http(s)://host[:port][/path], got {address!r}")
+            raise MetadataError(
+                "serverAddress", f"expected http(s)://host[:port][/path], got {echo(address)}"
+            )
         kw["server_address"] = address
     if "latencyQuantile" in m:
         kw["latency_quantile"] = _float(
@@ -234,7 +321,7 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
         try:
             kw["mode"] = Mode(m["mode"].strip().lower())
         except ValueError:
-            raise MetadataError("mode", f"expected 'enforce' or 'advisory', got {m['mode']!r}") from None
+            raise MetadataError("mode", f"expected 'enforce' or 'advisory', got {echo(m['mode'])}") from None
     for key, high in (
         ("idleBeforeZeroSeconds", 86400.0),
         ("stabilizationWindowSeconds", 86400.0),

@@ -83,6 +83,8 @@ def default_kpi_source(settings: ScalerSettings, metrics: ScalerMetrics) -> Cach
         ttl_s=settings.cache_ttl_s,
         serve_stale_s=settings.cache_serve_stale_s,
         metrics=metrics,
+        # A waiter waits no longer than one poll's queries may take.
+        wait_timeout_s=settings.prometheus.timeout_s,
     )
 
 

@@ -5,35 +5,48 @@
   reported value the replica count.
 - GetMetrics returns exactly one MetricValue: the desired replicas (the current count in advisory mode).
 - Bad metadata -> INVALID_ARGUMENT naming the key; missing or stale data -> UNAVAILABLE, so KEDA's
-  fallback engages after ``failureThreshold`` polls (never a made-up number).
+  fallback engages after ``failureThreshold`` polls (never a made-up number). A replica count outside
+  ``[0, MAX_COUNT]`` is never sent: UNAVAILABLE instead.
+- Status messages are at most ``MAX_STATUS_CHARS`` characters (whatever they quote), far below gRPC's
+  trailer limit, so a long bad value is INVALID_ARGUMENT with a short message.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import grpc
 
+from common.prometheus import truncate
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
+from scaler.bounded import BoundedCache
 from scaler.kpi_source import KpiSource
-from scaler.metadata import MetadataError, Mode, TriggerConfig, parse_metadata
+from scaler.metadata import MetadataError, Mode, TriggerConfig, check_limits, parse_metadata
 from scaler.policy import ReplicaDecision, advisory, decide
-from scaler.queries import KpiQueryRejected, KpiUnavailable
+from scaler.queries import MAX_COUNT, KpiQueryRejected, KpiUnavailable
 from scaler.telemetry import ScalerMetrics
 
 log = logging.getLogger(__name__)
 
+MAX_STATUS_CHARS = 400
+# Parsed metadata, by a digest of it: KEDA sends the same metadata on every poll. Errors are not kept,
+# so bad metadata is re-checked (and costs nothing to keep).
+_PARSED: BoundedCache[bytes, TriggerConfig] = BoundedCache(512, 600.0)
 
-@functools.lru_cache(maxsize=4096)
-def _parse_cached(items: tuple[tuple[str, str], ...], namespace: str) -> TriggerConfig:
-    """KEDA sends the same metadata on every poll; parsing is pure, so remember the answer.
 
-    Errors are not cached by lru_cache (it only stores returns), so bad metadata is re-checked."""
-    return parse_metadata(dict(items), default_namespace=namespace)
+def _parse_cached(metadata: Mapping[str, str], namespace: str) -> TriggerConfig:
+    check_limits(metadata)  # before hashing or copying anything an author sent
+    digest = hashlib.sha256(namespace.encode("utf-8", errors="surrogatepass"))
+    for key, value in sorted(metadata.items()):
+        for text in (key, value):
+            digest.update(b"\0" + text.encode("utf-8", errors="surrogatepass"))
+    return _PARSED.get_or_compute(
+        digest.digest(), lambda: parse_metadata(dict(metadata), default_namespace=namespace)
+    )
 
 
 class ExternalScalerService(pb_grpc.ExternalScalerServicer):
@@ -51,16 +64,29 @@ class ExternalScalerService(pb_grpc.ExternalScalerServicer):
         self.shutdown = shutdown or threading.Event()
 
     def _abort(
-        self, context: grpc.ServicerContext, ref: pb.ScaledObjectRef, code: grpc.StatusCode, msg: str
+        self,
+        context: grpc.ServicerContext,
+        ref: pb.ScaledObjectRef,
+        code: grpc.StatusCode,
+        msg: str,
+        trigger: TriggerConfig | None = None,
     ) -> None:
-        meta = ref.scalerMetadata
-        self.metrics.record_error(meta.get("namespace", ref.namespace), meta.get("workload", ""), code.name)
-        log.info("%s/%s: %s: %s", ref.namespace, ref.name, code.name, msg)
+        if trigger is not None:
+            namespace, workload = trigger.namespace, trigger.workload
+        else:
+            # Invalid metadata: its namespace/workload only if they are valid names, else the ref's.
+            meta = ref.scalerMetadata
+            namespace, workload = meta.get("namespace", ref.namespace), meta.get("workload", ref.name)
+            if self.metrics.labels_for(namespace, workload)[1] == "":
+                namespace, workload = ref.namespace, ref.name
+        self.metrics.record_error(namespace, workload, code.name)
+        msg = truncate(msg, MAX_STATUS_CHARS)
+        log.info("%s/%s: %s: %s", truncate(ref.namespace, 63), truncate(ref.name, 253), code.name, msg)
         context.abort(code, msg)
 
     def _trigger(self, ref: pb.ScaledObjectRef, context: grpc.ServicerContext) -> TriggerConfig:
         try:
-            return _parse_cached(tuple(sorted(ref.scalerMetadata.items())), ref.namespace)
+            return _parse_cached(ref.scalerMetadata, ref.namespace)
         except MetadataError as exc:
             self._abort(context, ref, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
@@ -72,15 +98,18 @@ class ExternalScalerService(pb_grpc.ExternalScalerServicer):
         try:
             observation = self.kpi_source.observe(trigger)
         except KpiQueryRejected as exc:
-            self._abort(context, ref, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            self._abort(context, ref, grpc.StatusCode.INVALID_ARGUMENT, str(exc), trigger)
             raise
         except KpiUnavailable as exc:
-            self._abort(context, ref, grpc.StatusCode.UNAVAILABLE, str(exc))
+            self._abort(context, ref, grpc.StatusCode.UNAVAILABLE, str(exc), trigger)
             raise
-        decision = decide(observation, trigger.policy_config())
-        self.metrics.record_decision(trigger, decision, observation.current_replicas)
-        if trigger.mode is Mode.ADVISORY:
-            decision = advisory(decision, observation)
+        wanted = decide(observation, trigger.policy_config())
+        decision = advisory(wanted, observation) if trigger.mode is Mode.ADVISORY else wanted
+        if not 0 <= decision.replicas <= MAX_COUNT:
+            # The sources validate their counts; this is the last lock before KEDA sees a number.
+            msg = f"refusing to answer {decision.replicas} replicas (outside [0, {MAX_COUNT}])"
+            self._abort(context, ref, grpc.StatusCode.UNAVAILABLE, msg, trigger)
+        self.metrics.record_decision(trigger, wanted, observation.current_replicas)
         return trigger, decision
 
     def IsActive(self, request: pb.ScaledObjectRef, context: grpc.ServicerContext) -> pb.IsActiveResponse:

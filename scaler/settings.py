@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scaler.kpi_source import PrometheusAuth
+from scaler.kpi_source import DEFAULT_MAX_ANSWER_BYTES, PrometheusAuth
+from scaler.metadata import header_forbidden
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,25 @@ class ScalerSettings:
             raise ValueError("--health-port (EO_HEALTH_PORT) must differ from --port (EO_PORT)")
         if self.cache_ttl_s <= 0:
             raise ValueError("--cache-ttl-seconds (EO_CACHE_TTL_SECONDS) must be > 0")
+        for name in self.prometheus.allowed_metadata_headers:
+            if header_forbidden(name):
+                raise ValueError(
+                    f"--allowed-metadata-headers (EO_ALLOWED_METADATA_HEADERS): {name} can never come from "
+                    "metadata (credentials, cookies, framing and forwarding headers are refused)"
+                )
+        for name, value in self.prometheus.headers:
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"--prometheus-headers (EO_PROMETHEUS_HEADERS): the value of {name} is not Latin-1"
+                ) from None
+        if not 64 * 1024 <= self.prometheus.max_answer_bytes <= 1024 * 1024 * 1024:
+            raise ValueError(
+                "--prometheus-max-answer-bytes (EO_PROMETHEUS_MAX_ANSWER_BYTES) must be in [64 KiB, 1 GiB]"
+            )
+        if self.prometheus.max_in_flight_per_server < 1:
+            raise ValueError("--prometheus-max-in-flight (EO_PROMETHEUS_MAX_IN_FLIGHT) must be >= 1")
 
 
 def _headers(raw: str) -> tuple[tuple[str, str], ...]:
@@ -72,6 +92,14 @@ def _headers(raw: str) -> tuple[tuple[str, str], ...]:
             raise argparse.ArgumentTypeError(f"expected Name=value[,Name=value], got {item!r}")
         out.append((name.strip(), value.strip()))
     return tuple(out)
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(filter(None, (p.strip() for p in raw.split(","))))
+    for name in names:
+        if not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
+            raise argparse.ArgumentTypeError(f"expected header names separated by commas, got {name[:64]!r}")
+    return names
 
 
 def _bool(raw: str) -> bool:
@@ -116,7 +144,39 @@ _FLAGS: list[tuple[str, type | object, object, str]] = [
     ("prometheus-ca-file", Path, None, "PEM CA bundle to verify the Prometheus HTTPS certificate"),
     ("prometheus-headers", _headers, (), "extra headers Name=value[,Name=value] (e.g. X-Scope-OrgID=tenant)"),
     ("prometheus-timeout-seconds", float, 2.0, "per-query timeout, at most 2.5 (KEDA allows 3 s per poll)"),
-    ("restrict-server-address", _bool, False, "refuse triggers whose serverAddress is not --prometheus-url"),
+    (
+        "allow-any-server-address",
+        _bool,
+        False,
+        "let triggers point the scaler at any serverAddress (default: only --prometheus-url; credentials "
+        "and --prometheus-headers still go only to --prometheus-url)",
+    ),
+    (
+        "restrict-server-address",
+        _bool,
+        True,
+        "refuse triggers whose serverAddress is not --prometheus-url (the default; false is the same as "
+        "--allow-any-server-address)",
+    ),
+    (
+        "allowed-metadata-headers",
+        _names,
+        (),
+        "header names a trigger's customHeaders may send, e.g. X-Scope-OrgID (default none; operator "
+        "headers always win; Authorization, Cookie, Host, X-Forwarded-* and the like are always refused)",
+    ),
+    (
+        "prometheus-max-answer-bytes",
+        int,
+        DEFAULT_MAX_ANSWER_BYTES,
+        "largest Prometheus answer read, counted after decompression",
+    ),
+    (
+        "prometheus-max-in-flight",
+        int,
+        8,
+        "most queries in flight to one Prometheus server at a time (a slow one holds no more workers)",
+    ),
     (
         "cache-ttl-seconds",
         float,
@@ -172,7 +232,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             ca_file=ns.prometheus_ca_file,
             headers=tuple(ns.prometheus_headers),
             timeout_s=ns.prometheus_timeout_seconds,
-            restrict_server_address=ns.restrict_server_address,
+            restrict_server_address=ns.restrict_server_address and not ns.allow_any_server_address,
+            allowed_metadata_headers=tuple(ns.allowed_metadata_headers),
+            max_answer_bytes=ns.prometheus_max_answer_bytes,
+            max_in_flight_per_server=ns.prometheus_max_in_flight,
         )
         return ScalerSettings(
             listen_address=ns.listen_address,

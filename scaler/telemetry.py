@@ -3,16 +3,42 @@
 Names follow the project-wide list in the common brief; labels ``namespace`` and ``workload`` unless
 noted. One ``ScalerMetrics`` per server, on a private registry so tests and in-process demos can run
 several servers side by side.
+
+Label values never come from raw metadata: they are validated Kubernetes names (the trigger's, or the
+ScaledObjectRef's when the metadata is invalid), and at most ``MAX_WORKLOAD_LABEL_SETS`` (namespace,
+workload) pairs are kept; the least recently used pair's series are dropped beyond that, so neither a
+long value nor many distinct ones can grow ``/metrics`` without bound.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+import threading
+from collections import OrderedDict
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from scaler.metadata import TriggerConfig
-from scaler.policy import ReplicaDecision
+from scaler.policy import Reason, ReplicaDecision
 
 _WL = ("namespace", "workload")
+MAX_WORKLOAD_LABEL_SETS = 2000
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+ERROR_CODES = ("INVALID_ARGUMENT", "UNAVAILABLE", "INTERNAL")
+MODES = ("enforce", "advisory")
+PROMETHEUS_FAILURES = ("unavailable", "rejected", "busy")
+
+
+def label_value(value: str, pattern: re.Pattern[str]) -> str:
+    """``value`` when it is a valid Kubernetes name of that kind, else ``""``: never raw input."""
+    return value if len(value) <= 253 and pattern.fullmatch(value) else ""
+
+
+def ref_labels(namespace: str, name: str) -> tuple[str, str]:
+    """Labels for a ScaledObjectRef (or the metadata's namespace/workload), validated."""
+    return label_value(namespace, _NAMESPACE_RE), label_value(name, _NAME_RE)
 
 
 class ScalerMetrics:
@@ -47,6 +73,15 @@ class ScalerMetrics:
             (*_WL, "code"),
             registry=r,
         )
+        self.prometheus_failures = Counter(
+            "eo_scaler_prometheus_failures",
+            "Prometheus queries that failed: unavailable (unreachable, too slow, too big, not an answer), "
+            "rejected (bad PromQL) or busy (the server's in-flight limit was full for the whole deadline).",
+            ("kind",),
+            registry=r,
+        )
+        for kind in PROMETHEUS_FAILURES:
+            self.prometheus_failures.labels(kind)
         self.prometheus_queries = Counter(
             "eo_scaler_prometheus_queries", "Queries sent to Prometheus.", _WL, registry=r
         )
@@ -71,18 +106,63 @@ class ScalerMetrics:
             registry=r,
         )
 
+        self._label_sets: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._label_lock = threading.Lock()
+
+    def labels_for(self, namespace: str, workload: str) -> tuple[str, str]:
+        """Validated labels, recorded as recently used; the oldest pair is dropped beyond the limit."""
+        key = ref_labels(namespace, workload)
+        with self._label_lock:
+            self._label_sets[key] = None
+            self._label_sets.move_to_end(key)
+            while len(self._label_sets) > MAX_WORKLOAD_LABEL_SETS:
+                old, _ = self._label_sets.popitem(last=False)
+                self._forget(old)
+        return key
+
+    def workload_labels(self, trigger: TriggerConfig) -> tuple[str, str]:
+        return self.labels_for(trigger.namespace, trigger.workload)
+
+    def _forget(self, labels: tuple[str, str]) -> None:
+        plain = (
+            self.desired_replicas,
+            self.current_replicas,
+            self.latency_slo,
+            self.power_budget,
+            self.prometheus_queries,
+            self.cache_hits,
+            self.cache_misses,
+        )
+        extra: tuple[tuple[Counter | Gauge, tuple[str, ...]], ...] = (
+            (self.decisions, tuple(r.value for r in Reason)),
+            (self.mode_info, MODES),
+            (self.errors, ERROR_CODES),
+        )
+        for metric in plain:
+            _remove(metric, labels)
+        for metric, values in extra:
+            for value in values:
+                _remove(metric, (*labels, value))
+
     def record_decision(
         self, trigger: TriggerConfig, decision: ReplicaDecision, current_replicas: int
     ) -> None:
-        ns, wl = trigger.namespace, trigger.workload
+        ns, wl = self.workload_labels(trigger)
         self.desired_replicas.labels(ns, wl).set(decision.replicas)
         self.current_replicas.labels(ns, wl).set(current_replicas)
         self.decisions.labels(ns, wl, decision.reason.value).inc()
         self.latency_slo.labels(ns, wl).set(trigger.latency_slo_s)
         if trigger.power_budget_watts is not None:
             self.power_budget.labels(ns, wl).set(trigger.power_budget_watts)
-        for mode in ("enforce", "advisory"):
+        for mode in MODES:
             self.mode_info.labels(ns, wl, mode).set(1 if trigger.mode.value == mode else 0)
 
     def record_error(self, namespace: str, workload: str, code: str) -> None:
-        self.errors.labels(namespace or "", workload or "", code).inc()
+        """Count an error; ``namespace``/``workload`` are validated here (never raw metadata)."""
+        ns, wl = self.labels_for(namespace, workload)
+        self.errors.labels(ns, wl, code if code in ERROR_CODES else "INTERNAL").inc()
+
+
+def _remove(metric: Counter | Gauge, labels: tuple[str, ...]) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

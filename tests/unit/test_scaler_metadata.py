@@ -103,7 +103,8 @@ def test_query_has_one_tagged_part_per_signal() -> None:
     names = set(parts(t))
     assert {
         "heartbeat_age",
-        "age",
+        "visible_pods",
+        "unwatched_nodes",
         "replicas",
         "load",
         "peak",
@@ -123,12 +124,17 @@ def test_query_has_one_tagged_part_per_signal() -> None:
     capacity = parts(t)["capacity"]
     assert "clamp_max(2.5 / histogram_quantile(" in capacity and ", 3.0)" in capacity
     assert "and on() (histogram_quantile(" in capacity and "<= 2.5)" in capacity
-    assert parts(t)["settled_replicas"].startswith("min_over_time(count(count by (pod)")
+    assert parts(t)["settled_replicas"].startswith("min_over_time(count(group by (pod)")
     assert parts(t)["settled_replicas"].endswith("[120s:15s])")
 
 
+# The count parts every answer carries (the combined query answers them with ``or vector(0)``).
+COUNTS: dict[str, float | str] = {"visible_pods": 0, "unwatched_nodes": 0, "replicas": 0}
+
+
 def _series(**values: float | str) -> list[dict[str, object]]:
-    return [{"metric": {"eo_part": k}, "value": [0, str(v)]} for k, v in values.items()]
+    merged = {**COUNTS, **values}
+    return [{"metric": {"eo_part": k}, "value": [0, str(v)]} for k, v in merged.items()]
 
 
 def test_observation_from_result() -> None:
@@ -137,8 +143,8 @@ def test_observation_from_result() -> None:
         t,
         _series(
             heartbeat_age=3,
-            age=2,
             replicas=3,
+            visible_pods=3,
             load=12,
             peak=20,
             latency="0.8",
@@ -150,7 +156,7 @@ def test_observation_from_result() -> None:
     assert o.idle_for_s == 0 and o.learned_capacity_rps is None and o.settled_replicas is None
     settled = to_observation(
         t,
-        _series(heartbeat_age=3, age=2, replicas=5, load=12, peak=20, recent_requests=1, settled_replicas=2),
+        _series(heartbeat_age=3, replicas=5, load=12, peak=20, recent_requests=1, settled_replicas=2),
     )
     assert settled.settled_replicas == 2
 
@@ -160,9 +166,10 @@ def test_observation_from_result() -> None:
     [
         {},  # no heartbeat at all
         {"heartbeat_age": 500},  # pipeline stale
-        {"heartbeat_age": 1, "replicas": 2, "age": 500, "load": 3},  # workload series stale
-        {"heartbeat_age": 1, "replicas": 2, "age": 1},  # load KPI absent while pods report
-        {"heartbeat_age": 1, "replicas": 2, "age": 1, "load": "NaN"},
+        # Pods hold GPUs but none is serving (server unreadable or counters stale): never zero.
+        {"heartbeat_age": 1, "visible_pods": 2, "replicas": 0},
+        {"heartbeat_age": 1, "replicas": 2},  # load KPI absent while pods report
+        {"heartbeat_age": 1, "replicas": 2, "load": "NaN"},
     ],
 )
 def test_missing_or_stale_data_is_unavailable(values: dict[str, float | str]) -> None:
@@ -173,9 +180,11 @@ def test_missing_or_stale_data_is_unavailable(values: dict[str, float | str]) ->
 def test_budget_needs_power_while_pods_run() -> None:
     t = parse_metadata({**BASE, "powerBudgetWatts": "900"}, "ns")
     with pytest.raises(KpiUnavailable, match="powerBudgetWatts"):
-        to_observation(t, _series(heartbeat_age=1, replicas=2, age=1, load=3))
+        to_observation(t, _series(heartbeat_age=1, replicas=2, load=3))
 
 
-def test_zero_pods_with_live_pipeline_is_zero_replicas_not_an_error() -> None:
+def test_zero_pods_with_evidence_is_zero_replicas_not_an_error() -> None:
+    # Fresh pods heartbeat, no pod of the workload in the PodResources view, every node that held it
+    # watched: that is evidence of zero (the old test took a heartbeat alone as evidence).
     o = to_observation(parse_metadata(BASE, "ns"), _series(heartbeat_age=1))
     assert o.current_replicas == 0 and o.load_rps == 0 and o.idle_for_s == 300
