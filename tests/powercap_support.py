@@ -1,16 +1,33 @@
-"""Shared helpers of the power-cap sidecar tests: a settable clock, a scripted latency source, settings."""
+"""Shared helpers of the power-cap sidecar tests: a settable clock, a scripted latency source, settings,
+a vLLM /metrics feed for the hostile HTTP peer, and the real ``eo-powercap`` binary as a subprocess."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from scaler.powercap.latency import LatencySample, LatencySourceError
 from scaler.powercap.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SIM_UUID = "GPU-5e1a0000-0000-4000-8000-000000000000"
+SIM_ORIGINAL_W = 700.0
 
 
 class FakeClock:
@@ -99,3 +116,157 @@ class TextServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+class HistogramFeed:
+    """A vLLM /metrics answer for ``hostile_server``'s handler: on every scrape ``per_scrape`` more
+    requests finish in under 0.5 s (plenty of headroom under a 2 s target). ``frozen`` stops the
+    counters (the server re-publishes the same counts); ``nan`` serves every bucket as NaN."""
+
+    def __init__(self, per_scrape: float = 20.0) -> None:
+        self.per_scrape = per_scrape
+        self.finished = 0.0
+        self.frozen = False
+        self.nan = False
+
+    def __call__(self, path: str, payload: bytes) -> tuple[int, str, bytes]:
+        if not self.frozen:
+            self.finished += self.per_scrape
+        n = math.nan if self.nan else self.finished
+        body = vllm_histogram({0.5: n, 1.0: n, math.inf: n})
+        return 200, "text/plain; version=0.0.4", body.encode()
+
+
+def eo_powercap_command() -> list[str]:
+    """The installed console script when there is one (what users run), else the module."""
+    script = Path(sys.executable).with_name("eo-powercap")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "scaler.powercap"]
+
+
+class SidecarProcess:
+    """``eo-powercap`` on a simulated GPU as a real process: JSON log lines collected from stderr, its
+    port learnt from the start line, its /metrics and state file read the way an operator would."""
+
+    def __init__(self, args: Sequence[str], state_dir: Path, start_timeout_s: float = 30.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EO_")}
+        env.pop("NVIDIA_VISIBLE_DEVICES", None)
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        # This checkout's code, whatever an older install of the package maps its modules to.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        self.state_dir = state_dir
+        cmd = [*eo_powercap_command(), "--gpu-backend", "simulated", "--state-dir", str(state_dir)]
+        cmd += [
+            "--listen-address",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--kube-events",
+            "off",
+            "--log-format",
+            "json",
+        ]
+        self.proc = subprocess.Popen(
+            [*cmd, *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        self.port = 0
+        deadline = time.monotonic() + start_timeout_s
+        while not self.port:
+            for line in list(self.lines):
+                found = re.search(r"serving :(\d+)", line)
+                if found:
+                    self.port = int(found.group(1))
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                raise AssertionError(f"eo-powercap exited {self.proc.returncode}: {self.log_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"eo-powercap did not start: {self.log_text()}")
+            time.sleep(0.02)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+    def messages(self) -> list[str]:
+        out = []
+        for line in list(self.lines):
+            try:
+                out.append(str(json.loads(line)["message"]))
+            except (ValueError, KeyError, TypeError):
+                out.append(line)
+        return out
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def sample(
+        self, name: str, labels: dict[str, str] | None = None, uuid: str | None = SIM_UUID
+    ) -> float | None:
+        """One sample of the sidecar's /metrics (per GPU unless ``uuid`` is None); None when absent."""
+        wanted = {**({"uuid": uuid} if uuid else {}), **(labels or {})}
+        _, text = self.get("/metrics")
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in wanted.items()):
+                    return float(s.value)
+        return None
+
+    def applied_watts(self) -> float | None:
+        return self.sample("eo_powercap_applied_watts")
+
+    def record_status(self) -> str | None:
+        path = self.state_dir / f"{SIM_UUID}.json"
+        try:
+            return str(json.loads(path.read_text())["status"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def capped(self) -> bool:
+        applied = self.applied_watts()
+        return applied is not None and applied < SIM_ORIGINAL_W and self.record_status() == "controlling"
+
+    def restored(self) -> bool:
+        return self.applied_watts() == SIM_ORIGINAL_W and self.record_status() == "restored"
+
+    def wait_for(self, cond: Callable[[], bool], timeout_s: float, what: str) -> float:
+        """Seconds until ``cond()`` held (polled every 50 ms); AssertionError naming ``what`` after
+        ``timeout_s``."""
+        start = time.monotonic()
+        while not cond():
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"eo-powercap exited {self.proc.returncode} before {what}: {self.log_text()}"
+                )
+            if time.monotonic() - start > timeout_s:
+                raise AssertionError(f"not {what} within {timeout_s:g}s: {self.log_text()}")
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def terminate(self, timeout_s: float) -> tuple[int | None, float]:
+        """SIGTERM; (exit status or None if still running after ``timeout_s``, seconds it took)."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc: int | None = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            rc = None
+        return rc, time.monotonic() - start
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(5)
+        if self.proc.stderr is not None and not self._reader.is_alive():
+            self.proc.stderr.close()
