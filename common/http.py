@@ -11,6 +11,9 @@ small gzip body that expands to gigabytes). ``BoundedHttpClient.request`` bounds
   caller (and its credentials) elsewhere.
 
 Errors are ``HttpError`` subclasses whose messages never carry the peer's body text.
+
+A caller that needs only part of a large body passes ``sink``: the decompressed body is handed to it
+in bounded pieces as it arrives instead of being kept, so the caller holds only what it keeps.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -26,6 +29,9 @@ from urllib.parse import urlencode
 import urllib3
 
 _CHUNK_BYTES = 64 * 1024
+# Most output one decompression step may produce: each step holds the GIL, so a highly compressed body
+# is inflated (and handed to a sink) in slices rather than in one long call.
+_STEP_BYTES = 256 * 1024
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
@@ -65,11 +71,12 @@ class HttpResponse:
 class _Decoder:
     """Identity, gzip or deflate, with the output of each step bounded by what the cap still allows."""
 
-    def __init__(self, encoding: str, limit: int) -> None:
+    def __init__(self, encoding: str, limit: int, sink: Callable[[bytes], object] | None = None) -> None:
         encoding = encoding.strip().lower()
         self._limit = limit
         self._size = 0
         self._parts: list[bytes] = []
+        self._sink = sink
         if encoding in ("", "identity"):
             self._zlib = None
         elif encoding in ("gzip", "x-gzip"):
@@ -83,7 +90,10 @@ class _Decoder:
         self._size += len(data)
         if self._size > self._limit:
             raise BodyTooLarge(f"body larger than {self._limit} bytes")
-        self._parts.append(data)
+        if self._sink is None:
+            self._parts.append(data)
+        elif data:
+            self._sink(data)
 
     def feed(self, chunk: bytes) -> None:
         if self._zlib is None:
@@ -91,11 +101,14 @@ class _Decoder:
             return
         data = chunk
         try:
-            while data:
+            while True:
                 # Never ask zlib for more than one byte past the cap: a bomb cannot inflate in one call.
-                out = self._zlib.decompress(data, self._limit - self._size + 1)
+                step = min(self._limit - self._size + 1, _STEP_BYTES)
+                out = self._zlib.decompress(data, step)
                 self._keep(out)
                 data = self._zlib.unconsumed_tail
+                if not data and len(out) < step:
+                    break  # input used up and nothing held back by the step bound
         except zlib.error as exc:
             raise HttpError(f"corrupt compressed body ({exc})") from exc
 
@@ -148,8 +161,13 @@ class BoundedHttpClient:
         body: bytes | None = None,
         deadline_s: float | None = None,
         max_body_bytes: int | None = None,
+        sink: Callable[[bytes], object] | None = None,
     ) -> HttpResponse:
-        """Send one request and read the whole answer within the deadline; ``HttpError`` otherwise."""
+        """Send one request and read the whole answer within the deadline; ``HttpError`` otherwise.
+
+        With ``sink``, the decompressed body goes to ``sink`` piece by piece (the answer's ``body`` is
+        then empty); the cap and the deadline apply the same. An exception ``sink`` raises ends the
+        read and propagates unchanged."""
         deadline_s = self.deadline_s if deadline_s is None else min(deadline_s, self.deadline_s)
         limit = self.max_body_bytes if max_body_bytes is None else max_body_bytes
         if params:
@@ -176,7 +194,7 @@ class BoundedHttpClient:
         except (UnicodeError, ValueError) as exc:  # a header value that is not Latin-1, a bad URL
             raise HttpError(f"cannot send the request ({type(exc).__name__})") from exc
         try:
-            payload = self._read_body(response, end, limit, deadline_s)
+            payload = self._read_body(response, end, limit, deadline_s, sink)
         except BaseException:
             # The connection stopped mid-body: it must not go back to the pool.
             response.close()
@@ -191,8 +209,14 @@ class BoundedHttpClient:
         return self.request("POST", url, **kwargs)
 
     @staticmethod
-    def _read_body(response: urllib3.BaseHTTPResponse, end: float, limit: int, deadline_s: float) -> bytes:
-        decoder = _Decoder(response.headers.get("Content-Encoding", ""), limit)
+    def _read_body(
+        response: urllib3.BaseHTTPResponse,
+        end: float,
+        limit: int,
+        deadline_s: float,
+        sink: Callable[[bytes], object] | None = None,
+    ) -> bytes:
+        decoder = _Decoder(response.headers.get("Content-Encoding", ""), limit, sink)
         declared = response.headers.get("Content-Length")
         plain = not response.headers.get("Content-Encoding")
         if plain and declared and declared.isdigit() and int(declared) > limit:

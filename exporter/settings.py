@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.pods.cgroup import DEFAULT_CGROUP_ROOT
+from exporter.pods.scrape import DEFAULT_MAX_BODY_BYTES
 from exporter.rapl import DEFAULT_RAPL_ROOT
 from exporter.simload import DEFAULT_SIM_LOAD, LoadPattern, parse_load_pattern
 
@@ -53,6 +54,7 @@ class Settings:
     kubelet_socket: Path = Path(DEFAULT_KUBELET_SOCKET)
     pod_sample_interval_s: float = 5.0
     pod_metrics_timeout_s: float = 1.0
+    pod_metrics_max_bytes: int = DEFAULT_MAX_BODY_BYTES
     pod_grace_period_s: float = 300.0
     kubeconfig: Path | None = None
     cgroup_root: Path = Path(DEFAULT_CGROUP_ROOT)
@@ -81,6 +83,13 @@ def _count(text: str) -> int:
     value = _int(text)
     if not 1 <= value <= 64:
         raise ValueError("must be an integer 1..64")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    value = _int(text)
+    if not 64 * 1024 <= value <= 256 * 1024 * 1024:
+        raise ValueError("must be a number of bytes from 65536 (64 KiB) to 268435456 (256 MiB)")
     return value
 
 
@@ -252,6 +261,14 @@ _OPTIONS: tuple[_Option, ...] = (
         "one deadline for all inference-server reads of a sample, in seconds (below the sample interval)",
     ),
     _Option(
+        "--pod-metrics-max-bytes",
+        "pod_metrics_max_bytes",
+        _byte_count,
+        str(DEFAULT_MAX_BODY_BYTES),
+        "largest inference-server /metrics body read, in bytes after decompression (a larger one is a "
+        "failed read of that pod)",
+    ),
+    _Option(
         "--pod-grace-period-seconds",
         "pod_grace_period_s",
         _seconds,
@@ -294,6 +311,7 @@ def _metavar(flag: str) -> str:
         "gpus": "N",
         "socket": "PATH",
         "kubeconfig": "FILE",
+        "bytes": "BYTES",
     }
     choices = {
         "--gpu-backend": "{nvml,simulated}",

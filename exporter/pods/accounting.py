@@ -15,7 +15,13 @@ Attribution rules (stated in the metrics' HELP too):
 * Energy is accumulated per pod (namespace/name) from these deltas, so it stays monotonic when the pod
   moves to another GPU, when a GPU is handed to another pod, and when the pod's containers restart.
 * Requests, tokens and latency histograms mirror the pod's inference server and survive its restarts
-  (see ``counters``).
+  and bad data (see ``counters``). They are published only for a pod whose server this sample read
+  (and only the metrics that read had usable data for): a pod that could not be read has them
+  omitted, never re-published frozen, and ``app_up`` False says why. The mirrors keep their state,
+  so the series continue where they were when reads succeed again.
+* ``app_up``: True when this sample read the pod's server, False when the read failed or missed its
+  deadline (or the pod had a server to read and no longer has an address or port), None for a pod
+  with nothing to read or that holds no GPU any more.
 * Joules per request: the pod's energy growth divided by its requests growth between its last two
   successful reads of the inference server; absent when no request finished in between.
 * A pod that no longer holds any GPU keeps its last values for ``grace_s`` seconds, then is dropped.
@@ -27,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from exporter.pods.appmetrics import AppReading
+from exporter.pods.appmetrics import AppReading, CounterSeries
 from exporter.pods.counters import HistogramTotals, MirroredCounter, MirroredHistogram
 from exporter.pods.devices import BoardShare
 
@@ -79,7 +85,7 @@ class PodView:
     latency: HistogramTotals | None
     ttft: HistogramTotals | None
     joules_per_request: float | None
-    app_up: bool | None  # None: nothing to read (no server found); False: the last read failed
+    app_up: bool | None  # None: nothing to read / holds no GPU; False: this sample's read failed
 
 
 class _PodState:
@@ -94,7 +100,8 @@ class _PodState:
         self.generation = MirroredCounter()
         self.latency = MirroredHistogram()
         self.ttft = MirroredHistogram()
-        self.seen = {"requests": False, "prompt": False, "generation": False}
+        # Which mirrors this sample's read fed with usable data: only those are published.
+        self.fresh: frozenset[str] = frozenset()
         self.window: tuple[float, float] | None = None  # (energy, requests) at the last good read
         self.joules_per_request: float | None = None
         self.app_up: bool | None = None
@@ -105,8 +112,8 @@ class _PodState:
         return self.gpu_energy_j + (self.cpu_energy_j or 0.0)
 
 
-def _growth(counter: MirroredCounter, raw: float | None) -> float | None:
-    return None if raw is None else counter.update(raw)
+def _growth(counter: MirroredCounter, series: CounterSeries | None) -> float | None:
+    return None if series is None else counter.update(series)
 
 
 def split_weights(
@@ -154,26 +161,36 @@ class Accountant:
     def _read_apps(self, tick: Tick, by_pod: Mapping[PodKey, list[Holding]]) -> dict[PodKey, float | None]:
         """Update mirrored counters; return each read pod's tokens processed since its previous read."""
         tokens: dict[PodKey, float | None] = {}
-        for key in by_pod:
-            state = self._pods[key]
+        for key, state in self._pods.items():
+            state.fresh = frozenset()
+            if key not in by_pod:
+                state.app_up = None  # gone: nothing is expected of its server any more
+                continue
             if key not in tick.app:
+                # No address or port to read now: unreadable if it had a server, else nothing to read.
+                state.app_up = False if state.app_up is not None else None
                 continue
             reading = tick.app[key]
             if reading is None:
-                # The read failed: counters keep their values and no window closes.
+                # The read failed: the mirrors keep their state (unpublished) and no window closes.
                 state.app_up = False
                 continue
             state.app_up = True
             _growth(state.requests, reading.requests)
             prompt = _growth(state.prompt, reading.prompt_tokens)
             generation = _growth(state.generation, reading.generation_tokens)
-            state.seen["requests"] |= reading.requests is not None
-            state.seen["prompt"] |= reading.prompt_tokens is not None
-            state.seen["generation"] |= reading.generation_tokens is not None
             if reading.latency is not None:
                 state.latency.update(reading.latency)
             if reading.ttft is not None:
                 state.ttft.update(reading.ttft)
+            read = {
+                "requests": reading.requests,
+                "prompt": reading.prompt_tokens,
+                "generation": reading.generation_tokens,
+                "latency": reading.latency,
+                "ttft": reading.ttft,
+            }
+            state.fresh = frozenset(name for name, value in read.items() if value is not None)
             if prompt is None and generation is None:
                 tokens[key] = None
             else:
@@ -223,7 +240,7 @@ class Accountant:
 
     def _close_windows(self, tick: Tick) -> None:
         for key, state in self._pods.items():
-            if tick.app.get(key) is None:
+            if tick.app.get(key) is None or "requests" not in state.fresh:
                 state.joules_per_request = None
                 continue
             now = (state.energy_j, state.requests.total)
@@ -255,11 +272,11 @@ class Accountant:
                     gpu_energy_j=s.gpu_energy_j,
                     cpu_energy_j=s.cpu_energy_j,
                     holdings=s.holdings,
-                    requests=s.requests.total if s.seen["requests"] else None,
-                    prompt_tokens=s.prompt.total if s.seen["prompt"] else None,
-                    generation_tokens=s.generation.total if s.seen["generation"] else None,
-                    latency=s.latency.totals,
-                    ttft=s.ttft.totals,
+                    requests=s.requests.total if "requests" in s.fresh else None,
+                    prompt_tokens=s.prompt.total if "prompt" in s.fresh else None,
+                    generation_tokens=s.generation.total if "generation" in s.fresh else None,
+                    latency=s.latency.totals if "latency" in s.fresh else None,
+                    ttft=s.ttft.totals if "ttft" in s.fresh else None,
                     joules_per_request=s.joules_per_request,
                     app_up=s.app_up,
                 )

@@ -18,7 +18,14 @@ latency histogram / time-to-first-token histogram):
 Each is overridable per pod by annotation (prefix ``energy-orchestrator.io/``): ``metrics-port``,
 ``metrics-path``, ``server``, ``requests-metric``, ``prompt-tokens-metric``, ``generation-tokens-metric``,
 ``latency-histogram``, ``ttft-histogram``. A metric selector is a sample name with an optional label
-filter, e.g. ``vllm:request_success_total{finished_reason="stop"}``; every matching series is summed.
+filter, e.g. ``vllm:request_success_total{finished_reason="stop"}``; every matching series is read.
+
+Readings keep each source series apart (keyed by sample name and labels) so the mirrors can tell a
+reset of one series from a drop of the sum. Ordinary bad data is not a number here:
+
+* a NaN, infinite or negative sample is missing: its series is left out of the reading (a histogram
+  series with one such bucket, sum or count is left out whole, since its buckets must stay cumulative);
+* a series listed twice (same name and labels) counts once: the first line wins, as in Prometheus.
 """
 
 from __future__ import annotations
@@ -36,6 +43,28 @@ class Sample:
     name: str
     labels: Mapping[str, str]
     value: float
+
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+"""A source series: sample name and its sorted labels (``le`` excluded for histogram series)."""
+
+# One read keeps at most this many series per counter or histogram: past it the read is refused (a
+# server publishing thousands of label sets for one counter is broken or hostile, and the mirrors'
+# memory is bounded by it).
+MAX_SERIES_PER_METRIC = 1000
+
+
+class TooManySeries(ValueError):
+    """A counter or histogram of the reading has more series than ``MAX_SERIES_PER_METRIC``."""
+
+
+def series_key(name: str, labels: Mapping[str, str], drop: str | None = None) -> SeriesKey:
+    return name, tuple(sorted((k, v) for k, v in labels.items() if k != drop))
+
+
+def usable(value: float) -> bool:
+    """A counter sample we can use: finite and not negative (NaN, Inf and negatives are missing)."""
+    return math.isfinite(value) and value >= 0
 
 
 @dataclass(frozen=True)
@@ -119,7 +148,7 @@ SERVERS: dict[str, ServerProfile] = {
 }
 
 # Sample-name prefixes that identify a server when no ``server`` annotation says which it is.
-_SIGNATURES: tuple[tuple[str, str], ...] = (
+SIGNATURES: tuple[tuple[str, str], ...] = (
     ("vllm:", "vllm"),
     ("sglang:", "sglang"),
     ("tgi_", "tgi"),
@@ -223,10 +252,29 @@ def parse_annotations(annotations: Mapping[str, str]) -> PodScrapeConfig:
 
 def detect_server(samples: Iterable[Sample]) -> str | None:
     for sample in samples:
-        for prefix, server in _SIGNATURES:
+        for prefix, server in SIGNATURES:
             if sample.name.startswith(prefix):
                 return server
     return None
+
+
+def wanted_sample_names(config: PodScrapeConfig) -> frozenset[str]:
+    """Every sample name a read of this pod can use, whichever server it turns out to be.
+
+    The reader keeps only lines of these names (a few dozen), so a large /metrics page costs a pass
+    over its bytes, not a parse of all of it."""
+    profiles = [config.profile(server) for server in (None, *SERVERS)]
+    names: set[str] = set()
+    for profile in profiles:
+        if profile is None:
+            continue
+        for selector in (profile.requests, profile.prompt_tokens, profile.generation_tokens):
+            if selector is not None:
+                names.update((selector.name, selector.name + "_total"))
+        for histogram in (profile.latency_histogram, profile.ttft_histogram):
+            if histogram is not None:
+                names.update(histogram + suffix for suffix in ("_bucket", "_sum", "_count"))
+    return frozenset(names)
 
 
 @dataclass(frozen=True)
@@ -237,54 +285,113 @@ class HistogramReading:
     sum: float
     count: float
 
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        return tuple(le for le, _ in self.buckets)
+
+
+CounterSeries = Mapping[SeriesKey, float]
+"""A counter's usable source series in one read (never empty; no NaN, Inf or negative value)."""
+
+HistogramSeries = Mapping[SeriesKey, HistogramReading]
+"""A histogram's usable source series in one read, all with the same bucket bounds (never empty)."""
+
 
 @dataclass(frozen=True)
 class AppReading:
-    """One read of a pod's inference server; ``None`` where the server publishes no such counter."""
+    """One read of a pod's inference server; ``None`` where the server publishes no such metric or
+    none of its series is usable in this read."""
 
-    requests: float | None
-    prompt_tokens: float | None = None
-    generation_tokens: float | None = None
-    latency: HistogramReading | None = None
-    ttft: HistogramReading | None = None
+    requests: CounterSeries | None
+    prompt_tokens: CounterSeries | None = None
+    generation_tokens: CounterSeries | None = None
+    latency: HistogramSeries | None = None
+    ttft: HistogramSeries | None = None
 
 
-def _sum(samples: Sequence[Sample], selector: Selector | None) -> float | None:
+def total(series: CounterSeries | None) -> float | None:
+    """The sum over a counter's series (what the server's counter says now), or ``None``."""
+    return None if series is None else sum(series.values())
+
+
+def _counter(samples: Sequence[Sample], selector: Selector | None) -> CounterSeries | None:
     if selector is None:
         return None
-    values = [s.value for s in samples if selector.matches(s) and math.isfinite(s.value)]
-    return sum(values) if values else None
+    series: dict[SeriesKey, float] = {}
+    seen: set[SeriesKey] = set()
+    for s in samples:
+        if not selector.matches(s):
+            continue
+        key = series_key(s.name, s.labels)
+        if key in seen:
+            continue  # a duplicated line: the first one counts
+        seen.add(key)
+        if usable(s.value):
+            series[key] = s.value
+        if len(seen) > MAX_SERIES_PER_METRIC:
+            raise TooManySeries(f"{selector.name} has more than {MAX_SERIES_PER_METRIC} series")
+    return series or None
 
 
-def _histogram(samples: Sequence[Sample], name: str | None) -> HistogramReading | None:
+@dataclass
+class _HistogramParts:
+    buckets: dict[float, float]
+    sum: float | None = None
+    count: float | None = None
+    bad: bool = False
+
+
+def _histogram(samples: Sequence[Sample], name: str | None) -> HistogramSeries | None:
     if name is None:
         return None
-    buckets: dict[float, float] = {}
-    total = count = 0.0
-    seen_count = False
+    parts: dict[SeriesKey, _HistogramParts] = {}
+
+    def part(labels: Mapping[str, str], drop: str | None = None) -> _HistogramParts:
+        key = series_key(name, labels, drop)
+        if key not in parts:
+            if len(parts) >= MAX_SERIES_PER_METRIC:
+                raise TooManySeries(f"{name} has more than {MAX_SERIES_PER_METRIC} series")
+            parts[key] = _HistogramParts({})
+        return parts[key]
+
     for s in samples:
         if s.name == name + "_bucket" and "le" in s.labels:
             try:
                 le = float(s.labels["le"])
             except ValueError:
                 continue
-            # Several label sets (e.g. model_name) are summed per bound, as `sum by (le)` would.
-            buckets[le] = buckets.get(le, 0.0) + s.value
+            p = part(s.labels, "le")
+            if le not in p.buckets:  # a duplicated line: the first one counts
+                p.buckets[le] = s.value
+                p.bad |= not usable(s.value)
         elif s.name == name + "_sum":
-            total += s.value
+            p = part(s.labels)
+            if p.sum is None:
+                p.sum = s.value
+                p.bad |= not math.isfinite(s.value)  # a sum may be negative (negative observations)
         elif s.name == name + "_count":
-            count += s.value
-            seen_count = True
-    if not buckets or not seen_count or math.inf not in buckets:
-        return None
-    return HistogramReading(tuple(sorted(buckets.items())), total, count)
+            p = part(s.labels)
+            if p.count is None:
+                p.count = s.value
+                p.bad |= not usable(s.value)
+    series: dict[SeriesKey, HistogramReading] = {}
+    bounds: tuple[float, ...] | None = None
+    for key, p in parts.items():
+        if p.bad or p.count is None or math.inf not in p.buckets:
+            continue  # missing in this read (NaN, Inf) or incomplete
+        reading = HistogramReading(tuple(sorted(p.buckets.items())), p.sum or 0.0, p.count)
+        bounds = reading.bounds if bounds is None else bounds
+        if reading.bounds == bounds:  # series must share bounds to be summed by bound
+            series[key] = reading
+    return series or None
 
 
 def extract(samples: Sequence[Sample], profile: ServerProfile) -> AppReading:
+    """The profile's counters and histograms from parsed samples; ``TooManySeries`` past the limit."""
     return AppReading(
-        requests=_sum(samples, profile.requests),
-        prompt_tokens=_sum(samples, profile.prompt_tokens),
-        generation_tokens=_sum(samples, profile.generation_tokens),
+        requests=_counter(samples, profile.requests),
+        prompt_tokens=_counter(samples, profile.prompt_tokens),
+        generation_tokens=_counter(samples, profile.generation_tokens),
         latency=_histogram(samples, profile.latency_histogram),
         ttft=_histogram(samples, profile.ttft_histogram),
     )

@@ -76,7 +76,9 @@ def pod_families(snapshot: Snapshot, node: str) -> list[Metric]:
     )
     app_up = GaugeMetricFamily(
         "eo_pod_metrics_up",
-        "1 if the pod's inference server answered the exporter's last read, 0 if not.",
+        "1 if the exporter read the pod's inference server in its last sample, 0 if that read failed or "
+        "missed its deadline (the pod's mirrored requests, tokens and latency series are then omitted, "
+        "not repeated); published for pods that hold a GPU and have a server to read.",
         labels=POD_LABELS,
     )
     for view in snapshot.pods:
@@ -164,6 +166,9 @@ class PodCollector(Collector):
             return families, text
 
     def up(self) -> bool:
+        """The pods collector itself works: its last sample listed the kubelet's devices and read the
+        GPU energy, and is fresh. Pods whose server cannot be read do not make it 0 (their own
+        ``eo_pod_metrics_up`` does), since every read ends at the sample's deadline."""
         snapshot = self._sampler.snapshot
         fresh = snapshot.taken_at_s is not None and self._clock() - snapshot.taken_at_s <= self._max_age_s
         return snapshot.up and fresh

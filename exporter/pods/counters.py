@@ -1,37 +1,71 @@
-"""Mirrored counters and histograms that stay monotonic across inference-server restarts (pure).
+"""Mirrored counters and histograms that stay honest across restarts and bad data (pure).
 
-A server restart sets its counters back to zero. When a reading is lower than the previous one the
-counter was reset in between, and the new reading is the growth since that reset: the mirrored total
-grows by the new reading (what happened between our last read and the reset is lost). The first
-reading is mirrored as is, so a fresh exporter publishes what the server says.
+A mirror follows each source series of the server's counter on its own (a counter summed over
+``finished_reason`` is several series) and publishes their total:
 
-A histogram is reset as a whole (its ``_count`` or any bucket went down), never bucket by bucket, so
-the cumulative buckets stay ordered. A histogram whose bucket bounds change (new server version or
-flags) starts over from the new reading: that one series sees an ordinary counter reset.
+* **Resets are per series.** When a series reads lower than before, that series was reset in between
+  (the server restarted) and its new value is its growth since; the other series keep counting from
+  where they were. A drop of the *sum* alone is never taken for a reset: a series that goes missing
+  for a while is not a reset, and neither is one line that stops being listed twice.
+* **Missing is not zero.** A series absent from a read (or NaN, Inf, negative: the extraction leaves
+  those out) keeps its last good value and adds nothing; when it comes back, its growth since that
+  value is added, so the total recovers what happened meanwhile and never jumps by the whole value.
+* **New series** appearing after the first read are born since the previous read (servers create
+  label sets on first use), so their value is growth. The first read is mirrored as is, so a fresh
+  exporter publishes what the server says.
+* A histogram series is reset as a whole (its ``_count`` or any bucket went down), never bucket by
+  bucket, so cumulative buckets stay ordered. When the bucket bounds change (new server version or
+  flags) the mirror starts over from the new reading: that one series sees an ordinary counter reset.
+
+The mirrors remember at most ``MAX_TRACKED_SERIES`` series each (the least recently seen go first),
+so a server that churns label sets cannot grow the exporter's memory.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-from exporter.pods.appmetrics import HistogramReading
+from exporter.pods.appmetrics import HistogramReading, SeriesKey, usable
+
+MAX_TRACKED_SERIES = 2000
+
+_Value = TypeVar("_Value")
+
+
+def _remember(last: dict[SeriesKey, _Value], key: SeriesKey, value: _Value) -> None:
+    last.pop(key, None)  # re-inserted: the dict stays ordered by when each series was last seen
+    last[key] = value
+    while len(last) > MAX_TRACKED_SERIES:
+        del last[next(iter(last))]
 
 
 class MirroredCounter:
     def __init__(self) -> None:
-        self._last_raw: float | None = None
+        self._last: dict[SeriesKey, float] = {}
+        self._started = False
         self.total = 0.0
 
-    def update(self, raw: float) -> float | None:
-        """Feed a reading; return the growth since the previous one (``None`` for the first)."""
-        raw = max(raw, 0.0)
-        if self._last_raw is None:
-            self._last_raw = raw
-            self.total = raw
-            return None
-        growth = raw - self._last_raw if raw >= self._last_raw else raw
+    def update(self, series: Mapping[SeriesKey, float]) -> float | None:
+        """Feed one read's series; return the growth since the previous read (``None`` for the first).
+
+        Values that are not usable (NaN, Inf, negative) are skipped as missing."""
+        growth = 0.0
+        for key, raw in series.items():
+            if not usable(raw):
+                continue
+            before = self._last.get(key)
+            if not self._started or before is None or raw < before:
+                growth += raw  # first read, a new series, or this series was reset
+            else:
+                growth += raw - before
+            _remember(self._last, key, raw)
         self.total += growth
-        self._last_raw = raw
+        if not self._started:
+            self._started = True
+            return None
         return growth
 
 
@@ -42,34 +76,60 @@ class HistogramTotals:
     count: float
 
 
+def _finite(reading: HistogramReading) -> bool:
+    values = [reading.sum, reading.count, *(c for _, c in reading.buckets)]
+    return all(math.isfinite(v) for v in values) and reading.count >= 0
+
+
+def _was_reset(now: HistogramReading, before: HistogramReading) -> bool:
+    return now.count < before.count or any(
+        n < b for (_, n), (_, b) in zip(now.buckets, before.buckets, strict=True)
+    )
+
+
 class MirroredHistogram:
     def __init__(self) -> None:
-        self._last: HistogramReading | None = None
+        self._last: dict[SeriesKey, HistogramReading] = {}
         self._totals: HistogramTotals | None = None
 
     @property
     def totals(self) -> HistogramTotals | None:
         return self._totals
 
-    def update(self, raw: HistogramReading) -> None:
-        last, totals = self._last, self._totals
-        self._last = raw
-        if last is None or totals is None or [b for b, _ in last.buckets] != [b for b, _ in raw.buckets]:
-            self._totals = HistogramTotals(raw.buckets, raw.sum, raw.count)
+    def update(self, series: Mapping[SeriesKey, HistogramReading]) -> None:
+        """Feed one read's series (same bounds; any series with a non-finite value is skipped)."""
+        good = {key: reading for key, reading in series.items() if _finite(reading)}
+        if not good:
             return
-        reset = raw.count < last.count or any(
-            now < before for (_, now), (_, before) in zip(raw.buckets, last.buckets, strict=True)
-        )
-        if reset:
-            growth_buckets = [c for _, c in raw.buckets]
-            growth_sum, growth_count = raw.sum, raw.count
-        else:
-            growth_buckets = [
-                now - before for (_, now), (_, before) in zip(raw.buckets, last.buckets, strict=True)
-            ]
-            growth_sum, growth_count = max(raw.sum - last.sum, 0.0), raw.count - last.count
+        bounds = next(iter(good.values())).bounds
+        good = {key: reading for key, reading in good.items() if reading.bounds == bounds}
+        totals = self._totals
+        if totals is None or tuple(le for le, _ in totals.buckets) != bounds:
+            self._last.clear()
+            for key, reading in good.items():
+                _remember(self._last, key, reading)
+            self._totals = HistogramTotals(
+                tuple((le, sum(r.buckets[i][1] for r in good.values())) for i, le in enumerate(bounds)),
+                sum(r.sum for r in good.values()),
+                sum(r.count for r in good.values()),
+            )
+            return
+        grown = [0.0] * len(bounds)
+        grown_sum = grown_count = 0.0
+        for key, now in good.items():
+            before = self._last.get(key)
+            if before is None or before.bounds != bounds or _was_reset(now, before):
+                steps = [c for _, c in now.buckets]
+                step_sum, step_count = now.sum, now.count
+            else:
+                steps = [n - b for (_, n), (_, b) in zip(now.buckets, before.buckets, strict=True)]
+                step_sum, step_count = max(now.sum - before.sum, 0.0), now.count - before.count
+            grown = [g + s for g, s in zip(grown, steps, strict=True)]
+            grown_sum += step_sum
+            grown_count += step_count
+            _remember(self._last, key, now)
         self._totals = HistogramTotals(
-            tuple((le, t + g) for (le, t), g in zip(totals.buckets, growth_buckets, strict=True)),
-            totals.sum + growth_sum,
-            totals.count + growth_count,
+            tuple((le, t + g) for (le, t), g in zip(totals.buckets, grown, strict=True)),
+            totals.sum + grown_sum,
+            totals.count + grown_count,
         )

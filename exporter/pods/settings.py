@@ -1,8 +1,9 @@
 """Settings of the pod attribution, and ``build_pod_collector`` to assemble it from them.
 
 eo-exporter's flags (``--pod-attribution``, ``--kubelet-socket``, ``--pod-sample-interval-seconds``,
-``--pod-metrics-timeout-seconds``, ``--pod-grace-period-seconds``, ``--kubeconfig``, ``--cgroup-root``,
-each also ``EO_*``) fill ``exporter.settings.Settings``; ``PodSettings.from_exporter`` takes them here.
+``--pod-metrics-timeout-seconds``, ``--pod-metrics-max-bytes``, ``--pod-grace-period-seconds``,
+``--kubeconfig``, ``--cgroup-root``, each also ``EO_*``) fill ``exporter.settings.Settings``;
+``PodSettings.from_exporter`` takes them here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from exporter.pods.collector import PodCollector
 from exporter.pods.devices import MigParent, no_mig_parents
 from exporter.pods.kubelet import DEFAULT_SOCKET
 from exporter.pods.sampler import AllocationSource, PodMetadataSource, PodSampler
-from exporter.pods.scrape import AppReader
+from exporter.pods.scrape import DEFAULT_MAX_BODY_BYTES, AppReader
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class PodSettings:
     kubelet_socket: str = DEFAULT_SOCKET
     sample_interval_s: float = 5.0
     metrics_timeout_s: float = 1.0
+    metrics_max_bytes: int = DEFAULT_MAX_BODY_BYTES
     grace_period_s: float = DEFAULT_GRACE_S
     kubeconfig: str = ""
     cgroup_root: Path = DEFAULT_CGROUP_ROOT
@@ -60,6 +62,7 @@ class PodSettings:
             kubelet_socket=str(s.kubelet_socket),
             sample_interval_s=s.pod_sample_interval_s,
             metrics_timeout_s=s.pod_metrics_timeout_s,
+            metrics_max_bytes=s.pod_metrics_max_bytes,
             grace_period_s=s.pod_grace_period_s,
             kubeconfig=str(s.kubeconfig) if s.kubeconfig else "",
             cgroup_root=Path(s.cgroup_root),
@@ -122,7 +125,7 @@ def build_pod_collector(
         allocations,
         metadata,
         gpu_energy,
-        AppReader(timeout_s=settings.metrics_timeout_s),
+        AppReader(timeout_s=settings.metrics_timeout_s, max_body_bytes=settings.metrics_max_bytes),
         Accountant(settings.grace_period_s),
         cpu_energy=cpu_energy if use_cpu else None,
         cgroup=cgroup if use_cpu else None,

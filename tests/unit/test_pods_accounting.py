@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.pods.accounting import Accountant, Holding, PodKey, Tick, split_weights
-from exporter.pods.appmetrics import AppReading, HistogramReading
+from exporter.pods.appmetrics import AppReading, CounterSeries, HistogramReading
 from exporter.pods.devices import BoardShare, Sharing
 
 G0 = "GPU-00000000-0000-4000-8000-000000000000"
@@ -25,8 +25,13 @@ def hold(
     return Holding(pod, "server", BoardShare(board, dev or board, sharing, weight))
 
 
+def one(value: float | None) -> CounterSeries | None:
+    """A reading of a counter with one series."""
+    return None if value is None else {("c", ()): value}
+
+
 def app(requests: float, prompt: float | None = None, gen: float | None = None) -> AppReading:
-    return AppReading(requests, prompt, gen)
+    return AppReading(one(requests), one(prompt), one(gen))
 
 
 def views(acc: Accountant) -> dict[PodKey, object]:
@@ -105,15 +110,19 @@ def test_inference_server_restart_keeps_requests_monotonic() -> None:
     assert view.joules_per_request == pytest.approx(500 / 4)
 
 
-def test_failed_read_keeps_counters_and_widens_the_next_window() -> None:
+def test_failed_read_omits_counters_and_widens_the_next_window() -> None:
     acc = Accountant()
-    acc.step(Tick(0, [hold(A, G0)], {G0: 0.0}, {A: app(0)}, WL))
+    acc.step(Tick(0, [hold(A, G0)], {G0: 0.0}, {A: app(0, 0, 0)}, WL))
     acc.step(Tick(5, [hold(A, G0)], {G0: 500.0}, {A: None}, WL))
     (view,) = acc.pods()
-    assert view.app_up is False and view.requests == 0 and view.joules_per_request is None
-    acc.step(Tick(10, [hold(A, G0)], {G0: 1000.0}, {A: app(10)}, WL))
+    assert view.app_up is False and view.joules_per_request is None
+    # Not read now: nothing mirrored is published (never the frozen value), energy still is.
+    assert (view.requests, view.prompt_tokens, view.generation_tokens) == (None, None, None)
+    assert view.gpu_energy_j == 500.0
+    acc.step(Tick(10, [hold(A, G0)], {G0: 1000.0}, {A: app(10, 5, 5)}, WL))
     (view,) = acc.pods()
     assert view.app_up is True and view.joules_per_request == pytest.approx(100.0)
+    assert (view.requests, view.prompt_tokens, view.generation_tokens) == (10, 5, 5)
 
 
 def test_deleted_pod_stays_for_the_grace_period_then_goes() -> None:
@@ -152,7 +161,8 @@ def test_cpu_energy_split_by_cgroup_time() -> None:
 def test_latency_histograms_are_mirrored() -> None:
     acc = Accountant()
     lat = HistogramReading(((1.0, 2), (math.inf, 3)), 4.0, 3)
-    acc.step(Tick(0, [hold(A, G0)], {G0: 0.0}, {A: AppReading(3, latency=lat, ttft=lat)}, WL))
+    series = {("h", ()): lat}
+    acc.step(Tick(0, [hold(A, G0)], {G0: 0.0}, {A: AppReading(one(3), latency=series, ttft=series)}, WL))
     (view,) = acc.pods()
     assert view.latency is not None and view.latency.buckets == lat.buckets and view.ttft is not None
 

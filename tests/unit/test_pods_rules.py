@@ -16,6 +16,7 @@ from exporter.pods.appmetrics import (
     extract,
     parse_annotations,
     parse_selector,
+    total,
 )
 from exporter.pods.counters import MirroredCounter, MirroredHistogram
 from exporter.pods.devices import Sharing, parse_device_id
@@ -139,8 +140,12 @@ def test_vllm_requests_are_summed_over_finished_reason() -> None:
     ]
     assert detect_server(samples) == "vllm"
     reading = extract(samples, SERVERS["vllm"])
-    assert (reading.requests, reading.prompt_tokens, reading.generation_tokens) == (15, 1500, 3000)
-    assert reading.latency == HistogramReading(((1.0, 4), (5.0, 14), (math.inf, 15)), 40.0, 15)
+    counters = (reading.requests, reading.prompt_tokens, reading.generation_tokens)
+    assert tuple(map(total, counters)) == (15, 1500, 3000)
+    assert reading.latency is not None
+    assert list(reading.latency.values()) == [
+        HistogramReading(((1.0, 4), (5.0, 14), (math.inf, 15)), 40.0, 15)
+    ]
     assert reading.ttft is None
 
 
@@ -152,8 +157,9 @@ def test_tgi_tokens_come_from_histogram_sums() -> None:
         *hist("tgi_request_duration", {"1.0": 2, "+Inf": 7}, 9.0),
     ]
     reading = extract(samples, SERVERS[detect_server(samples) or ""])
-    assert (reading.requests, reading.prompt_tokens, reading.generation_tokens) == (7, 700, 1400)
-    assert reading.latency is not None and reading.latency.count == 7
+    counters = (reading.requests, reading.prompt_tokens, reading.generation_tokens)
+    assert tuple(map(total, counters)) == (7, 700, 1400)
+    assert reading.latency is not None and [h.count for h in reading.latency.values()] == [7]
 
 
 def test_sglang_and_triton_are_detected() -> None:
@@ -161,11 +167,11 @@ def test_sglang_and_triton_are_detected() -> None:
         Sample("sglang:num_requests_total", {"model_name": "m"}, 4),
         Sample("sglang:prompt_tokens_total", {}, 9),
     ]
-    assert extract(sglang, SERVERS[detect_server(sglang) or ""]).requests == 4
+    assert total(extract(sglang, SERVERS[detect_server(sglang) or ""]).requests) == 4
     triton = [Sample("nv_inference_request_success", {"model": "a", "version": "1"}, 3)]
     triton.append(Sample("nv_inference_request_success", {"model": "b", "version": "1"}, 2))
     reading = extract(triton, SERVERS[detect_server(triton) or ""])
-    assert (reading.requests, reading.prompt_tokens) == (5, None)
+    assert (total(reading.requests), reading.prompt_tokens) == (5, None)
 
 
 def test_annotations_override_the_profile() -> None:
@@ -191,14 +197,14 @@ def test_annotations_override_the_profile() -> None:
         Sample("vllm:request_success_total", {"finished_reason": "stop"}, 10),
         Sample("vllm:request_success_total", {"finished_reason": "abort"}, 3),
     ]
-    assert extract(samples, profile).requests == 10
+    assert total(extract(samples, profile).requests) == 10
 
 
 def test_custom_server_by_annotation_only() -> None:
     config = parse_annotations({"energy-orchestrator.io/requests-metric": "myapp_requests"})
     profile = config.profile(None)
     assert profile is not None
-    assert extract([Sample("myapp_requests_total", {}, 12)], profile).requests == 12
+    assert total(extract([Sample("myapp_requests_total", {}, 12)], profile).requests) == 12
 
 
 def test_bad_annotations_are_reported_not_raised() -> None:
@@ -223,19 +229,22 @@ def test_selector_syntax() -> None:
 
 
 # -- mirrored counters ----------------------------------------------------------------------------------
+S = ("requests_total", ())
+
+
 def test_counter_mirrors_then_survives_a_reset() -> None:
     c = MirroredCounter()
-    assert c.update(100) is None and c.total == 100
-    assert c.update(130) == 30 and c.total == 130
-    assert c.update(5) == 5 and c.total == 135  # server restarted: 5 since the reset
-    assert c.update(5) == 0 and c.total == 135
+    assert c.update({S: 100}) is None and c.total == 100
+    assert c.update({S: 130}) == 30 and c.total == 130
+    assert c.update({S: 5}) == 5 and c.total == 135  # server restarted: 5 since the reset
+    assert c.update({S: 5}) == 0 and c.total == 135
 
 
 def test_histogram_reset_keeps_buckets_cumulative() -> None:
     h = MirroredHistogram()
-    h.update(HistogramReading(((1.0, 5), (math.inf, 10)), 20.0, 10))
-    h.update(HistogramReading(((1.0, 6), (math.inf, 14)), 30.0, 14))
-    h.update(HistogramReading(((1.0, 1), (math.inf, 1)), 0.5, 1))  # restart
+    h.update({S: HistogramReading(((1.0, 5), (math.inf, 10)), 20.0, 10)})
+    h.update({S: HistogramReading(((1.0, 6), (math.inf, 14)), 30.0, 14)})
+    h.update({S: HistogramReading(((1.0, 1), (math.inf, 1)), 0.5, 1)})  # restart
     totals = h.totals
     assert totals is not None
     assert totals.buckets == ((1.0, 7), (math.inf, 15))
@@ -244,13 +253,13 @@ def test_histogram_reset_keeps_buckets_cumulative() -> None:
 
 def test_histogram_with_new_bounds_starts_over() -> None:
     h = MirroredHistogram()
-    h.update(HistogramReading(((1.0, 5), (math.inf, 10)), 20.0, 10))
-    h.update(HistogramReading(((2.0, 1), (math.inf, 2)), 1.0, 2))
+    h.update({S: HistogramReading(((1.0, 5), (math.inf, 10)), 20.0, 10)})
+    h.update({S: HistogramReading(((2.0, 1), (math.inf, 2)), 1.0, 2)})
     assert h.totals is not None and h.totals.buckets == ((2.0, 1), (math.inf, 2))
 
 
 # -- layering -------------------------------------------------------------------------------------------
-PURE = ["devices", "owners", "appmetrics", "counters", "accounting"]
+PURE = ["devices", "owners", "appmetrics", "counters", "accounting", "linefilter"]
 FORBIDDEN = {
     "grpc",
     "pynvml",
