@@ -1,17 +1,26 @@
-"""Latency from a real HTTP server serving vLLM's histogram exposition, and the sidecar driven by it."""
+"""Latency from a real HTTP server serving vLLM's histogram exposition, and the sidecar driven by it; and
+the same source against peers that trickle, hang, flood, redirect or serve NaN (each read bounded)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from exporter.devices.simulated import SimulatedGpu
-from scaler.powercap.latency import LatencySourceError, MetricsEndpointSource, preset
+from scaler.powercap.latency import (
+    METRICS_MAX_BODY_BYTES,
+    LatencySourceError,
+    MetricsEndpointSource,
+    preset,
+)
 from scaler.powercap.sidecar import start_powercap
 from tests.powercap_support import FakeClock, TextServer, settings, vllm_histogram
+from tests.support.hostile_http import Behaviour, hostile_server
 
 INF = math.inf
 BOUNDS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, INF)
@@ -94,3 +103,82 @@ def test_sidecar_lowers_then_raises_on_real_scraped_latency(server: TextServer, 
     finally:
         h.stop()
     assert gpu.power_limit_mw() == 700_000
+
+
+def finishes_within(limit_s: float, fn: Callable[[], object]) -> BaseException | object:
+    """``fn()``'s result or exception; AssertionError if it takes longer than ``limit_s`` (a read with
+    no deadline would otherwise hang the test instead of failing it)."""
+    out: list[BaseException | object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # handed to the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert out, f"the read did not end within {limit_s:g}s"
+    return out[0]
+
+
+@pytest.mark.parametrize("mode", ["trickle", "hang"])
+def test_a_trickling_or_hanging_server_is_cut_off_at_the_total_deadline(mode: str) -> None:
+    with hostile_server(Behaviour(mode=mode, trickle_interval_s=0.2)) as (url, _):
+        source = MetricsEndpointSource(url + "/metrics", "x", 0.5, 30.0, timeout_s=0.5)
+        started = time.monotonic()
+        outcome = finishes_within(5.0, lambda: source.read(0.0))
+        took = time.monotonic() - started
+    assert isinstance(outcome, LatencySourceError)
+    assert took < 0.5 + 1.0
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        (Behaviour(mode="huge", huge_bytes=20 * 1024 * 1024), "larger than"),
+        (Behaviour(mode="gzip_bomb", bomb_bytes=64 * 1024 * 1024), "larger than"),
+        (Behaviour(body=b"x" * (METRICS_MAX_BODY_BYTES + 1)), "larger than"),
+    ],
+)
+def test_bodies_over_the_cap_are_errors(behaviour: Behaviour, message: str) -> None:
+    with hostile_server(behaviour) as (url, _):
+        source = MetricsEndpointSource(url + "/metrics", "x", 0.5, 30.0, timeout_s=5.0)
+        with pytest.raises(LatencySourceError, match=message):
+            source.read(0.0)
+
+
+def test_a_redirect_is_not_followed() -> None:
+    with hostile_server() as (elsewhere, target):
+        redirect = Behaviour(mode="redirect", location=elsewhere + "/metrics")
+        with hostile_server(redirect) as (url, _), pytest.raises(LatencySourceError, match="HTTP 302"):
+            MetricsEndpointSource(url + "/metrics", "x", 0.5, 30.0).read(0.0)
+    assert target.requests == []
+
+
+def test_a_nan_bucket_is_an_error_and_never_enters_the_window(server: TextServer) -> None:
+    traffic = Traffic()
+    source = MetricsEndpointSource(server.url, "vllm:e2e_request_latency_seconds", 0.9, 30.0)
+    server.body = traffic.finish(100, 0.4)
+    source.read(0.0)
+    server.body = traffic.finish(100, 0.4).replace(
+        'le="1.0",model_name="llama"} 200.0', 'le="1.0",model_name="llama"} NaN'
+    )
+    with pytest.raises(LatencySourceError, match="no usable count"):
+        source.read(5.0)
+    server.body = traffic.finish(100, 0.4)
+    sample = source.read(10.0)
+    assert sample.latency_s is not None and 0.3 < sample.latency_s <= 0.5
+
+
+def test_frozen_counters_give_no_latency_once_the_window_holds_no_request(server: TextServer) -> None:
+    traffic = Traffic()
+    source = MetricsEndpointSource(server.url, "vllm:e2e_request_latency_seconds", 0.9, 10.0)
+    server.body = traffic.finish(100, 0.4)
+    source.read(0.0)
+    server.body = traffic.finish(100, 0.4)
+    assert source.read(5.0).latency_s is not None
+    # The server re-publishes the same counts from now on.
+    assert source.read(20.0).latency_s is None
+    assert source.read(25.0).load_rps == 0.0
