@@ -187,6 +187,9 @@ class BoundedHttpClient:
                 retries=False,
                 timeout=urllib3.Timeout(total=deadline_s),
             )
+        except urllib3.exceptions.NewConnectionError as exc:
+            # Before TimeoutError: urllib3 2 makes a refused connection a subclass of ConnectTimeoutError.
+            raise HttpError(f"cannot connect: {_reason(exc)}") from exc
         except urllib3.exceptions.TimeoutError as exc:
             raise DeadlineExceeded(f"no answer within {deadline_s:g}s") from exc
         except urllib3.exceptions.HTTPError as exc:

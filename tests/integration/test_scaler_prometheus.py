@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -43,65 +44,103 @@ RULES = {
 }
 
 
-class FixtureExporter(Collector):
-    """Counters that grow at set rates, computed at scrape time (so rates are exact)."""
+@dataclass
+class Workload:
+    """Pods of one workload on one fixture node."""
 
-    def __init__(self) -> None:
+    pods: int
+    rps: float = 10.0
+    watts: float = 400.0
+    latency_s: float = 0.3
+    stale_age_s: float = 0.0  # samples timestamped this far in the past
+    readable: bool = True  # eo_pod_metrics_up: the exporter could read the pod's inference server
+    counters: bool = True  # the exporter publishes the pod's mirrored counters
+
+
+class FixtureExporter(Collector):
+    """One node's exporter: counters that grow at set rates, computed at scrape time (so rates are
+    exact), the PodResources view (``eo_gpu_pod_info``), ``eo_pod_metrics_up`` and the pods heartbeat."""
+
+    def __init__(self, node: str, workloads: dict[tuple[str, str], Workload]) -> None:
         self.t0 = time.time()
-        # (namespace, workload) -> (pods, rps per pod, watts per pod, latency seconds, stale sample age s)
-        self.workloads: dict[tuple[str, str], tuple[int, float, float, float, float]] = {
-            ("demo", "llama"): (2, 10.0, 400.0, 0.3, 0.0),
-            ("demo", "old"): (1, 5.0, 300.0, 0.3, 200.0),
-        }
+        self.node = node
+        self.workloads = workloads
 
     def collect(self) -> Iterator[Any]:
         now = time.time()
         elapsed = now - self.t0
         up = GaugeMetricFamily("eo_exporter_collector_up", "fixture", labels=["collector"])
-        up.add_metric(["fixture"], 1)
+        up.add_metric(["pods"], 1)
         yield up
         labels = ["node", "namespace", "pod", "workload"]
+        info = GaugeMetricFamily("eo_gpu_pod_info", "fixture", labels=[*labels, "uuid"])
+        app_up = GaugeMetricFamily("eo_pod_metrics_up", "fixture", labels=labels)
         requests = CounterMetricFamily("eo_pod_requests", "fixture", labels=labels)
         energy = CounterMetricFamily("eo_pod_energy_joules", "fixture", labels=labels)
         latency = HistogramMetricFamily("eo_pod_request_latency_seconds", "fixture", labels=labels)
-        for (ns, wl), (pods, rps, watts, lat, stale_age) in self.workloads.items():
-            for i in range(pods):
-                lv = ["n1", ns, f"{wl}-{i}", wl]
+        for (ns, wl), w in list(self.workloads.items()):
+            for i in range(w.pods):
+                lv = [self.node, ns, f"{wl}-{self.node}-{i}", wl]
+                info.add_metric([*lv, f"GPU-{wl}-{i}"], 1)
+                app_up.add_metric(lv, 1 if w.readable else 0)
+                if not w.counters:
+                    continue
                 # A stale workload: its samples carry a timestamp stale_age seconds in the past.
-                ts = self.t0 - stale_age if stale_age else None
-                count = rps * elapsed if not stale_age else 100.0
+                ts = self.t0 - w.stale_age_s if w.stale_age_s else None
+                count = w.rps * elapsed if not w.stale_age_s and w.readable else 100.0
                 requests.add_metric(lv, count, timestamp=ts)
-                energy.add_metric(lv, watts * elapsed, timestamp=ts)
-                buckets = [("0.25", 0.0 if lat > 0.25 else count), ("0.5", count), ("+Inf", count)]
-                latency.add_metric(lv, buckets, sum_value=count * lat, timestamp=ts)
-        yield requests
-        yield energy
-        yield latency
+                energy.add_metric(lv, w.watts * elapsed, timestamp=ts)
+                buckets = [("0.25", 0.0 if w.latency_s > 0.25 else count), ("0.5", count), ("+Inf", count)]
+                latency.add_metric(lv, buckets, sum_value=count * w.latency_s, timestamp=ts)
+        yield from (info, app_up, requests, energy, latency)
+
+
+def _serve(exporter: FixtureExporter) -> Any:
+    registry = CollectorRegistry()
+    registry.register(exporter)
+    http, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    return http
 
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    registry = CollectorRegistry()
-    registry.register(FixtureExporter())
-    http, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    node1 = FixtureExporter(
+        "n1",
+        {
+            ("demo", "llama"): Workload(pods=2),
+            ("demo", "old"): Workload(pods=1, rps=5.0, watts=300.0, stale_age_s=200.0),
+            # The exporter cannot read these pods' servers: counters frozen (still published), up 0.
+            ("demo", "mute"): Workload(pods=2, readable=False),
+            # Pods hold GPUs, but the exporter publishes no counters for them (and up 0).
+            ("demo", "silent"): Workload(pods=1, readable=False, counters=False),
+            ("demo", "gone"): Workload(pods=1),
+        },
+    )
+    node2 = FixtureExporter("n2", {("demo", "moved"): Workload(pods=1)})
+    http1, http2 = _serve(node1), _serve(node2)
     rules = tmp_path_factory.mktemp("rules") / "kpis.yaml"
     rules.write_text(yaml.safe_dump(RULES))
-    prom = Prometheus(targets=[f"127.0.0.1:{http.server_port}"], scrape_interval_s=0.5, rule_files=[rules])
+    targets = [f"127.0.0.1:{http1.server_port}", f"127.0.0.1:{http2.server_port}"]
+    prom = Prometheus(targets=targets, scrape_interval_s=0.5, rule_files=[rules])
     try:
         prom.start()
     except Exception as exc:  # PrometheusNotInstalled and friends
-        http.shutdown()
-        http.server_close()
+        for http in (http1, http2):
+            http.shutdown()
+            http.server_close()
         pytest.skip(f"cannot run Prometheus: {exc}")
     try:
         prom.wait_for('namespace_workload:eo_pod_requests:rate5m{workload="llama"} > 18', timeout_s=30)
-        prom.wait_for("eo_exporter_collector_up", timeout_s=30)
-        prom.http = http  # type: ignore[attr-defined]
+        prom.wait_for('eo_gpu_pod_info{workload="moved"}', timeout_s=30)
+        prom.http = http1  # type: ignore[attr-defined]
+        prom.http2 = http2  # type: ignore[attr-defined]
+        prom.node1 = node1  # type: ignore[attr-defined]
         yield prom
     finally:
         prom.stop()
-        http.shutdown()
-        http.server_close()
+        for http in (http1, http2):
+            http.shutdown()
+            http.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +156,16 @@ def scaler(prometheus: Prometheus) -> Iterator[ScalerHandle]:
     handle = start_scaler(settings)
     yield handle
     handle.stop(0.5)
+
+
+def _status(scaler: ScalerHandle, metadata: dict[str, str]) -> tuple[grpc.StatusCode, float | None, str]:
+    """``(code, value, details)`` of one GetMetrics call."""
+    with grpc.insecure_channel(f"127.0.0.1:{scaler.port}") as channel:
+        try:
+            value = _metrics(pb_grpc.ExternalScalerStub(channel), metadata)
+        except grpc.RpcError as exc:
+            return exc.code(), None, exc.details() or ""
+    return grpc.StatusCode.OK, value, ""
 
 
 def _metrics(stub: pb_grpc.ExternalScalerStub, metadata: dict[str, str]) -> float:
@@ -205,6 +254,77 @@ def test_bad_custom_query_is_invalid_argument(prometheus: Prometheus, scaler: Sc
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_pods_whose_server_cannot_be_read_are_unavailable_not_zero(
+    prometheus: Prometheus, scaler: ScalerHandle
+) -> None:
+    """The exporter sees the pods (PodResources) but cannot read their inference servers: "mute" has
+    frozen counters re-published with fresh timestamps, "silent" none at all. Neither is a number."""
+    for workload in ("mute", "silent"):
+        meta = {"workload": workload, "latencySloSeconds": "2", "replicaCapacityRps": "5"}
+        code, value, details = _status(scaler, meta)
+        assert code == grpc.StatusCode.UNAVAILABLE, (workload, code, value)
+        assert "none is serving" in details
+
+
+def test_custom_query_cannot_add_parts_to_the_combined_query(
+    prometheus: Prometheus, scaler: ScalerHandle
+) -> None:
+    # Closes the max((...)) wrapper and adds its own demand part to the combined query (old code: a
+    # workload with no pods woke to 22 replicas on demand 99).
+    inject = (
+        'vector(1))), "eo_part", "latency", "", "") or label_replace(vector(99), "eo_part", "demand", "", "")'
+        " or label_replace(max((vector(1)"
+    )
+    meta = {
+        "workload": "nothing",
+        "latencySloSeconds": "2",
+        "replicaCapacityRps": "5",
+        "latencyQuery": inject,
+    }
+    code, value, _ = _status(scaler, meta)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, value)
+    # A custom query that answers many labelled series is one value, labels ignored (the highest).
+    many = 'label_replace(vector(0.3), "eo_part", "replicas", "", "") or label_replace(vector(0.4), "x", "y", "", "")'
+    source = PrometheusKpiSource(PrometheusAuth(url=prometheus.url))
+    trigger = parse_metadata({"workload": "llama", "latencySloSeconds": "2", "latencyQuery": many}, "demo")
+    o = source.observe(trigger)
+    assert o.current_replicas == 2 and o.latency_s == pytest.approx(0.4)
+
+
+def test_zero_pods_with_evidence_is_zero(prometheus: Prometheus) -> None:
+    source = PrometheusKpiSource(PrometheusAuth(url=prometheus.url))
+    trigger = parse_metadata(
+        {"workload": "gone", "latencySloSeconds": "2", "replicaCapacityRps": "5"}, "demo"
+    )
+    assert source.observe(trigger).current_replicas == 1
+    del prometheus.node1.workloads[("demo", "gone")]  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 20
+    while (o := source.observe(trigger)).current_replicas != 0:
+        assert time.monotonic() < deadline, "the workload never went to zero pods"
+        time.sleep(0.3)
+    assert o.load_rps == 0.0
+
+
+def test_workload_on_a_node_whose_exporter_died_is_unavailable_not_zero(prometheus: Prometheus) -> None:
+    """Another node's exporter is alive (old code: 0 replicas, inactive, within seconds)."""
+    source = PrometheusKpiSource(PrometheusAuth(url=prometheus.url))
+    base = {"workload": "moved", "latencySloSeconds": "2", "replicaCapacityRps": "5"}
+    trigger = parse_metadata(base, "demo")
+    with_demand = parse_metadata({**base, "activationQuery": "count(up) * 7"}, "demo")
+    assert source.observe(trigger).current_replicas == 1
+    prometheus.http2.shutdown()  # type: ignore[attr-defined]
+    prometheus.http2.server_close()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 20
+    while prometheus.query('eo_gpu_pod_info{workload="moved"}'):
+        assert time.monotonic() < deadline, "node n2's series never went stale"
+        time.sleep(0.3)
+    for t in (trigger, with_demand):
+        with pytest.raises(KpiUnavailable, match="no fresh pods heartbeat"):
+            source.observe(t)
+    # The workloads of the live node are still answered.
+    assert source.observe(parse_metadata({**base, "workload": "llama"}, "demo")).current_replicas == 2
+
+
 def test_dead_exporter_pipeline_is_unavailable(prometheus: Prometheus) -> None:
     """Last in the module: stops the fixture exporter, so Prometheus marks every series stale."""
     prometheus.http.shutdown()  # type: ignore[attr-defined]
@@ -217,9 +337,16 @@ def test_dead_exporter_pipeline_is_unavailable(prometheus: Prometheus) -> None:
             source.observe(trigger)
         except KpiUnavailable as exc:
             assert "heartbeat" in str(exc)
-            return
+            break
         assert time.monotonic() < deadline, "series never went stale"
         time.sleep(0.3)
+    # Custom PromQL answers from Prometheus' own series, which stay alive: still no answer.
+    for activation in ("count(up) * 7", "vector(7)"):
+        custom = parse_metadata(
+            {"workload": "nothing", "latencySloSeconds": "2", "activationQuery": activation}, "demo"
+        )
+        with pytest.raises(KpiUnavailable, match="heartbeat"):
+            source.observe(custom)
 
 
 def test_unreachable_prometheus_is_unavailable() -> None:
