@@ -16,6 +16,7 @@ from exporter.devices.simulated import SimulatedGpu
 from scaler.powercap.events import CapEvent, KubernetesEventSink, PodRef
 from scaler.powercap.sidecar import start_powercap
 from tests.powercap_support import FakeClock, ScriptedSource, settings
+from tests.support.hostile_http import Behaviour, hostile_server
 
 CREATED = (Path(__file__).parent / "fixtures" / "powercap_event_created.json").read_text()
 POD = PodRef("vllm-0", "inference", "5f0e9d3c-1b2a-4c8d-9e7f-6a5b4c3d2e1f", "gpu-node-1")
@@ -136,3 +137,15 @@ def test_rejected_post_is_logged_and_dropped(api: FakeApiServer, caplog: pytest.
     wait_for(lambda: sink.dropped == 1)
     sink.close()
     assert "could not post Kubernetes Event PowerCapLowered" in caplog.text
+    assert "HTTP 403" in caplog.text and "Status" not in caplog.text, "the status, never the peer's body"
+
+
+def test_a_trickling_api_server_costs_one_post_its_deadline_and_close_stays_bounded() -> None:
+    with hostile_server(Behaviour(mode="trickle", trickle_interval_s=0.1)) as (url, _):
+        sink = KubernetesEventSink(url, POD, token_file=None, ca_file=None, timeout_s=0.5)
+        sink.emit(CapEvent("PowerCapLowered", "x"))
+        wait_for(lambda: sink.dropped == 1, timeout_s=3.0)
+        sink.emit(CapEvent("PowerCapRestored", "y"))
+        started = time.monotonic()
+        sink.close(timeout_s=1.0)
+        assert time.monotonic() - started < 1.0 + 0.5
