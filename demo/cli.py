@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
 
     try:
-        result = run_demo(config, LiveTable(config.actuator))
+        result = run_demo(config, LiveTable(config.actuator), on_alert=lambda alert: print(alert.line()))
     except PrometheusNotInstalled as err:
         print(f"{err}", file=sys.stderr)
         return 1
@@ -201,4 +201,6 @@ def print_summary(result: DemoResult, wall_s: float) -> None:
     print(f"  replicas                 up to {s['max_replicas']}, {s['final_replicas']} at the end")
     print(f"  sidecar setting changes  {s['sidecar_setting_changes']} ({s['sidecar_actuator']})")
     print(f"  alerts that fired        {', '.join(s['alerts_fired']) or 'none'}")
+    delivered = ", ".join(s["alerts_delivered_to_webhook"]) or "none"
+    print(f"  alerts delivered         {delivered} (by Alertmanager, to the demo's webhook receiver)")
     print(f"  GPUs restored            {'yes' if s['gpus_restored_to_original_settings'] else 'NO'}")

@@ -2,8 +2,9 @@
 
 Started here, in one process: the exporter (simulated GPUs, pod attribution), eo-scaler, a KEDA/HPA
 driver polling it over gRPC, a Deployment of simulated vLLM replicas whose load replays a real trace,
-and one eo-powercap sidecar per replica. Started as processes: Prometheus (with the project's rules,
-time-compressed) and Alertmanager. Everything stops on the way out, Ctrl-C included.
+one eo-powercap sidecar per replica, and a webhook receiver to which Alertmanager delivers the alerts.
+Started as processes: Prometheus (with the project's rules, time-compressed) and Alertmanager.
+Everything stops on the way out, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from demo.alert_receiver import DeliveredAlert, WebhookReceiver
 from demo.inference import Gateway
 from demo.keda import KedaDriver
 from demo.prometheus import Alertmanager, Prometheus
@@ -199,8 +201,13 @@ def scaler_metadata(
     }
 
 
-def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: None) -> DemoResult:
-    """Run the loop for ``config.duration_s`` seconds and return what happened."""
+def run_demo(
+    config: DemoConfig,
+    on_row: Callable[[Row], None] = lambda _row: None,
+    on_alert: Callable[[DeliveredAlert], None] = lambda _alert: None,
+) -> DemoResult:
+    """Run the loop for ``config.duration_s`` seconds and return what happened; ``on_alert`` sees each
+    alert Alertmanager delivers to the demo's webhook receiver, as it arrives."""
     trace = load_trace(config.trace_path)
     server = ServerConfig(H100_LLAMA_8B, cold_start_s=config.cold_start_s)
     slo_s = config.slo_s or default_slo_s(trace, server)
@@ -248,7 +255,9 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
         stack.callback(deployment.stop)
         gateway = Gateway(NAMESPACE, WORKLOAD)
         stack.callback(gateway.stop)
-        alertmanager = Alertmanager().start()
+        receiver = WebhookReceiver(on_alert)
+        stack.callback(receiver.stop)
+        alertmanager = Alertmanager(webhook_url=receiver.url).start()
         stack.callback(alertmanager.stop)
         rules = write_compressed_rules(work / "rules", config.rules_compression, min_window_s=4.0)
         exporter = start_exporter(
@@ -350,6 +359,7 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
         )
         log.info("Prometheus scraped %s sidecars over the run", sidecars_seen)
         final_desired = deployment.desired()
+        delivered = receiver.delivered()
         deployment.stop()  # stops every sidecar: each restores its GPU
         # Every setting the sidecars made, restores included, as the simulated GPUs recorded them.
         changes = sum(setting_changes(g) for g in gpus)
@@ -357,4 +367,5 @@ def run_demo(config: DemoConfig, on_row: Callable[[Row], None] = lambda _row: No
             g.power_limit_mw() == g.power_limit_default_mw() and g.locked_sm_clock_mhz is None for g in gpus
         )
     return DemoResult(rows, slo_s, capacity, len(requests), finished, energy, changes, alerts_seen,
-                      restored, max_desired, final_desired, config.actuator, by_phase)  # fmt: skip
+                      restored, max_desired, final_desired, config.actuator, by_phase,
+                      alerts_delivered={a.name for a in delivered if a.status == "firing"})  # fmt: skip

@@ -192,20 +192,29 @@ class Prometheus(_Process):
 
 
 class Alertmanager(_Process):
-    """A real Alertmanager with a no-op receiver, so fired alerts can be read back from its API."""
+    """A real Alertmanager whose alerts can be read back from its API; with ``webhook_url`` it also
+    delivers every alert there (the demo's loopback receiver), otherwise to a no-op receiver."""
 
     name = "alertmanager"
 
+    def __init__(self, webhook_url: str | None = None) -> None:
+        super().__init__()
+        self.webhook_url = webhook_url
+
+    def config(self) -> dict[str, Any]:
+        # Short waits: the demo's alerts fire within seconds and should reach the receiver as quickly.
+        route: dict[str, Any] = {"group_by": ["alertname"], "group_wait": "1s", "group_interval": "1s"}
+        if self.webhook_url is None:
+            return {"route": {**route, "receiver": "null"}, "receivers": [{"name": "null"}]}
+        webhook = {"url": self.webhook_url, "send_resolved": True, "max_alerts": 0}
+        return {
+            "route": {**route, "receiver": "webhook"},
+            "receivers": [{"name": "webhook", "webhook_configs": [webhook]}],
+        }
+
     def start(self, timeout_s: float = 30.0) -> Alertmanager:
         config_path = self.workdir / "alertmanager.yml"
-        config_path.write_text(
-            yaml.safe_dump(
-                {
-                    "route": {"receiver": "null", "group_wait": "1s", "group_interval": "1s"},
-                    "receivers": [{"name": "null"}],
-                }
-            )
-        )
+        config_path.write_text(yaml.safe_dump(self.config()))
         argv = [
             _binary("prometheus-alertmanager"),
             f"--config.file={config_path}",

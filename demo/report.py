@@ -67,6 +67,8 @@ class DemoResult:
     actuator: str
     by_phase: dict[str, tuple[int, int]]
     """Arrival phase -> (requests finished, of which within the SLO), in schedule order."""
+    alerts_delivered: set[str] = field(default_factory=set)
+    """Alerts Alertmanager delivered, firing, to the demo's webhook receiver."""
 
     @property
     def within_slo(self) -> int:
@@ -89,6 +91,7 @@ class DemoResult:
             "final_replicas": self.final_desired,
             "sidecar_setting_changes": self.cap_changes,
             "alerts_fired": sorted(self.alerts_seen),
+            "alerts_delivered_to_webhook": sorted(self.alerts_delivered),
             "sidecar_actuator": self.actuator,
             "gpus_restored_to_original_settings": self.gpus_restored,
         }
