@@ -1,9 +1,15 @@
 """Node power from the BMC through Redfish, polled in a background thread.
 
 BMCs answer in hundreds of milliseconds to seconds, and some hang: the poller runs at its own
-interval with a bounded timeout and keeps the last good sample; a scrape only reads that cache, so it
-never waits on the BMC. A sample older than ``max_age_s`` is not published (the ``redfish`` collector
-reports down instead), so a dead BMC never shows a frozen value as current.
+interval and keeps the last good sample; a scrape only reads that cache, so it never waits on the BMC.
+A sample older than ``max_age_s`` is not published (the ``redfish`` collector reports down instead),
+so a dead BMC never shows a frozen value as current.
+
+Every request goes through ``common.http.BoundedHttpClient``: a total deadline of ``timeout_s``
+(connect, headers and body; a trickling BMC is cut off at it), at most ``MAX_BODY_BYTES`` of body after
+decompression, and no redirect is followed (a 3xx is a failed read, so the BMC's credentials never go
+elsewhere). One poll follows at most ``MAX_MEMBERS`` chassis or power supplies and ends within the
+poll interval whatever the BMC lists.
 
 Where the reading comes from, in order of preference (the ``source`` label says which):
 
@@ -16,6 +22,7 @@ Where the reading comes from, in order of preference (the ``source`` label says 
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import threading
@@ -24,13 +31,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
-import requests
 from prometheus_client.metrics_core import GaugeMetricFamily
 
+from common.http import BoundedHttpClient, HttpError
 from exporter.collector import SourceReading
 
 log = logging.getLogger(__name__)
+
+# Redfish documents are a few kilobytes; a megabyte is already far more than any BMC answers.
+MAX_BODY_BYTES = 1024 * 1024
+# Chassis or power supplies followed per poll (real servers have a handful).
+MAX_MEMBERS = 64
 
 
 class RedfishError(Exception):
@@ -96,33 +109,61 @@ def read_secret(path: Path | None) -> str | None:
     return None if path is None else path.read_text().rstrip("\r\n")
 
 
+def _members(doc: Mapping[str, Any]) -> list[str]:
+    """The ``@odata.id`` of a collection's members (the first ``MAX_MEMBERS``)."""
+    members = doc.get("Members")
+    if not isinstance(members, list):
+        return []
+    links = [m.get("@odata.id") for m in members if isinstance(m, Mapping)]
+    return [link for link in links if isinstance(link, str)][:MAX_MEMBERS]
+
+
 class RedfishClient:
-    """Finds the chassis and reads its power; one HTTP session, every request bounded by the timeout."""
+    """Finds the chassis and reads its power; one connection pool, every request bounded (above)."""
 
     def __init__(self, config: RedfishConfig) -> None:
         self._config = config
         self._base = config.url.rstrip("/")
-        self._session = requests.Session()
+        self._origin = urlsplit(self._base)._replace(path="", query="", fragment="").geturl()
+        verify = config.verify is not False
+        ca_file = config.verify if isinstance(config.verify, str) else None
+        self._http = BoundedHttpClient(
+            deadline_s=config.timeout_s, max_body_bytes=MAX_BODY_BYTES, ca_file=ca_file, verify=verify
+        )
+        self._headers = {"Accept": "application/json"}
         if config.username is not None:
-            self._session.auth = (config.username, config.password or "")
-        self._session.verify = config.verify
-        self._session.headers["Accept"] = "application/json"
+            token = f"{config.username}:{config.password or ''}".encode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
         self._chassis: str | None = None
+        self._poll_end: float | None = None
 
     def close(self) -> None:
-        self._session.close()
+        self._http.close()
+
+    def _url(self, path: str) -> str:
+        """A BMC link as a URL on the configured BMC: links to other hosts are refused (the
+        credentials go only to the BMC the operator named)."""
+        url = urljoin(self._base + "/", path)
+        if urlsplit(url)._replace(path="", query="", fragment="").geturl() != self._origin:
+            raise RedfishError(f"link {path[:100]!r} points away from the BMC")
+        return url
 
     def _get(self, path: str) -> Mapping[str, Any]:
-        url = path if path.startswith("http") else self._base + path
+        url = self._url(path)
+        deadline_s = self._config.timeout_s
+        if self._poll_end is not None:
+            deadline_s = min(deadline_s, self._poll_end - time.monotonic())
+            if deadline_s <= 0:
+                raise RedfishError("the poll ran out of time (the BMC answers too slowly)")
         try:
-            resp = self._session.get(url, timeout=self._config.timeout_s)
-        except requests.RequestException as err:
+            resp = self._http.get(url, headers=self._headers, deadline_s=deadline_s)
+        except HttpError as err:
             raise RedfishError(f"GET {url}: {err}") from err
-        if resp.status_code != 200:
-            raise RedfishError(f"GET {url}: HTTP {resp.status_code}")
+        if resp.status != 200:
+            raise RedfishError(f"GET {url}: HTTP {resp.status}")
         try:
             doc = resp.json()
-        except ValueError as err:
+        except HttpError as err:
             raise RedfishError(f"GET {url}: malformed JSON ({err})") from err
         if not isinstance(doc, Mapping):
             raise RedfishError(f"GET {url}: expected a JSON object")
@@ -131,8 +172,7 @@ class RedfishClient:
     def _chassis_paths(self) -> list[str]:
         if self._config.chassis_id:
             return [f"/redfish/v1/Chassis/{self._config.chassis_id}"]
-        members = self._get("/redfish/v1/Chassis").get("Members")
-        paths = [m["@odata.id"] for m in members or [] if isinstance(m, Mapping) and "@odata.id" in m]
+        paths = _members(self._get("/redfish/v1/Chassis"))
         if not paths:
             raise RedfishError("no chassis listed under /redfish/v1/Chassis")
         return paths
@@ -146,8 +186,8 @@ class RedfishClient:
         if link := _link(doc, "PowerSubsystem"):
             supplies_link = _link(self._get(link), "PowerSupplies")
             readings = []
-            for member in self._get(supplies_link).get("Members", []) if supplies_link else []:
-                supply = self._get(member["@odata.id"])
+            for member in _members(self._get(supplies_link)) if supplies_link else []:
+                supply = self._get(member)
                 if (metrics := _link(supply, "Metrics")) and (w := supply_metrics_watts(self._get(metrics))):
                     readings.append(w)
             if readings:
@@ -157,15 +197,20 @@ class RedfishClient:
         return None
 
     def read_power(self) -> tuple[float, str]:
-        """Node power in watts and the resource it came from. Raises RedfishError."""
-        paths = [self._chassis] if self._chassis else self._chassis_paths()
-        for chassis in paths:
-            found = self._chassis_power(chassis)
-            if found is not None:
-                self._chassis = chassis
-                return found
-        self._chassis = None
-        raise RedfishError(f"no power reading in {paths}")
+        """Node power in watts and the resource it came from, within one poll interval (each request
+        within ``timeout_s``). Raises RedfishError."""
+        self._poll_end = time.monotonic() + self._config.interval_s
+        try:
+            paths = [self._chassis] if self._chassis else self._chassis_paths()
+            for chassis in paths:
+                found = self._chassis_power(chassis)
+                if found is not None:
+                    self._chassis = chassis
+                    return found
+            self._chassis = None
+            raise RedfishError(f"no power reading in {len(paths)} chassis ({', '.join(paths[:3])[:200]})")
+        finally:
+            self._poll_end = None
 
 
 class RedfishPoller:
