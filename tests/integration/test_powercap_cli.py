@@ -123,6 +123,18 @@ def test_refusal_in_a_real_process_is_a_message_and_exit_2(tmp_path: Path) -> No
         (["--raise-above-ratio", "0.5"], "--lower-below-ratio"),
         (["--interval-seconds", "0"], "--interval-seconds"),
         (["--latency-labels", "model_name"], "--latency-labels"),
+        (["--scrape-timeout-seconds", "0"], "--scrape-timeout-seconds: must be > 0"),
+        (
+            [
+                "--latency-source",
+                "prometheus",
+                "--prometheus-query",
+                "q",
+                "--prometheus-timeout-seconds",
+                "-1",
+            ],
+            "--prometheus-timeout-seconds: must be > 0",
+        ),
     ],
 )
 def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
