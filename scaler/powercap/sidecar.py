@@ -183,8 +183,9 @@ class Sidecar:
     def enforce_staleness(self) -> CapDecision | None:
         """Restore now if the last usable reading is older than stale-after, whatever a tick is doing.
 
-        The watchdog thread calls this every ``watchdog_period_s``; it takes only the write lock, which
-        no latency read ever holds, so a source that trickles or hangs cannot delay the restore."""
+        The watchdog thread calls this every min(interval, ``WATCHDOG_MAX_PERIOD_S``); it takes only the
+        write lock, which no latency read ever holds, so a source that trickles or hangs cannot delay
+        the restore."""
         with self._write_lock:
             if self._stopping or self.state.mode == "restored":
                 return None
@@ -235,11 +236,12 @@ class Sidecar:
         return latency, load
 
     def _signal_changed(self, signal: str, message: str, *args: object) -> None:
-        """Log the source's condition once per change, not once per tick."""
+        """Log the source's condition once per change, not once per tick. No finished request is info:
+        an idle server is normal (and the first scrape never has a window yet)."""
         if signal == self._signal:
             return
         if signal != "ok" or self._signal is not None:
-            (log.info if signal == "ok" else log.warning)(message, *args)
+            (log.warning if signal == "failing" else log.info)(message, *args)
         self._signal = signal
 
     def _active(self) -> list[ControlledGpu]:
