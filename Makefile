@@ -14,7 +14,9 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# The runtime is what the binaries import; demo.png and eo-sim --plot need [plot], `make demo` [demo],
+	@# `make proto` and the tests [dev] (which includes the other two).
+	$(BIN)/python -m pip install --quiet -e '.[dev,demo,plot]'
 	@touch $@
 
 venv: $(STAMP) ## create .venv and install the project with its dev tools

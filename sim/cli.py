@@ -19,6 +19,7 @@ from gpumodel.model import PROFILES
 from sim.engine import Policy, RunResult, SimConfig
 from sim.eo import CapOptions, caps_only_policy, eo_policy
 from sim.keda import HpaConfig
+from sim.plot import plot, pyplot
 from sim.policies import StaticSchedule, ThresholdTrigger
 from sim.report import ATTRIBUTION, document, summarize, table
 from sim.scenario import (
@@ -227,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: SimSettings) -> int:
+    if args.plot is not None:
+        pyplot()  # without matplotlib, say so before the simulation runs rather than after
     trace_path = args.trace or default_trace()
     if trace_path is None:
         raise ValueError(f"no --trace given and {DEFAULT_TRACE_NAME} was not found in ../shared/data/traces")
@@ -264,7 +267,5 @@ def _main(args: SimSettings) -> int:
     if args.json_path is not None:
         args.json_path.write_text(json.dumps(document(summaries, results, meta), indent=1))
     if args.plot is not None:
-        from sim.plot import plot  # noqa: PLC0415 (matplotlib loads only when a plot is asked for)
-
         plot(results, summaries, slo, f"eo-sim: {trace.name}, {server.profile.name}", args.plot)
     return 0

@@ -5,20 +5,37 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")  # no display: files only
-
-import matplotlib.pyplot as plt
+from types import ModuleType
 
 from sim.engine import RunResult
 from sim.report import ATTRIBUTION, Summary
+
+# matplotlib (with numpy, pillow, fontTools) is the `plot` extra, not a runtime dependency of the image.
+INSTALL_HINT = "pip install 'energy-orchestrator[plot]'"
+
+
+class PlottingUnavailable(ValueError):
+    """``--plot`` was asked for where matplotlib is not installed."""
+
+
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only backend, or ``PlottingUnavailable`` saying how to get it."""
+    try:
+        import matplotlib  # noqa: PLC0415 (optional: only a plot needs it)
+    except ImportError:
+        raise PlottingUnavailable(
+            f"--plot needs matplotlib, which is not installed ({INSTALL_HINT})"
+        ) from None
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
 
 
 def plot(
     results: Sequence[RunResult], summaries: Sequence[Summary], slo_s: float, title: str, path: Path
 ) -> None:
+    plt = pyplot()
     rows = len(results)
     fig, axes = plt.subplots(rows, 3, figsize=(15, 2.8 * rows + 0.8), squeeze=False, sharex=True)
     for row, (r, s) in enumerate(zip(results, summaries, strict=True)):
