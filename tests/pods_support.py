@@ -1,5 +1,6 @@
 """Real servers for the pod-attribution tests and benchmark: vLLM-format /metrics, kubelet PodResources
-over a unix socket, and a Kubernetes API that replays recorded JSON answers."""
+over a unix socket, a Kubernetes API that replays recorded JSON answers, and ``pod_rig``: the whole pod
+pipeline (real kubelet socket, real HTTP reads) with a test-driven clock and energy counters."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,12 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from exporter.podresources import api_pb2, api_pb2_grpc
+from exporter.pods.accounting import Accountant, PodKey
+from exporter.pods.collector import PodCollector
+from exporter.pods.kubelet import PodResourcesClient
+from exporter.pods.owners import PodMeta, Workload
+from exporter.pods.sampler import PodSampler, StaticPodMetadata
+from exporter.pods.scrape import AppReader
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kube"
 
@@ -28,6 +37,8 @@ class VllmServer:
         self.model = model
         self.delay_s = 0.0
         self.body_override: bytes | None = None
+        # Applied to each rendered page: tests corrupt or pad what a real server would send.
+        self.transform: Callable[[bytes], bytes] | None = None
         self._lock = threading.Lock()
         self.restart()
         server = self
@@ -108,7 +119,8 @@ class VllmServer:
 
     def render(self) -> bytes:
         with self._lock:
-            return generate_latest(self.registry)
+            text = generate_latest(self.registry)
+        return self.transform(text) if self.transform is not None else text
 
     def stop(self) -> None:
         self._httpd.shutdown()
@@ -244,6 +256,34 @@ class KubeReplay:
         self._httpd.server_close()
 
 
+def set_value(text: bytes, line_start: bytes, value: bytes) -> bytes:
+    """``text`` with the value of every sample line starting with ``line_start`` replaced."""
+    lines = text.split(b"\n")
+    for i, line in enumerate(lines):
+        if line.startswith(line_start):
+            lines[i] = line.rsplit(b" ", 1)[0] + b" " + value
+    return b"\n".join(lines)
+
+
+def duplicate_lines(text: bytes, line_start: bytes) -> bytes:
+    """``text`` with every sample line starting with ``line_start`` listed twice."""
+    out = []
+    for line in text.split(b"\n"):
+        out.append(line)
+        if line.startswith(line_start):
+            out.append(line)
+    return b"\n".join(out)
+
+
+def padding_families(size_bytes: int) -> bytes:
+    """Legal Prometheus text of about ``size_bytes``: many series of a family no profile reads (as a
+    server with thousands of LoRA adapters or models publishes)."""
+    head = b"# HELP vllm:adapter_requests_total Requests per adapter.\n# TYPE vllm:adapter_requests_total counter\n"
+    line = b'vllm:adapter_requests_total{adapter="adapter-%07d",model_name="meta-llama/Llama-3.1-8B"} 12.0\n'
+    count = max(size_bytes // len(line % 0), 1)
+    return head + b"".join(line % i for i in range(count))
+
+
 def load_fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
@@ -255,3 +295,93 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+RIG_G0 = "GPU-00000000-0000-4000-8000-000000000000"
+RIG_G1 = "GPU-11111111-1111-4111-8111-111111111111"
+RIG_NODE = "gpu-node-1"
+
+
+class SteppedClock:
+    """The sampler's clock, advanced by the test (the HTTP reads still run in real time)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class PodRig:
+    kubelet: PodResourcesServicer
+    servers: dict[str, VllmServer]
+    metadata: StaticPodMetadata
+    energy: dict[str, float]
+    sampler: PodSampler
+    registry: CollectorRegistry
+    clock: SteppedClock
+
+    def add_pod(
+        self,
+        name: str,
+        devices: list[str],
+        resource: str = "nvidia.com/gpu",
+        server: bool = True,
+        port: int | None = None,
+    ) -> None:
+        """A pod holding ``devices``; its metrics come from a new VllmServer, or from ``port``."""
+        self.kubelet.pods[("ml", name)] = {"server": [(resource, devices)]}
+        annotations = {}
+        if server and port is None:
+            self.servers[name] = VllmServer()
+            port = self.servers[name].port
+        if port is not None:
+            annotations["energy-orchestrator.io/metrics-port"] = str(port)
+        self.metadata.set(
+            PodKey("ml", name), PodMeta(Workload("Deployment", f"wl-{name}"), "127.0.0.1", annotations, {})
+        )
+
+    def remove_pod(self, name: str) -> None:
+        del self.kubelet.pods[("ml", name)]
+
+    def sample(self, dt_s: float = 5.0) -> float:
+        self.clock.t += dt_s
+        start = time.perf_counter()
+        self.sampler.sample_once()
+        return time.perf_counter() - start
+
+    def value(self, metric: str, pod: str, **labels: str) -> float | None:
+        full = {"node": RIG_NODE, "namespace": "ml", "pod": pod, "workload": f"wl-{pod}", **labels}
+        return self.registry.get_sample_value(metric, full)
+
+    def collector_up(self) -> float | None:
+        return self.registry.get_sample_value("eo_exporter_collector_up", {"collector": "pods"})
+
+
+@contextmanager
+def pod_rig(tmp_path: Path, reader: AppReader | None = None) -> Iterator[PodRig]:
+    server, kubelet = start_kubelet(tmp_path / "kubelet.sock")
+    client = PodResourcesClient(str(tmp_path / "kubelet.sock"))
+    metadata = StaticPodMetadata({})
+    energy: dict[str, float] = {RIG_G0: 0.0, RIG_G1: 0.0}
+    clock = SteppedClock()
+    sampler = PodSampler(
+        client,
+        metadata,
+        lambda: dict(energy),
+        reader or AppReader(timeout_s=0.3),
+        Accountant(grace_s=60),
+        clock=clock,
+    )
+    registry = CollectorRegistry()
+    registry.register(PodCollector(sampler, RIG_NODE, max_age_s=30, clock=clock))
+    rig = PodRig(kubelet, {}, metadata, energy, sampler, registry, clock)
+    try:
+        yield rig
+    finally:
+        sampler.stop()
+        client.close()
+        server.stop(None)
+        for s in rig.servers.values():
+            s.stop()

@@ -3,98 +3,24 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from exporter.pods.accounting import Accountant, PodKey
-from exporter.pods.collector import PodCollector
 from exporter.pods.kubelet import PodResourcesClient
-from exporter.pods.owners import PodMeta, Workload
-from exporter.pods.sampler import PodSampler, StaticPodMetadata
-from exporter.pods.scrape import AppReader
-from tests.pods_support import PodResourcesServicer, VllmServer, start_kubelet
+from tests.pods_support import RIG_G0, RIG_G1, RIG_NODE, PodRig, pod_rig
 
-G0 = "GPU-00000000-0000-4000-8000-000000000000"
-G1 = "GPU-11111111-1111-4111-8111-111111111111"
-NODE = "gpu-node-1"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@dataclass
-class Rig:
-    kubelet: PodResourcesServicer
-    servers: dict[str, VllmServer]
-    metadata: StaticPodMetadata
-    energy: dict[str, float]
-    sampler: PodSampler
-    registry: CollectorRegistry
-    clock: Clock
-
-    def add_pod(
-        self, name: str, devices: list[str], resource: str = "nvidia.com/gpu", server: bool = True
-    ) -> None:
-        self.kubelet.pods[("ml", name)] = {"server": [(resource, devices)]}
-        annotations = {}
-        if server:
-            self.servers[name] = VllmServer()
-            annotations["energy-orchestrator.io/metrics-port"] = str(self.servers[name].port)
-        self.metadata.set(
-            PodKey("ml", name), PodMeta(Workload("Deployment", f"wl-{name}"), "127.0.0.1", annotations, {})
-        )
-
-    def remove_pod(self, name: str) -> None:
-        del self.kubelet.pods[("ml", name)]
-
-    def sample(self, dt_s: float = 5.0) -> float:
-        self.clock.t += dt_s
-        start = time.perf_counter()
-        self.sampler.sample_once()
-        return time.perf_counter() - start
-
-    def value(self, metric: str, pod: str, **labels: str) -> float | None:
-        full = {"node": NODE, "namespace": "ml", "pod": pod, "workload": f"wl-{pod}", **labels}
-        return self.registry.get_sample_value(metric, full)
+G0, G1, NODE = RIG_G0, RIG_G1, RIG_NODE
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    server, kubelet = start_kubelet(tmp_path / "kubelet.sock")
-    client = PodResourcesClient(str(tmp_path / "kubelet.sock"))
-    metadata = StaticPodMetadata({})
-    energy: dict[str, float] = {G0: 0.0, G1: 0.0}
-    clock = Clock()
-    sampler = PodSampler(
-        client,
-        metadata,
-        lambda: dict(energy),
-        AppReader(timeout_s=0.3),
-        Accountant(grace_s=60),
-        clock=clock,
-    )
-    registry = CollectorRegistry()
-    registry.register(PodCollector(sampler, NODE, max_age_s=30, clock=clock))
-    r = Rig(kubelet, {}, metadata, energy, sampler, registry, clock)
-    yield r
-    sampler.stop()
-    client.close()
-    server.stop(None)
-    for s in r.servers.values():
-        s.stop()
+def rig(tmp_path: Path) -> Iterator[PodRig]:
+    with pod_rig(tmp_path) as r:
+        yield r
 
 
-def test_joules_per_request_and_tokens(rig: Rig) -> None:
+def test_joules_per_request_and_tokens(rig: PodRig) -> None:
     rig.add_pod("a", [G0])
     rig.sample()
     rig.energy[G0] += 3000.0
@@ -122,7 +48,7 @@ def test_joules_per_request_and_tokens(rig: Rig) -> None:
     assert rig.registry.get_sample_value("eo_exporter_collector_up", {"collector": "pods"}) == 1
 
 
-def test_slow_and_down_servers_cost_one_bounded_timeout(rig: Rig) -> None:
+def test_slow_and_down_servers_cost_one_bounded_timeout(rig: PodRig) -> None:
     for name in ("a", "b", "c"):
         rig.add_pod(name, [G0 if name != "c" else G1])
     rig.sample()
@@ -142,7 +68,7 @@ def test_slow_and_down_servers_cost_one_bounded_timeout(rig: Rig) -> None:
     rig.servers["b"].delay_s = 0.0
 
 
-def test_malformed_metrics_text_fails_that_pod_only(rig: Rig) -> None:
+def test_malformed_metrics_text_fails_that_pod_only(rig: PodRig) -> None:
     rig.add_pod("a", [G0])
     rig.add_pod("b", [G1])
     rig.sample()
@@ -158,7 +84,7 @@ def test_malformed_metrics_text_fails_that_pod_only(rig: Rig) -> None:
     assert rig.value("eo_pod_requests_total", "b") == 3  # the mirror continues where it was
 
 
-def test_counter_reset_after_server_restart(rig: Rig) -> None:
+def test_counter_reset_after_server_restart(rig: PodRig) -> None:
     rig.add_pod("a", [G0])
     rig.servers["a"].finish(40, prompt=400, generation=800)
     rig.sample()
@@ -172,7 +98,7 @@ def test_counter_reset_after_server_restart(rig: Rig) -> None:
     assert rig.value("eo_pod_joules_per_request", "a") == pytest.approx(50.0)
 
 
-def test_deleted_pod_is_kept_for_the_grace_period_then_dropped(rig: Rig) -> None:
+def test_deleted_pod_is_kept_for_the_grace_period_then_dropped(rig: PodRig) -> None:
     rig.add_pod("a", [G0])
     rig.sample()
     rig.energy[G0] += 100.0
@@ -199,7 +125,7 @@ def test_deleted_pod_is_kept_for_the_grace_period_then_dropped(rig: Rig) -> None
     assert rig.value("eo_pod_energy_joules_total", "a", source="gpu") is None
 
 
-def test_gpu_handed_over_and_shared_gpus_sum_to_the_board(rig: Rig) -> None:
+def test_gpu_handed_over_and_shared_gpus_sum_to_the_board(rig: PodRig) -> None:
     rig.add_pod("a", [G0])
     rig.sample()
     rig.energy[G0] += 500.0
@@ -231,7 +157,7 @@ def test_gpu_handed_over_and_shared_gpus_sum_to_the_board(rig: Rig) -> None:
     assert rig.registry.get_sample_value("eo_gpu_pod_info", info) == 1
 
 
-def test_mig_instances_count_toward_the_parent_board(rig: Rig) -> None:
+def test_mig_instances_count_toward_the_parent_board(rig: PodRig) -> None:
     rig.add_pod("a", [f"MIG-{G1}/1/0"], resource="nvidia.com/mig-3g.40gb", server=False)
     rig.add_pod("b", [f"MIG-{G1}/2/0"], resource="nvidia.com/mig-1g.10gb", server=False)
     rig.sample()
@@ -242,7 +168,7 @@ def test_mig_instances_count_toward_the_parent_board(rig: Rig) -> None:
     assert rig.value("eo_pod_requests_total", "a") is None  # no inference server: energy only
 
 
-def test_kubelet_down_keeps_last_values_and_flips_up(rig: Rig, tmp_path: Path) -> None:
+def test_kubelet_down_keeps_last_values_and_flips_up(rig: PodRig, tmp_path: Path) -> None:
     rig.add_pod("a", [G0])
     rig.sample()
     rig.energy[G0] += 100.0
