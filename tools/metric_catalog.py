@@ -45,6 +45,7 @@ SCALER = frozenset(
         "eo_scaler_mode_info",
         "eo_scaler_errors_total",
         "eo_scaler_prometheus_queries_total",
+        "eo_scaler_prometheus_failures_total",
         "eo_scaler_cache_hits_total",
         "eo_scaler_cache_misses_total",
     }
