@@ -4,9 +4,12 @@ A binary's settings are a ``BinarySettings`` subclass (pydantic-settings): each 
 in the name: ``_s``, ``_watts``), default, validation (pydantic constraints or the annotated types below)
 and help text, declared once with ``setting()``. From that declaration ``load()`` derives:
 
-- the flag: ``--field-name``, or the ``flag=`` given (kept where a published flag name differs);
-- the environment variable: ``EO_`` + the flag in upper snake case (``--log-level`` → ``EO_LOG_LEVEL``),
-  read by a pydantic-settings source; a flag wins over its variable;
+- the flag: ``--field-name``, or the ``flag=`` given (kept where a published flag name differs), plus a
+  one-letter alias where ``short=`` gives one (``-v``);
+- the environment variable: the class's prefix + the flag in upper snake case (``--log-level`` →
+  ``EO_LOG_LEVEL``), read by a pydantic-settings source; a flag wins over its variable. The prefix is
+  ``EO_`` unless the class sets ``model_config = SettingsConfigDict(env_prefix=...)`` (the demo's
+  ``EO_DEMO_``);
 - ``--help``: every flag with its help, variable and default;
 - errors: a bad value raises ``SettingsError`` naming the flag and the variable (never a traceback,
   never the whole input echoed); the binaries print it and exit with status 2.
@@ -47,10 +50,13 @@ class SettingsError(ValueError):
     """A setting has a bad value; the message names the flag and its environment variable."""
 
 
-def setting(default: Any, help: str, *, flag: str | None = None, **constraints: Any) -> Any:
-    """A field of a ``BinarySettings``: its default, its help and (rarely) a flag name of its own."""
-    extra: dict[str, Any] | None = {"flag": flag} if flag else None
-    return Field(default, description=help, json_schema_extra=extra, **constraints)
+def setting(
+    default: Any, help: str, *, flag: str | None = None, short: str | None = None, **constraints: Any
+) -> Any:
+    """A field of a ``BinarySettings``: its default, its help, (rarely) a flag name of its own and a
+    one-letter alias (``short="-v"``)."""
+    extra: dict[str, Any] = {key: value for key, value in (("flag", flag), ("short", short)) if value}
+    return Field(default, description=help, json_schema_extra=extra or None, **constraints)
 
 
 def parse_bool(value: object) -> bool:
@@ -91,11 +97,11 @@ ExistingFile = Annotated[Path | None, BeforeValidator(_empty_is_none), AfterVali
 
 
 class _FlagNamedEnvironment(PydanticBaseSettingsSource):
-    """Reads ``EO_<FLAG>`` for each field (names derived from the flags, see the module docstring)."""
+    """Reads ``<prefix><FLAG>`` for each field (names derived from the flags, see the module docstring)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         environ = _environ.get()
-        env = env_name(flag_of(field, field_name))
+        env = env_name(flag_of(field, field_name), env_prefix(self.settings_cls))
         value = (os.environ if environ is None else environ).get(env)
         return value, env, False
 
@@ -111,7 +117,9 @@ class _FlagNamedEnvironment(PydanticBaseSettingsSource):
 class BinarySettings(BaseSettings):
     """Base of every binary's settings: frozen, unknown keys refused, flags over ``EO_*`` variables."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", validate_default=True, env_prefix=ENV_PREFIX
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -126,15 +134,23 @@ class BinarySettings(BaseSettings):
         return (init_settings, _FlagNamedEnvironment(settings_cls))
 
 
-def flag_of(field: FieldInfo, name: str) -> str:
+def _extra(field: FieldInfo, key: str) -> str | None:
     extra = field.json_schema_extra
-    if isinstance(extra, dict) and isinstance(extra.get("flag"), str):
-        return str(extra["flag"])
-    return "--" + name.replace("_", "-")
+    value = extra.get(key) if isinstance(extra, dict) else None
+    return value if isinstance(value, str) else None
 
 
-def env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+def flag_of(field: FieldInfo, name: str) -> str:
+    return _extra(field, "flag") or "--" + name.replace("_", "-")
+
+
+def env_prefix(cls: type[BaseSettings]) -> str:
+    """The class's variable prefix: ``EO_`` unless its ``model_config`` names another."""
+    return str(cls.model_config.get("env_prefix") or ENV_PREFIX)
+
+
+def env_name(flag: str, prefix: str = ENV_PREFIX) -> str:
+    return prefix + flag.removeprefix("--").replace("-", "_").upper()
 
 
 def _is_bool(field: FieldInfo) -> bool:
@@ -155,19 +171,22 @@ def build_parser(
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    prefix = env_prefix(cls)
     for name, field in cls.model_fields.items():
         flag = flag_of(field, name)
+        short = _extra(field, "short")
+        flags = (short, flag) if short else (flag,)
         default = field.default
         shown = "" if default is None else str(default)
         shown = shown.lower() if isinstance(default, bool) else shown
-        help_text = f"{field.description or ''} (env {env_name(flag)}; default: {shown or 'none'})"
+        help_text = f"{field.description or ''} (env {env_name(flag, prefix)}; default: {shown or 'none'})"
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if _is_bool(field):
             parser.add_argument(
-                flag, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, help=help_text
+                *flags, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, help=help_text
             )
         else:
-            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=help_text)
     return parser
 
 
@@ -212,5 +231,5 @@ def describe(cls: type[BinarySettings], exc: ValidationError) -> str:
             lines.append(_short(message) if not name else f"{_short(name)}: {_short(message)}")
             continue
         flag = flag_of(field, name)
-        lines.append(f"{flag} / {env_name(flag)}: {_short(message)}")
+        lines.append(f"{flag} / {env_name(flag, env_prefix(cls))}: {_short(message)}")
     return "; ".join(lines)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Annotated, Literal
 
+from pydantic import BeforeValidator
+from pydantic_settings import SettingsConfigDict
+
+from common.settings import BinarySettings, Flag, SettingsError, from_values, setting
+from common.settings import build_parser as settings_parser
 from demo.data import conversation_trace_excerpt
 from demo.loop import DemoConfig, run_demo
 from demo.prometheus import PrometheusNotInstalled
@@ -45,77 +50,87 @@ QUICK_PHASES = (
 )
 
 
+_MAX_PIECE_ECHO = 24  # a phase error quotes at most this much of the bad piece
+
+
 def parse_phases(text: str) -> tuple[Phase, ...]:
     """``name:seconds:speedup,...`` into phases, with an error that names the bad piece."""
     phases = []
     for piece in text.split(","):
         parts = piece.strip().split(":")
+        shown = piece if len(piece) <= _MAX_PIECE_ECHO else piece[:_MAX_PIECE_ECHO] + "…"
         if len(parts) != 3:
-            raise argparse.ArgumentTypeError(f"phase {piece!r}: expected name:seconds:speedup")
+            raise argparse.ArgumentTypeError(f"phase {shown!r}: expected name:seconds:speedup")
         name, seconds, speedup = parts
         try:
             phase = Phase(name, float(seconds), float(speedup))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"phase {piece!r}: seconds and speedup must be numbers"
+                f"phase {shown!r}: seconds and speedup must be numbers"
             ) from None
         if phase.duration_s <= 0 or phase.speedup < 0:
-            raise argparse.ArgumentTypeError(f"phase {piece!r}: need seconds > 0 and speedup >= 0")
+            raise argparse.ArgumentTypeError(f"phase {shown!r}: need seconds > 0 and speedup >= 0")
         phases.append(phase)
     return tuple(phases)
 
 
+def _phases_field(value: object) -> object:
+    """The ``--phases`` text parsed as above (empty: none); a bad piece becomes the setting's error."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return parse_phases(value)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Phases = Annotated[tuple[Phase, ...] | None, BeforeValidator(_phases_field)]
+
+
+class DemoSettings(BinarySettings):
+    """The demo's options (each also ``EO_DEMO_<OPTION>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="EO_DEMO_")
+
+    trace: Path = setting(
+        DEFAULT_TRACE, "request trace, Azure CSV or generic CSV; the default is the conversation trace"
+    )
+    phases: Phases = setting(
+        None, "load schedule as name:seconds:speedup,... (none: a 5-minute schedule, or --quick's)"
+    )
+    quick: Flag = setting(False, "a shorter schedule (under 4 minutes), as the end-to-end test runs")
+    gpus: int = setting(6, "simulated GPUs on the node, also the ScaledObject's maxReplicaCount")
+    actuator: Literal["clocks", "power"] = setting(
+        "clocks", "what the sidecars move: locked SM clocks (clocks) or the power limit (power)"
+    )
+    out: Path = setting(Path("out"), "folder for demo-summary.json and demo.png")
+    verbose: Flag = setting(False, "log what every component does", short="-v")
+
+
+_DESCRIPTION = (
+    "Run Energy Orchestrator's whole loop on this machine: simulated GPUs and vLLM-format "
+    "servers replaying a real Azure LLM trace, the exporter, a real Prometheus (with the "
+    "project's rules, time-compressed) and Alertmanager, eo-scaler polled over gRPC by a "
+    "KEDA/HPA driver, and one eo-powercap sidecar per replica. Prints a live table, then a "
+    "summary; writes demo-summary.json and demo.png. Stops everything it started, Ctrl-C included."
+)
+_EPILOG = "Every option also reads an environment variable EO_DEMO_<OPTION> (the option wins)."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m demo",
-        description=(
-            "Run Energy Orchestrator's whole loop on this machine: simulated GPUs and vLLM-format "
-            "servers replaying a real Azure LLM trace, the exporter, a real Prometheus (with the "
-            "project's rules, time-compressed) and Alertmanager, eo-scaler polled over gRPC by a "
-            "KEDA/HPA driver, and one eo-powercap sidecar per replica. Prints a live table, then a "
-            "summary; writes demo-summary.json and demo.png. Stops everything it started, Ctrl-C included."
-        ),
-        epilog="Every option also reads an environment variable EO_DEMO_<OPTION> (the option wins).",
-    )
-    env = os.environ.get
-    parser.add_argument(
-        "--trace",
-        type=Path,
-        default=Path(env("EO_DEMO_TRACE", str(DEFAULT_TRACE))),
-        help="request trace, Azure CSV or generic CSV (default: the conversation trace)",
-    )
-    parser.add_argument(
-        "--phases",
-        type=parse_phases,
-        default=env("EO_DEMO_PHASES"),
-        help="load schedule as name:seconds:speedup,... (default: a 5-minute schedule)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        default=env("EO_DEMO_QUICK") == "1",
-        help="a shorter schedule (under 4 minutes), as the end-to-end test runs",
-    )
-    parser.add_argument(
-        "--gpus",
-        type=int,
-        default=env("EO_DEMO_GPUS", "6"),  # a string: argparse converts it, and names it when it is bad
-        help="simulated GPUs on the node, also the ScaledObject's maxReplicaCount (default 6)",
-    )
-    parser.add_argument(
-        "--actuator",
-        choices=("clocks", "power"),
-        default=env("EO_DEMO_ACTUATOR", "clocks"),
-        help="what the sidecars move: locked SM clocks or the power limit (default clocks)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path(env("EO_DEMO_OUT", "out")),
-        help="folder for demo-summary.json and demo.png (default ./out)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what every component does")
-    return parser
+    return settings_parser(DemoSettings, "python -m demo", _DESCRIPTION, _EPILOG)
+
+
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> DemoSettings:
+    """The options from ``argv`` over ``environ`` (default: the process's); a bad value exits 2 with usage."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    try:
+        return from_values(DemoSettings, given, environ=environ)
+    except SettingsError as exc:
+        parser.error(str(exc))
 
 
 def setup_logging(out_dir: Path, verbose: bool) -> Path:
@@ -151,7 +166,7 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if not 1 <= args.gpus <= MAX_GPUS:
         print(f"--gpus (EO_DEMO_GPUS) must be between 1 and {MAX_GPUS}, got {args.gpus}", file=sys.stderr)
         return 2

@@ -58,6 +58,10 @@ def test_slo_alert_fires_on_the_deliberate_surge(result: DemoResult) -> None:
     assert any(r.latency_s is not None and r.latency_s > result.slo_s for r in surge_and_after)
 
 
+def test_the_firing_alert_reaches_the_webhook_receiver(result: DemoResult) -> None:
+    assert "EoLatencySLOBreach" in result.alerts_delivered, "Alertmanager delivered it to the demo's webhook"
+
+
 def test_prometheus_sees_the_energy_kpis(result: DemoResult) -> None:
     jpr = [r.joules_per_request for r in result.rows if r.joules_per_request is not None]
     assert jpr, "J/request from the recording rules reached Prometheus"

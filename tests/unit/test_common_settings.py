@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic_settings import SettingsConfigDict
 
 from common.settings import (
     BinarySettings,
@@ -99,3 +100,36 @@ def test_settings_are_frozen() -> None:
 def test_parse_bool_refuses_other_words() -> None:
     with pytest.raises(ValueError):
         parse_bool("maybe")
+
+
+class Prefixed(BinarySettings):
+    model_config = SettingsConfigDict(env_prefix="EO_TOOL_")
+
+    port: Port = setting(9102, "TCP port to serve on")
+    verbose: Flag = setting(False, "say more", short="-v")
+
+
+def _load_prefixed(argv: list[str], env: dict[str, str]) -> Prefixed:
+    return load(Prefixed, argv, prog="tool", description="a prefixed binary", environ=env)
+
+
+def test_a_class_names_its_own_variable_prefix() -> None:
+    assert _load_prefixed([], {"EO_TOOL_PORT": "8000", "EO_PORT": "7000"}).port == 8000
+    assert _load_prefixed([], {"EO_PORT": "7000"}).port == 9102
+    assert _load([], {"EO_TOOL_PORT": "8000"}).port == 9102, "the default prefix stays EO_"
+    with pytest.raises(SettingsError, match="--port / EO_TOOL_PORT"):
+        _load_prefixed([], {"EO_TOOL_PORT": "x"})
+
+
+def test_prefix_and_short_alias_show_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _load_prefixed(["--help"], {})
+    out = " ".join(capsys.readouterr().out.split())
+    assert "EO_TOOL_PORT" in out and "EO_TOOL_VERBOSE" in out
+    assert "-v [VERBOSE], --verbose [VERBOSE]" in out
+
+
+@pytest.mark.parametrize("argv", [["-v"], ["--verbose"], ["-v", "true"]])
+def test_short_alias_sets_the_same_field(argv: list[str]) -> None:
+    assert _load_prefixed(argv, {}).verbose is True
+    assert _load_prefixed([], {"EO_TOOL_VERBOSE": "1"}).verbose is True

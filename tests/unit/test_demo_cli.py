@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.cli import QUICK_PHASES, STANDARD_PHASES, build_parser, main, parse_phases
+from demo.cli import QUICK_PHASES, STANDARD_PHASES, main, parse_args, parse_phases
 from demo.loop import setting_changes
 from demo.schedule import Phase
 from exporter.devices.simulated import SimulatedGpu
@@ -34,9 +34,39 @@ def test_bad_phases_name_the_piece(text: str, message: str) -> None:
 
 def test_bad_phases_exit_with_usage_not_a_trace(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        build_parser().parse_args(["--phases", "warm-up:x:2"])
+        parse_args(["--phases", "warm-up:x:2"], {})
     assert exit_.value.code == 2
     assert "must be numbers" in capsys.readouterr().err
+
+
+def test_bad_phases_from_the_variable_name_it_and_the_piece(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args([], {"EO_DEMO_PHASES": "a:10:2,b:0:1"})
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--phases / EO_DEMO_PHASES" in err and "'b:0:1'" in err and "Traceback" not in err
+
+
+def test_options_read_eo_demo_variables_and_the_option_wins() -> None:
+    env = {"EO_DEMO_QUICK": "1", "EO_DEMO_GPUS": "3", "EO_DEMO_ACTUATOR": "power", "EO_DEMO_OUT": "x"}
+    s = parse_args([], env)
+    assert (s.quick, s.gpus, s.actuator, s.out, s.phases) == (True, 3, "power", Path("x"), None)
+    assert parse_args(["--gpus", "4"], env).gpus == 4
+    assert parse_args([], {"EO_GPUS": "5"}).gpus == 6, "the demo reads EO_DEMO_*, not EO_*"
+    assert parse_args([], {"EO_DEMO_PHASES": "a:10:2"}).phases == (Phase("a", 10.0, 2.0),)
+
+
+def test_defaults_and_the_short_verbose_flag() -> None:
+    s = parse_args([], {})
+    assert (s.quick, s.gpus, s.actuator, s.out, s.verbose) == (False, 6, "clocks", Path("out"), False)
+    assert parse_args(["-v"], {}).verbose and parse_args(["--verbose"], {}).verbose
+
+
+def test_bad_actuator_exits_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--actuator", "volts"], {})
+    assert exit_.value.code == 2
+    assert "--actuator / EO_DEMO_ACTUATOR" in capsys.readouterr().err
 
 
 def test_schedules_include_silence_and_a_surge() -> None:
