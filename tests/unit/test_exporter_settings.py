@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.pods.settings import PodSettings
 from exporter.settings import Settings, SettingsError, build_parser, parse_settings
 from exporter.simload import LoadPattern
 
@@ -25,6 +26,12 @@ def test_flag_wins_over_env_and_env_is_used_otherwise() -> None:
     assert s.port == 9300
     assert s.gpu_backend == "simulated"
     assert s.sim_load == LoadPattern("constant", batch=8.0)
+
+
+def test_pod_metrics_body_cap_defaults_to_4_mib_and_reaches_the_pod_settings() -> None:
+    assert parse_settings([], {}).pod_metrics_max_bytes == 4 * 1024 * 1024
+    s = parse_settings([], {"EO_POD_METRICS_MAX_BYTES": "8388608"})
+    assert PodSettings.from_exporter(s).metrics_max_bytes == 8 * 1024 * 1024
 
 
 def test_switch_from_env(tmp_path: Path) -> None:
@@ -48,6 +55,8 @@ def test_switch_from_env(tmp_path: Path) -> None:
         (["--redfish-timeout-seconds", "40"], {}, "--redfish-timeout-seconds"),
         (["--redfish-max-age-seconds", "10"], {}, "--redfish-max-age-seconds"),
         ([], {"EO_LOG_FORMAT": "xml"}, "--log-format / EO_LOG_FORMAT"),
+        (["--pod-metrics-max-bytes", "1024"], {}, "--pod-metrics-max-bytes / EO_POD_METRICS_MAX_BYTES"),
+        ([], {"EO_POD_METRICS_MAX_BYTES": "4MiB"}, "--pod-metrics-max-bytes / EO_POD_METRICS_MAX_BYTES"),
     ],
 )
 def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], named: str) -> None:
