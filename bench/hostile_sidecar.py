@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scaler.powercap.sidecar import SHUTDOWN_BUDGET_S
+from powercap.sidecar import SHUTDOWN_BUDGET_S
 from tests.powercap_support import HistogramFeed, SidecarProcess
 from tests.support.hostile_http import Behaviour, hostile_server
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
 
+from devices.simulated import SimulatedGpu
 from exporter.collector import ExporterCollector
-from exporter.devices.simulated import SimulatedGpu
 from exporter.exposition import render as eo_render
 from exporter.pods.accounting import Accountant, PodKey
 from exporter.pods.collector import PodCollector, PodSource

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from exporter.devices.simulated import SimulatedGpu
+from devices.simulated import SimulatedGpu
 from gpumodel import H100_LLAMA_8B, operating_point
-from scaler.powercap.histogram import SlidingWindow, snapshot_from_buckets
-from scaler.powercap.latency import LatencySample
-from scaler.powercap.settings import Settings
-from scaler.powercap.sidecar import start_powercap
+from powercap.histogram import SlidingWindow, snapshot_from_buckets
+from powercap.latency import LatencySample
+from powercap.settings import Settings
+from powercap.sidecar import start_powercap
 
 REPO = Path(__file__).resolve().parents[1]
 # The shared data sit beside the checkout (../shared) or beside the worktrees' parent (../../shared).

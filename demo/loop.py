@@ -30,14 +30,14 @@ from demo.report import DemoResult, Row
 from demo.rules import write_compressed_rules
 from demo.schedule import Phase, phase_at, schedule_requests
 from demo.world import DemoDeployment
-from exporter.devices.simulated import SimulatedBackend, SimulatedGpu
+from devices.simulated import SimulatedBackend, SimulatedGpu
 from exporter.server import start_exporter
 from exporter.settings import Settings as ExporterSettings
 from gpumodel import H100_LLAMA_8B
+from powercap.latency import MetricsEndpointSource
+from powercap.settings import Settings as PowercapSettings
+from powercap.sidecar import start_powercap
 from scaler.kpi_source import PrometheusAuth
-from scaler.powercap.latency import MetricsEndpointSource
-from scaler.powercap.settings import Settings as PowercapSettings
-from scaler.powercap.sidecar import start_powercap
 from scaler.server import start_scaler
 from scaler.settings import ScalerSettings
 from sim.keda import HpaConfig

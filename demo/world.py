@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from demo.inference import SimulatedVllmServer
-from exporter.devices.simulated import SimulatedGpu, idle_load
+from devices.simulated import SimulatedGpu, idle_load
 from exporter.pods.accounting import PodKey
 from exporter.pods.devices import Allocation
 from exporter.pods.owners import PodMeta, Workload

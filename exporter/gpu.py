@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exporter.collector import OnceLog, SourceReading
-from exporter.counters import PowerIntegrator, ResettableCounter
-from exporter.devices.base import (
+from devices.base import (
     CLOCK_EVENT_REASONS,
     GpuBackend,
     GpuDevice,
@@ -31,6 +29,8 @@ from exporter.devices.base import (
     GpuNotSupported,
     GpuUnavailable,
 )
+from exporter.collector import OnceLog, SourceReading
+from exporter.counters import PowerIntegrator, ResettableCounter
 
 log = logging.getLogger(__name__)
 

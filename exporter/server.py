@@ -19,9 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.registry import Collector
 
+from devices.base import GpuBackend, GpuError
+from devices.simulated import SimulatedBackend, SimulatedGpu
 from exporter.collector import ExporterCollector, Source
-from exporter.devices.base import GpuBackend, GpuError
-from exporter.devices.simulated import SimulatedBackend, SimulatedGpu
 from exporter.exposition import render
 from exporter.gpu import GpuEnergyReader, GpuSource
 from exporter.pods.collector import PodSource
@@ -54,7 +54,7 @@ def simulated_backend(
 def backend_from_settings(settings: Settings) -> GpuBackend:
     if settings.gpu_backend == "simulated":
         return simulated_backend(settings.sim_gpus, settings.sim_load)
-    from exporter.devices.nvml import NvmlBackend  # noqa: PLC0415 (pynvml only where NVML is used)
+    from devices.nvml import NvmlBackend  # noqa: PLC0415 (pynvml only where NVML is used)
 
     return NvmlBackend()
 

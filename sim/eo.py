@@ -4,8 +4,8 @@
   Prometheus (same parts, same windows, same PromQL semantics, evaluated on ``SimPrometheus``) and calls
   the real ``scaler.policy.decide``; KEDA trigger metadata is parsed by the real
   ``scaler.metadata.parse_metadata``, so the simulator takes exactly what a ScaledObject holds.
-* ``EoCapController`` runs the real ``scaler.powercap.controller.step`` per replica with the
-  ``ControllerConfig`` the sidecar derives from its settings (``scaler.powercap.settings.Settings``
+* ``EoCapController`` runs the real ``powercap.controller.step`` per replica with the
+  ``ControllerConfig`` the sidecar derives from its settings (``powercap.settings.Settings``
   defaults, bounds intersected with the GPU's range as ``sidecar.py`` does).
 """
 
@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gpumodel.model import ServerProfile
+from powercap.controller import ControllerConfig, ControllerState, Reading, initial_state, step
+from powercap.settings import Settings
 from scaler.metadata import TriggerConfig, parse_metadata
 from scaler.policy import Observation, decide
-from scaler.powercap.controller import ControllerConfig, ControllerState, Reading, initial_state, step
-from scaler.powercap.settings import Settings
 from scaler.queries import LEARNED_CAPACITY_MAX_EXTRAPOLATION, SETTLED_REPLICAS_STEP
 from sim.engine import Policy
 from sim.keda import HpaConfig

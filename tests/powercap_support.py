@@ -22,8 +22,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from scaler.powercap.latency import LatencySample, LatencySourceError
-from scaler.powercap.settings import Settings
+from powercap.latency import LatencySample, LatencySourceError
+from powercap.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SIM_UUID = "GPU-5e1a0000-0000-4000-8000-000000000000"
@@ -140,7 +140,7 @@ class HistogramFeed:
 def eo_powercap_command() -> list[str]:
     """The installed console script when there is one (what users run), else the module."""
     script = Path(sys.executable).with_name("eo-powercap")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "scaler.powercap"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "powercap"]
 
 
 class SidecarProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.devices.simulated import SimulatedBackend, SimulatedGpu
+from devices.simulated import SimulatedBackend, SimulatedGpu
 from exporter.main import main
 from exporter.pods.accounting import PodKey
 from exporter.pods.kubelet import PodResourcesClient

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
 from demo.prometheus import Prometheus
-from exporter.devices.simulated import SimulatedGpu
+from devices.simulated import SimulatedGpu
 from exporter.pods.accounting import PodKey
 from exporter.pods.owners import PodMeta, Workload
 from exporter.pods.sampler import StaticPodMetadata

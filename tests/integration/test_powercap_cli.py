@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from exporter.devices.simulated import SimulatedGpu
-from scaler.powercap.main import build_parser, main
-from scaler.powercap.selection import visible_uuids
-from scaler.powercap.settings import StartupRefused
-from scaler.powercap.sidecar import start_powercap
+from devices.simulated import SimulatedGpu
+from powercap.main import build_parser, main
+from powercap.selection import visible_uuids
+from powercap.settings import StartupRefused
+from powercap.sidecar import start_powercap
 from tests.powercap_support import ScriptedSource, TextServer, settings, vllm_histogram
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def test_sigterm_restores_and_persists_restored(tmp_path: Path, vllm: TextServer
     args = [*base_args(tmp_path, vllm.url), "--interval-seconds", "0.1", "--settle-seconds", "0"]
     args += ["--latency-window-seconds", "1"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scaler.powercap", *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "powercap", *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
     )
     state = tmp_path / "state" / f"{SIM_UUID}.json"
     try:
@@ -99,7 +99,7 @@ def test_refusal_in_a_real_process_is_a_message_and_exit_2(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("EO_")}
     args = [*base_args(tmp_path, "http://127.0.0.1:9/metrics"), "--latency-target-seconds", "2"]
     proc = subprocess.run(
-        [sys.executable, "-m", "scaler.powercap", *args, "--simulated-unprivileged"],
+        [sys.executable, "-m", "powercap", *args, "--simulated-unprivileged"],
         check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2

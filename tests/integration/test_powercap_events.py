@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from exporter.devices.simulated import SimulatedGpu
-from scaler.powercap.events import CapEvent, KubernetesEventSink, PodRef
-from scaler.powercap.sidecar import start_powercap
+from devices.simulated import SimulatedGpu
+from powercap.events import CapEvent, KubernetesEventSink, PodRef
+from powercap.sidecar import start_powercap
 from tests.powercap_support import FakeClock, ScriptedSource, settings
 from tests.support.hostile_http import Behaviour, hostile_server
 

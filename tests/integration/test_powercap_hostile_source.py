@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from scaler.powercap.sidecar import SHUTDOWN_BUDGET_S
+from powercap.sidecar import SHUTDOWN_BUDGET_S
 from tests.powercap_support import HistogramFeed, SidecarProcess
 from tests.support.hostile_http import Behaviour, hostile_server
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from exporter.devices.simulated import SimulatedGpu
-from scaler.powercap.latency import (
+from devices.simulated import SimulatedGpu
+from powercap.latency import (
     METRICS_MAX_BODY_BYTES,
     LatencySourceError,
     MetricsEndpointSource,
     preset,
 )
-from scaler.powercap.sidecar import start_powercap
+from powercap.sidecar import start_powercap
 from tests.powercap_support import FakeClock, TextServer, settings, vllm_histogram
 from tests.support.hostile_http import Behaviour, hostile_server
 

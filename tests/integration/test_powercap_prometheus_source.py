@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from demo.prometheus import Prometheus
-from scaler.powercap.latency import LatencySourceError, PrometheusSource
+from powercap.latency import LatencySourceError, PrometheusSource
 from tests.powercap_support import TextServer, vllm_histogram
 from tests.support.hostile_http import Behaviour, hostile_server
 

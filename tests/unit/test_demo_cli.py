@@ -10,7 +10,7 @@ import pytest
 from demo.cli import QUICK_PHASES, STANDARD_PHASES, main, parse_args, parse_phases
 from demo.loop import setting_changes
 from demo.schedule import Phase
-from exporter.devices.simulated import SimulatedGpu
+from devices.simulated import SimulatedGpu
 
 
 def test_phases_parse_in_order() -> None:

@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
-RUNTIME_PACKAGES = ("common", "exporter", "scaler", "gpumodel", "sim", "recording_rules")
+RUNTIME_PACKAGES = ("common", "devices", "exporter", "scaler", "powercap", "gpumodel", "sim", "recording_rules")
 LOCAL = {*RUNTIME_PACKAGES, "demo", "tools", "tests", "bench"}
 # Modules inside the runtime packages that need an extra, and which: they are never imported by a
 # binary unless that extra's feature is asked for.

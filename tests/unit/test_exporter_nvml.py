@@ -11,9 +11,8 @@ import pynvml
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.collector import ExporterCollector, SourceReading
-from exporter.devices import nvml as nvml_module
-from exporter.devices.base import (
+from devices import nvml as nvml_module
+from devices.base import (
     CLOCK_EVENT_REASONS,
     GpuDevice,
     GpuError,
@@ -22,7 +21,8 @@ from exporter.devices.base import (
     GpuNotSupported,
     GpuUnavailable,
 )
-from exporter.devices.nvml import CLOCK_EVENT_BITS, NvmlBackend, reasons_from_bitmask
+from devices.nvml import CLOCK_EVENT_BITS, NvmlBackend, reasons_from_bitmask
+from exporter.collector import ExporterCollector, SourceReading
 from exporter.gpu import GpuEnergyReader, GpuSource
 
 UUIDS = ["GPU-11111111-2222-3333-4444-555555555555", "GPU-66666666-7777-8888-9999-000000000000"]

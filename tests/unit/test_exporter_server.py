@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.devices.base import GpuLost
-from exporter.devices.simulated import SimulatedBackend, SimulatedGpu
+from devices.base import GpuLost
+from devices.simulated import SimulatedBackend, SimulatedGpu
 from exporter.server import ExporterHandle, simulated_backend, start_exporter
 from exporter.settings import parse_settings
 from exporter.simload import parse_load_pattern

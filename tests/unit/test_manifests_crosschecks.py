@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from exporter.settings import parse_settings as parse_exporter_settings
+from powercap.main import build_parser as build_powercap_parser
+from powercap.main import settings_from_args as powercap_settings
 from scaler.metadata import parse_metadata
-from scaler.powercap.main import build_parser as build_powercap_parser
-from scaler.powercap.main import settings_from_args as powercap_settings
 from scaler.settings import parse_settings as parse_scaler_settings
 from tests.manifests_support import MANIFESTS, REPO, Doc, build, pod_spec
 

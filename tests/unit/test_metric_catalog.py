@@ -10,7 +10,7 @@ from pathlib import Path
 from tools import metric_catalog as catalog
 
 REPO = Path(__file__).resolve().parents[2]
-PRODUCT = ("common", "exporter", "scaler", "gpumodel", "sim")
+PRODUCT = ("common", "devices", "exporter", "scaler", "powercap", "gpumodel", "sim")
 # Calls that take an ``eo_``-prefixed string first without creating a metric.
 NOT_METRICS = frozenset({"ContextVar"})
 

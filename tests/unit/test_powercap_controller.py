@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scaler.powercap.controller import (
+from powercap.controller import (
     CapDecision,
     ControllerConfig,
     ControllerState,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from scaler.powercap.histogram import SlidingWindow, bucket_quantile, snapshot_from_buckets
+from powercap.histogram import SlidingWindow, bucket_quantile, snapshot_from_buckets
 
 INF = math.inf
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scaler.powercap.persist import GpuLock, GpuLockHeld, GpuRecord, StateFileError, StateStore
+from powercap.persist import GpuLock, GpuLockHeld, GpuRecord, StateFileError, StateStore
 
 UUID = "GPU-5e1a0000-0000-4000-8000-000000000000"
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from exporter.devices.simulated import SimulatedGpu
-from scaler.powercap.latency import LatencySample
-from scaler.powercap.sidecar import SHUTDOWN_BUDGET_S, PowercapHandle, start_powercap
+from devices.simulated import SimulatedGpu
+from powercap.latency import LatencySample
+from powercap.sidecar import SHUTDOWN_BUDGET_S, PowercapHandle, start_powercap
 from tests.powercap_support import FakeClock, ScriptedSource, settings
 
 ORIGINAL_MW = 700_000

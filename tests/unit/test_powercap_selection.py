@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scaler.powercap.selection import read_uuids_file
-from scaler.powercap.settings import StartupRefused
+from powercap.selection import read_uuids_file
+from powercap.settings import StartupRefused
 
 
 def test_waits_for_the_file_another_container_writes(tmp_path: Path) -> None:

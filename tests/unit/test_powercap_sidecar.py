@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from exporter.devices.base import GpuError, GpuLost
-from exporter.devices.simulated import SimulatedGpu
+from devices.base import GpuError, GpuLost
+from devices.simulated import SimulatedGpu
 from gpumodel import H100_LLAMA_8B, operating_point
-from scaler.powercap.events import CapEvent
-from scaler.powercap.latency import LatencySample
-from scaler.powercap.settings import StartupRefused
-from scaler.powercap.sidecar import PowercapHandle, start_powercap
+from powercap.events import CapEvent
+from powercap.latency import LatencySample
+from powercap.settings import StartupRefused
+from powercap.sidecar import PowercapHandle, start_powercap
 from tests.powercap_support import FakeClock, ScriptedSource, settings
 
 ORIGINAL_MW = 700_000

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gpumodel.model import H100_LLAMA_8B, H100X4_LLAMA_70B
+from powercap.controller import REASON_SLO_BREACH
+from powercap.settings import Settings
 from scaler.policy import decide
-from scaler.powercap.controller import REASON_SLO_BREACH
-from scaler.powercap.settings import Settings
 from scaler.queries import LEARNED_CAPACITY_MAX_EXTRAPOLATION as MOST
 from sim.eo import CapOptions, EoCapController, EoTrigger, controller_config
 from sim.observe import SimPrometheus, bucket_index

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.devices.base import GpuDevice, GpuLost, GpuNoPermission, GpuNotSupported
-from exporter.devices.simulated import SimulatedGpu
+from devices.base import GpuDevice, GpuLost, GpuNoPermission, GpuNotSupported
+from devices.simulated import SimulatedGpu
 from gpumodel import H100_LLAMA_8B
 
 

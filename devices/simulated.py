@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from exporter.devices.base import ClockLock, GpuError, GpuNoPermission, GpuNotSupported
+from devices.base import ClockLock, GpuError, GpuNoPermission, GpuNotSupported
 from gpumodel import H100_LLAMA_8B, ServerProfile, operating_point
 
 AMBIENT_C = 30.0

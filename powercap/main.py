@@ -20,10 +20,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from exporter.devices.base import GpuBackend, GpuError
-from exporter.devices.simulated import SimulatedBackend, SimulatedGpu
-from scaler.powercap.events import EventSink, KubernetesEventSink, NullEventSink, PodRef, in_cluster_api_url
-from scaler.powercap.latency import (
+from devices.base import GpuBackend, GpuError
+from devices.simulated import SimulatedBackend, SimulatedGpu
+from powercap.events import EventSink, KubernetesEventSink, NullEventSink, PodRef, in_cluster_api_url
+from powercap.latency import (
     LATENCY_KINDS,
     SERVERS,
     LatencySource,
@@ -31,9 +31,9 @@ from scaler.powercap.latency import (
     PrometheusSource,
     preset,
 )
-from scaler.powercap.selection import read_uuids_file, select_devices, visible_uuids
-from scaler.powercap.settings import DEFAULT_STATE_DIR, Settings, StartupRefused
-from scaler.powercap.sidecar import start_powercap
+from powercap.selection import read_uuids_file, select_devices, visible_uuids
+from powercap.settings import DEFAULT_STATE_DIR, Settings, StartupRefused
+from powercap.sidecar import start_powercap
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def open_backend(a: argparse.Namespace) -> GpuBackend:
         return SimulatedBackend(gpus)
     try:
         # Imported only when asked for: NVML needs the driver's library, the simulated path must not.
-        nvml = importlib.import_module("exporter.devices.nvml")
+        nvml = importlib.import_module("devices.nvml")
         backend: GpuBackend = nvml.NvmlBackend()
     except (ImportError, AttributeError) as exc:
         raise StartupRefused(f"the NVML backend is not available in this build: {exc}") from exc

@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from exporter.devices.base import GpuDevice, GpuError, GpuNoPermission
-from scaler.powercap.persist import GpuLock, GpuLockHeld, GpuRecord, StateFileError, StateStore
-from scaler.powercap.settings import StartupRefused
+from devices.base import GpuDevice, GpuError, GpuNoPermission
+from powercap.persist import GpuLock, GpuLockHeld, GpuRecord, StateFileError, StateStore
+from powercap.settings import StartupRefused
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from exporter.devices.base import GpuDevice, GpuError
-from scaler.powercap.controller import CapDecision, ControllerConfig, Reading, initial_state, step
-from scaler.powercap.events import CapEvent, EventSink, NullEventSink
-from scaler.powercap.gpu import ControlledGpu, open_gpus
-from scaler.powercap.latency import LatencySource, LatencySourceError
-from scaler.powercap.metrics import MetricsServer, PowercapMetrics
-from scaler.powercap.persist import StateStore
-from scaler.powercap.settings import Settings, StartupRefused
+from devices.base import GpuDevice, GpuError
+from powercap.controller import CapDecision, ControllerConfig, Reading, initial_state, step
+from powercap.events import CapEvent, EventSink, NullEventSink
+from powercap.gpu import ControlledGpu, open_gpus
+from powercap.latency import LatencySource, LatencySourceError
+from powercap.metrics import MetricsServer, PowercapMetrics
+from powercap.persist import StateStore
+from powercap.settings import Settings, StartupRefused
 
 log = logging.getLogger(__name__)
 

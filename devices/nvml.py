@@ -36,7 +36,7 @@ from pynvml import (
     NVMLError,
 )
 
-from exporter.devices.base import (
+from devices.base import (
     CLOCK_EVENT_REASONS,
     GpuError,
     GpuLost,

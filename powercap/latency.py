@@ -27,7 +27,7 @@ from common.prometheus import (
     PrometheusUnavailable,
     truncate,
 )
-from scaler.powercap.histogram import SlidingWindow, snapshot_from_buckets
+from powercap.histogram import SlidingWindow, snapshot_from_buckets
 
 log = logging.getLogger(__name__)
 

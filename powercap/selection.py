@@ -7,8 +7,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporter.devices.base import GpuDevice
-from scaler.powercap.settings import StartupRefused
+from devices.base import GpuDevice
+from powercap.settings import StartupRefused
 
 # How NVML names a whole GPU and a MIG instance; an index names a different GPU in every container.
 UUID_PREFIXES = ("GPU-", "MIG-")

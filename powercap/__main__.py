@@ -1,0 +1,5 @@
+"""``python -m powercap``: the same as ``eo-powercap``."""
+
+from powercap.main import main
+
+raise SystemExit(main())
