@@ -28,6 +28,8 @@ from sim.scenario import (
     POLICY_NAMES,
     Scenario,
     default_slo_s,
+    default_slos,
+    joint_optimum,
     load_test_capacity,
     peak_replicas,
     static_replicas,
@@ -36,7 +38,10 @@ from sim.scenario import (
     user_threshold,
 )
 from sim.server import ServerConfig
-from sim.trace import TraceError, compress, load_trace, overlay
+from sim.slo import Slos
+from sim.synth import PREFIX as SYNTH_PREFIX
+from sim.synth import SYNTHETIC, synthetic_trace
+from sim.trace import Trace, TraceError, compress, load_trace, overlay
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACE_NAME = "azure_llm_2023_conv.csv"
@@ -55,13 +60,17 @@ def default_trace() -> Path | None:
 _DESCRIPTION = (
     "Replay an LLM request trace against a calibrated GPU inference-server model and compare "
     "replica/power policies: static provisioning for the peak, KEDA's request-rate threshold, "
-    "the offline optimum, and Energy Orchestrator's own scaler policy (decide()) and power-cap "
-    "controller (step()). Prints a table of energy, latency and SLO attainment per policy."
+    "the offline optimum (replicas and SM clocks), and Energy Orchestrator's own scaler policy "
+    "(decide()) and power-cap controller (step()). Prints a table of energy, latency (TTFT, "
+    "inter-token, end-to-end) and SLO attainment per policy."
 )
 _EPILOG = (
     "Every flag can also be set with an environment variable: --some-flag is EO_SOME_FLAG (the flag "
     "wins). Trace formats: Azure 'TIMESTAMP,ContextTokens,GeneratedTokens' or generic "
-    "'arrival_s,prompt_tokens,output_tokens' (header optional). " + ATTRIBUTION
+    "'arrival_s,prompt_tokens,output_tokens' (header optional); or a synthetic trace: "
+    + ", ".join(SYNTH_PREFIX + n for n in SYNTHETIC)
+    + " (with --seed). SLOs: with none of --ttft-slo-seconds, --itl-slo-seconds, --slo-seconds given, "
+    "a TTFT and ITL pair derived from the trace; with any given, exactly those. " + ATTRIBUTION
 )
 
 
@@ -85,8 +94,11 @@ class SimSettings(BinarySettings):
     """eo-sim's flags (each also ``EO_<FLAG>``)."""
 
     trace: OptionalPath = setting(
-        None, "request trace CSV (default: the Azure conversation trace in ../shared when present)"
+        None,
+        "request trace CSV, or synth:NAME for a generated one (default: the Azure conversation trace in "
+        "../shared when present)",
     )
+    seed: int = setting(1, "seed of a synthetic (synth:NAME) trace", ge=0)
     speedup: float = setting(
         1.0, "compress time by this factor (8: an hour replays in 7.5 min at 8x the rate)", gt=0
     )
@@ -94,13 +106,21 @@ class SimSettings(BinarySettings):
     profile: Annotated[str, AfterValidator(_known_profile)] = setting(
         "llama-3.1-8b-h100", f"GPU server profile: {', '.join(PROFILES)}"
     )
-    slo_seconds: Seconds | None = setting(
+    ttft_slo_seconds: Seconds | None = setting(
         None,
-        "end-to-end latency SLO (default: 2x the trace's unloaded p99, rounded up to a vLLM histogram "
-        "bucket)",
+        "time-to-first-token SLO (default, when no SLO is given: 2x the trace's unloaded p99, rounded up "
+        "to a vLLM TTFT histogram bucket)",
+    )
+    itl_slo_seconds: Seconds | None = setting(
+        None,
+        "inter-token latency SLO, each request's mean per output token after the first (default, when no "
+        "SLO is given: 2x the unloaded p99, rounded up to a vLLM ITL histogram bucket)",
+    )
+    slo_seconds: Seconds | None = setting(
+        None, "end-to-end latency SLO (optional; Energy Orchestrator's policies hold it when given)"
     )
     latency_quantile: float = setting(
-        0.99, "quantile the scaler and the sidecar hold under the SLO", gt=0, lt=1
+        0.99, "quantile of requests held within the SLOs (baselines' load test, scaler, sidecar)", gt=0, lt=1
     )
     policies: Annotated[str, AfterValidator(_policy_list)] = setting(
         ",".join(DEFAULT_POLICIES), f"comma-separated policies to compare: {', '.join(POLICY_NAMES)}"
@@ -118,7 +138,7 @@ class SimSettings(BinarySettings):
         None, "request-rate threshold per replica of the KEDA baseline (default: 70% of the capacity)", gt=0
     )
     target_attainment: float = setting(
-        0.99, "share of requests within the SLO the baselines are tuned to hold", gt=0, le=1
+        0.99, "share of requests within all SLOs the searched baselines are tuned to hold", gt=0, le=1
     )
     cap_actuator: Literal["power", "clocks"] = setting(
         "clocks", "what the power-cap sidecar moves: power or clocks"
@@ -175,6 +195,7 @@ def run_policies(
     results: list[RunResult] = []
     static_n: int | None = args.static_replicas
     first = sc.first_minute_replicas()
+    replica_only: RunResult | None = None  # the joint optimum starts from it: computed once
     for name in names:
         cb = progress.callback(name)
         if name == "static":
@@ -191,8 +212,10 @@ def run_policies(
                 policy = Policy("threshold", trigger=ThresholdTrigger(args.threshold_rps),
                                 hpa=HpaConfig(min_replicas=1), initial_replicas=first)  # fmt: skip
                 r = sc.run(policy, cb)
-        elif name == "optimum":
-            r = tuned_optimum(sc)
+        elif name in ("optimum", "optimum-replicas"):
+            if replica_only is None:
+                replica_only = tuned_optimum(sc)
+            r = replica_only if name == "optimum-replicas" else joint_optimum(sc, replica_only)
         else:
             r = sc.run(_eo_policy(name, sc, args, static_n), cb)
         results.append(r)
@@ -203,11 +226,13 @@ def run_policies(
 def _eo_policy(name: str, sc: Scenario, args: SimSettings, static_n: int | None) -> Policy:
     q = args.latency_quantile
     profile = sc.server.profile
+    slo = sc.policy_slo_s
     if name == "caps-only":
         n = static_n if static_n is not None else peak_replicas(sc)
-        return caps_only_policy(n, CapOptions(sc.slo_s, args.cap_actuator, q), profile)
-    caps = CapOptions(sc.slo_s * sc.cap_target_ratio, sc.cap_actuator, q) if name == "eo" else None
-    return eo_policy(name, sc.slo_s, q, sc.capacity_rps, profile, sc.first_minute_replicas(), caps)
+        return caps_only_policy(n, CapOptions(slo, args.cap_actuator, q), profile)
+    caps = CapOptions(slo * sc.cap_target_ratio, sc.cap_actuator, q) if name == "eo" else None
+    capacity = None if name == "eo-learned" else sc.capacity_rps
+    return eo_policy(name, slo, q, capacity, profile, sc.first_minute_replicas(), caps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,39 +252,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _main(args: SimSettings) -> int:
-    if args.plot is not None:
-        pyplot()  # without matplotlib, say so before the simulation runs rather than after
+def read_trace(args: SimSettings) -> Trace:
+    """The trace the flags name: a file, or ``synth:NAME`` generated with ``--seed``."""
+    if args.trace is not None and str(args.trace).startswith(SYNTH_PREFIX):
+        return synthetic_trace(str(args.trace), args.seed)
     trace_path = args.trace or default_trace()
     if trace_path is None:
         raise ValueError(f"no --trace given and {DEFAULT_TRACE_NAME} was not found in ../shared/data/traces")
+    return load_trace(trace_path)
+
+
+def scenario_slos(args: SimSettings, trace: Trace, server: ServerConfig) -> Slos:
+    """The SLOs the flags give; none given: the default TTFT + ITL pair."""
+    if args.ttft_slo_seconds is None and args.itl_slo_seconds is None and args.slo_seconds is None:
+        return default_slos(trace, server)
+    return Slos(ttft_s=args.ttft_slo_seconds, itl_s=args.itl_slo_seconds, e2e_s=args.slo_seconds)
+
+
+def _main(args: SimSettings) -> int:
+    if args.plot is not None:
+        pyplot()  # without matplotlib, say so before the simulation runs rather than after
     names = args.policies.split(",")
-    trace = load_trace(trace_path)
-    trace = overlay(compress(trace, args.speedup), args.overlay)
+    trace = overlay(compress(read_trace(args), args.speedup), args.overlay)
     server = ServerConfig(
         PROFILES[args.profile], max_batch=args.max_batch, cold_start_s=args.cold_start_seconds
     )
-    slo = args.slo_seconds if args.slo_seconds is not None else default_slo_s(trace, server)
+    slos = scenario_slos(args, trace, server)
+    policy_slo = slos.e2e_s if slos.e2e_s is not None else default_slo_s(trace, server)
     capacity = args.capacity_rps
     if capacity is None:
-        capacity = load_test_capacity(trace, server, slo, args.latency_quantile)
-    sc = Scenario(trace, server, slo, capacity, quantile=args.latency_quantile,
+        capacity = load_test_capacity(trace, server, slos, args.latency_quantile)
+        if capacity <= 0:
+            raise ValueError(f"one idle replica cannot hold {slos.describe(args.latency_quantile)}; "
+                             "give larger SLOs")  # fmt: skip
+    sc = Scenario(trace, server, slos, capacity, policy_slo, quantile=args.latency_quantile,
                   target_attainment=args.target_attainment, sim=SimConfig(step_s=args.step_seconds),
                   cap_target_ratio=args.cap_target_ratio, cap_actuator=args.cap_actuator)  # fmt: skip
     show = args.progress or sys.stderr.isatty()
     progress = Progress(show, len(names))
     results = run_policies(sc, names, args, progress)
-    summaries = [summarize(r, slo) for r in results]
+    summaries = [summarize(r, slos) for r in results]
     print(f"trace {trace.name}: {len(trace.requests)} requests over {trace.span_s / 60:.1f} min; "
-          f"profile {server.profile.name}; SLO p{args.latency_quantile * 100:g} end-to-end <= {slo:g} s; "
-          f"replica capacity at the SLO {capacity:.2f} req/s")  # fmt: skip
+          f"profile {server.profile.name}; SLOs {slos.describe(args.latency_quantile)}; "
+          f"replica capacity at the SLOs {capacity:.2f} req/s")  # fmt: skip
+    if slos.e2e_s is None and any(n.startswith(("eo", "caps")) for n in names):
+        print(f"Energy Orchestrator's policies and the sidecar are given the end-to-end SLO {policy_slo:g} s "
+              "(today's scaler policy holds one latency)")  # fmt: skip
     print(table(summaries))
     print(ATTRIBUTION)
     meta = {
         "trace": trace.name,
         "requests": len(trace.requests),
         "profile": server.profile.name,
-        "slo_s": slo,
+        "slos": dict(slos.given()),
+        "policy_slo_s": policy_slo,
         "latency_quantile": args.latency_quantile,
         "capacity_rps": capacity,
         "descriptions": {n: DESCRIPTIONS[n] for n in names},
@@ -267,5 +313,5 @@ def _main(args: SimSettings) -> int:
     if args.json_path is not None:
         args.json_path.write_text(json.dumps(document(summaries, results, meta), indent=1))
     if args.plot is not None:
-        plot(results, summaries, slo, f"eo-sim: {trace.name}, {server.profile.name}", args.plot)
+        plot(results, summaries, f"eo-sim: {trace.name}, {server.profile.name}", args.plot)
     return 0

@@ -24,6 +24,7 @@ from sim.policies import (
     ScalerAnswer,
 )
 from sim.server import Cluster, ServerConfig
+from sim.slo import RequestLatencies
 from sim.trace import Trace
 
 
@@ -67,6 +68,9 @@ class RunResult:
     arrival_s: list[float]
     first_token_s: list[float]
     end_s: list[float]
+    itl_s: list[float]
+    """Per request, mean seconds per output token after the first; NaN when unfinished or with a
+    single output token."""
     prompt_tokens: int
     output_tokens: int
     energy_j: float
@@ -78,8 +82,14 @@ class RunResult:
     """Each trigger answer: (t_s, metric value, active, reason, replicas set after it)."""
     series: dict[str, list[float]]
     """Time series every ``sample_s``: t_s, arrival_rps, replicas (ready), replicas_total, power_w,
-    latency_p99_s (histogram quantile over the sample window, NaN when none finished), mean_cap_w,
-    mean_clock_cap_mhz (the highest SM clock allowed, the profile's maximum when unlocked)."""
+    latency_p99_s, ttft_p99_s, itl_p99_s (histogram quantiles over the sample window, NaN when none
+    was observed), mean_cap_w, mean_clock_cap_mhz (the highest SM clock allowed, the profile's maximum
+    when unlocked)."""
+
+    def latencies(self) -> RequestLatencies:
+        ttft = [f - a for a, f in zip(self.arrival_s, self.first_token_s, strict=True)]
+        e2e = [e - a for a, e in zip(self.arrival_s, self.end_s, strict=True)]
+        return RequestLatencies(ttft, self.itl_s, e2e)
 
 
 def _periods(step_s: float, period_s: float) -> int:
@@ -125,6 +135,8 @@ def simulate(
             "replicas_total",
             "power_w",
             "latency_p99_s",
+            "ttft_p99_s",
+            "itl_p99_s",
             "mean_cap_w",
             "mean_clock_cap_mhz",
         )
@@ -149,7 +161,8 @@ def simulate(
         k += 1
         t = k * dt
         sample_energy += outcome.energy_j
-        prom.record_slot([b for _, _, b in outcome.finished], outcome.arrivals, cluster.ready_count(t))
+        prom.record_slot([b for _, _, b in outcome.finished], outcome.arrivals, cluster.ready_count(t),
+                         outcome.first_token_buckets, outcome.itl_tokens)  # fmt: skip
         if caps is not None:
             for rid, done in outcome.per_replica.items():
                 window = windows.get(rid)
@@ -182,12 +195,15 @@ def simulate(
             break
     cluster.close(t)
     log = cluster.log
+    itl = RequestLatencies.of(log.arrival_s, log.first_token_s, log.end_s,
+                              [r.output_tokens for r in trace.requests]).itl_s  # fmt: skip
     return RunResult(
         policy=policy.name,
         trace=trace.name,
         arrival_s=log.arrival_s,
         first_token_s=log.first_token_s,
         end_s=log.end_s,
+        itl_s=list(itl),
         prompt_tokens=sum(r.prompt_tokens for r in trace.requests),
         output_tokens=sum(r.output_tokens for r in trace.requests),
         energy_j=cluster.energy_j + prestart_energy,
@@ -239,8 +255,10 @@ def _sample(
     series["replicas"].append(float(cluster.ready_count(now_s)))
     series["replicas_total"].append(float(len(cluster.replicas)))
     series["power_w"].append(energy_j / window_s)
-    p99 = prom.latency_quantile(0.99, window_s, now_s)
-    series["latency_p99_s"].append(math.nan if p99 is None else p99)
+    for key, quantile in (("latency_p99_s", prom.latency_quantile), ("ttft_p99_s", prom.ttft_quantile),
+                          ("itl_p99_s", prom.itl_quantile)):  # fmt: skip
+        p99 = quantile(0.99, window_s, now_s)
+        series[key].append(math.nan if p99 is None else p99)
     ready = [r for r in cluster.replicas if r.is_ready(now_s)]
     caps = [
         r.power_cap_w if r.power_cap_w is not None else r.config.profile.power_limit_default_w for r in ready

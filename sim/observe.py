@@ -2,8 +2,14 @@
 
 The controllers must see what they would see live, not the simulator's exact internals: request
 rates are counter increases over a window divided by the window, and latency quantiles come from
-histogram buckets (vLLM's ``vllm:e2e_request_latency_seconds`` boundaries, mirrored by the exporter as
-``eo_pod_request_latency_seconds``) interpolated the way PromQL's ``histogram_quantile`` does.
+histogram buckets interpolated the way PromQL's ``histogram_quantile`` does. Three histograms, on
+vLLM's own bucket boundaries, as the exporter mirrors them:
+
+* end-to-end latency (``vllm:e2e_request_latency_seconds``): one observation per finished request;
+* time to first token (``vllm:time_to_first_token_seconds``): one per request, at its first token;
+* inter-token latency (``vllm:inter_token_latency_seconds``, older ``time_per_output_token_seconds``):
+  one observation per output token after the first, valued at the iteration that produced it, so the
+  counts are token counts (fractional within a slot: a slot can end inside an iteration).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from collections.abc import Sequence
 
 from common.quantiles import counts_quantile
 
@@ -20,6 +27,17 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 N_BUCKETS = len(LATENCY_BUCKETS_S) + 1
+# vLLM's bounds for vllm:time_to_first_token_seconds and vllm:inter_token_latency_seconds.
+TTFT_BUCKETS_S: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+ITL_BUCKETS_S: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)  # fmt: skip
+N_TTFT_BUCKETS = len(TTFT_BUCKETS_S) + 1
+N_ITL_BUCKETS = len(ITL_BUCKETS_S) + 1
 
 
 def bucket_index(latency_s: float) -> int:
@@ -27,10 +45,22 @@ def bucket_index(latency_s: float) -> int:
     return bisect.bisect_left(LATENCY_BUCKETS_S, latency_s)
 
 
-def histogram_quantile(q: float, counts: list[int] | tuple[int, ...]) -> float | None:
-    """PromQL's ``histogram_quantile`` over per-bucket (non-cumulative) counts on vLLM's bounds; None
-    where PromQL says NaN."""
-    return counts_quantile(q, LATENCY_BUCKETS_S, counts)
+def ttft_bucket_index(ttft_s: float) -> int:
+    """``bucket_index`` on the time-to-first-token bounds."""
+    return bisect.bisect_left(TTFT_BUCKETS_S, ttft_s)
+
+
+def itl_bucket_index(itl_s: float) -> int:
+    """``bucket_index`` on the inter-token-latency bounds."""
+    return bisect.bisect_left(ITL_BUCKETS_S, itl_s)
+
+
+def histogram_quantile(
+    q: float, counts: Sequence[float], bounds: Sequence[float] = LATENCY_BUCKETS_S
+) -> float | None:
+    """PromQL's ``histogram_quantile`` over per-bucket (non-cumulative) counts on vLLM's bounds (the
+    end-to-end ones unless ``bounds`` says otherwise); None where PromQL says NaN."""
+    return counts_quantile(q, bounds, counts)
 
 
 class SimPrometheus:
@@ -45,13 +75,26 @@ class SimPrometheus:
         self._done = [0]  # completions up to the end of each slot
         self._arrived = [0]
         self._buckets: list[tuple[int, ...]] = [(0,) * N_BUCKETS]  # cumulative bucket counts
+        self._ttft: list[tuple[int, ...]] = [(0,) * N_TTFT_BUCKETS]
+        self._itl: list[tuple[float, ...]] = [(0.0,) * N_ITL_BUCKETS]
         self._ready: list[int] = [0]  # pods reporting during each slot
 
-    def record_slot(self, finished_buckets: list[int], arrivals: int, ready_replicas: int) -> None:
-        counts = list(self._buckets[-1])
-        for b in finished_buckets:
-            counts[b] += 1
-        self._buckets.append(tuple(counts))
+    def record_slot(
+        self,
+        finished_buckets: Sequence[int],
+        arrivals: int,
+        ready_replicas: int,
+        ttft_buckets: Sequence[int] = (),
+        itl_tokens: Sequence[float] | None = None,
+    ) -> None:
+        """One slot: the e2e bucket of each request finished, arrivals, pods reporting, the TTFT bucket
+        of each first token, and output tokens per ITL bucket (``N_ITL_BUCKETS`` long, or None)."""
+        self._buckets.append(_cumulate(self._buckets[-1], finished_buckets))
+        self._ttft.append(_cumulate(self._ttft[-1], ttft_buckets))
+        if itl_tokens is None or not any(itl_tokens):
+            self._itl.append(self._itl[-1])
+        else:
+            self._itl.append(tuple(a + b for a, b in zip(self._itl[-1], itl_tokens, strict=True)))
         self._done.append(self._done[-1] + len(finished_buckets))
         self._arrived.append(self._arrived[-1] + arrivals)
         self._ready.append(ready_replicas)
@@ -87,6 +130,18 @@ class SimPrometheus:
         a, b = self._buckets[start], self._buckets[end]
         return histogram_quantile(q, [y - x for x, y in zip(a, b, strict=True)])
 
+    def ttft_quantile(self, q: float, window_s: float, now_s: float) -> float | None:
+        """The same over the time-to-first-token histogram."""
+        start, end = self._window(window_s, now_s)
+        a, b = self._ttft[start], self._ttft[end]
+        return histogram_quantile(q, [y - x for x, y in zip(a, b, strict=True)], TTFT_BUCKETS_S)
+
+    def itl_quantile(self, q: float, window_s: float, now_s: float) -> float | None:
+        """The same over the inter-token-latency histogram (a quantile over tokens, not requests)."""
+        start, end = self._window(window_s, now_s)
+        a, b = self._itl[start], self._itl[end]
+        return histogram_quantile(q, [y - x for x, y in zip(a, b, strict=True)], ITL_BUCKETS_S)
+
     def replicas(self, now_s: float) -> int:
         """``count(count by (pod) (requests_total))``: pods reporting in the slot just ended."""
         return self._ready[self._slot(now_s)]
@@ -116,6 +171,15 @@ class SlidingWindow:
     def rate(self, now_s: float) -> float:
         self._expire(now_s)
         return len(self._events) / self.window_s
+
+
+def _cumulate(previous: tuple[int, ...], buckets: Sequence[int]) -> tuple[int, ...]:
+    if not buckets:
+        return previous  # tuples are immutable: an unchanged slot shares the previous one
+    counts = list(previous)
+    for b in buckets:
+        counts[b] += 1
+    return tuple(counts)
 
 
 def finite_or_none(value: float | None) -> float | None:

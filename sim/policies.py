@@ -9,7 +9,7 @@ Two kinds of replica control:
 * ``ReplicaSchedule``: replicas chosen outside KEDA (static provisioning, the offline optimum).
 
 ``CapController``: what one power-cap sidecar does per replica at its interval (Energy Orchestrator's
-``step()``; "no caps" is simply no controller).
+``step()``; "no caps" is simply no controller; ``SlotClocks`` applies a planned clock schedule).
 """
 
 from __future__ import annotations
@@ -71,10 +71,23 @@ class CapSetting:
 
 
 class CapController(Protocol):
-    name: str
-    interval_s: float
-    window_s: float
-    quantile: float
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between ``control`` calls."""
+        ...
+
+    @property
+    def window_s(self) -> float:
+        """Seconds of the replica's own latency history each reading covers."""
+        ...
+
+    @property
+    def quantile(self) -> float:
+        """The latency quantile each reading carries."""
+        ...
 
     def start(self, replica_id: int, now_s: float) -> CapSetting:
         """A replica became ready: the sidecar starts (records the original, applies its first setting)."""
@@ -133,3 +146,31 @@ class SlotSchedule:
             return 0
         i = min(len(self.counts) - 1, max(0, math.floor(now_s / self.slot_s + 1e-9)))
         return self.counts[i]
+
+
+@dataclass(frozen=True)
+class SlotClocks:
+    """SM clocks per fixed time slot, on every ready replica (the joint optimum's plan, or one clock for
+    a load test). Behind the ``CapController`` interface, so the engine applies it like a sidecar
+    would; it reads nothing."""
+
+    slot_s: float
+    clocks_mhz: Sequence[float]
+    name: str = "planned-clocks"
+    interval_s: float = 5.0
+    window_s: float = 60.0
+    quantile: float = 0.99
+
+    def __post_init__(self) -> None:
+        if not self.clocks_mhz or not self.slot_s > 0:
+            raise ValueError("SlotClocks needs at least one clock and slot_s > 0")
+
+    def clock_at(self, now_s: float) -> float:
+        i = min(len(self.clocks_mhz) - 1, max(0, math.floor(now_s / self.slot_s + 1e-9)))
+        return self.clocks_mhz[i]
+
+    def start(self, replica_id: int, now_s: float) -> CapSetting:
+        return CapSetting(locked_clock_mhz=self.clock_at(now_s))
+
+    def control(self, replica_id: int, reading: CapReading) -> CapSetting:
+        return CapSetting(locked_clock_mhz=self.clock_at(reading.now_s))

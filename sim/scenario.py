@@ -1,36 +1,43 @@
-"""A what-if scenario: a trace, a server, an SLO, and the policies compared on it, set up fairly.
+"""A what-if scenario: a trace, a server, its SLOs, and the policies compared on it, set up fairly.
 
-* SLO: the ``quantile`` of end-to-end latency. Default: twice the trace's unloaded p99 (each request
-  alone on a replica), rounded up to a bucket boundary of vLLM's latency histogram, because the scaler
-  and the sidecar read that histogram and a target inside a wide bucket is read imprecisely.
-* Replica capacity at the SLO: a load test in the simulator, as a user would run one: one replica,
-  Poisson arrivals with the trace's own request mix, the highest rate whose p99 holds the SLO.
+* SLOs (``sim.slo``): by default a pair, time to first token and inter-token latency, each twice the
+  trace's unloaded p99 (each request alone on a replica) rounded up to a bucket boundary of vLLM's
+  histogram for it, because the scaler and the sidecar read those histograms and a target inside a
+  wide bucket is read imprecisely. An end-to-end SLO (the previous default, derived the same way) can
+  be given too or instead. Attainment is the share of requests within every SLO at once.
+* Replica capacity at the SLOs: a load test in the simulator, as a user would run one: one replica,
+  Poisson arrivals with the trace's own request mix, the highest rate at which the ``quantile`` of
+  the requests meets every SLO.
 * Baselines as users set them (the ones the issue's targets are measured against): ``static`` =
   the peak minute's request rate over the load-tested capacity at the utilisation users provision for
   (``PROVISION_UTILIZATION``, 0.7), rounded up; ``threshold`` = KEDA's prometheus scaler on request rate
   with threshold = that same share of the load-tested capacity per replica.
 * Oracle-tuned variants, searched in the simulator on this very trace (the strongest version of each,
-  reported as extra rows): ``static-min`` = the fewest fixed replicas holding the SLO attainment target;
-  ``threshold-tuned`` = the highest threshold holding it; the optimum takes the largest planning margin
-  that holds it. Energy Orchestrator is not tuned per trace: it gets the load-tested capacity and the
-  SLO, as its trigger metadata would.
+  reported as extra rows), each holding the attainment target within all SLOs: ``static-min`` = the
+  fewest fixed replicas; ``threshold-tuned`` = the highest threshold; ``optimum-replicas`` = the
+  replica-only plan (``sim.optimum``, clocks at full) at the largest planning margin; ``optimum`` =
+  the joint plan of replicas and SM clocks, the cheapest holding one of its margins (and never worse
+  than ``optimum-replicas``, a plan it could have chosen). Energy Orchestrator is not tuned per trace:
+  it gets the load-tested capacity and its SLO, as its trigger metadata would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from common.quantiles import nearest_rank
 from gpumodel.model import prefill_point
 from sim.engine import Policy, RunResult, SimConfig, simulate
 from sim.keda import HpaConfig
-from sim.observe import LATENCY_BUCKETS_S
-from sim.optimum import optimum
-from sim.policies import SlotSchedule, StaticSchedule, ThresholdTrigger
+from sim.observe import ITL_BUCKETS_S, LATENCY_BUCKETS_S, TTFT_BUCKETS_S
+from sim.optimum import OptimumPlan, optimum
+from sim.policies import SlotClocks, SlotSchedule, StaticSchedule, ThresholdTrigger
 from sim.server import ServerConfig
+from sim.slo import Attainment, RequestLatencies, Slos
+from sim.slo import attainment as slo_attainment
 from sim.trace import Request, Trace
 
 POLICY_NAMES = (
@@ -42,6 +49,8 @@ POLICY_NAMES = (
     "caps-only",
     "static-min",
     "threshold-tuned",
+    "optimum-replicas",
+    "eo-learned",
 )
 DEFAULT_POLICIES = POLICY_NAMES[:6]  # the oracle-searched variants run when asked for
 DESCRIPTIONS = {
@@ -49,62 +58,112 @@ DESCRIPTIONS = {
     "threshold": "KEDA prometheus scaler on request rate, threshold 70% of capacity, no caps",
     "static-min": "fewest fixed replicas holding the SLO target (searched on the trace: oracle)",
     "threshold-tuned": "KEDA rate threshold searched on the trace to hold the SLO target (oracle)",
-    "optimum": "offline optimum (DP over 1-min slots, knows the future)",
+    "optimum": "offline joint optimum: replicas per minute and SM clocks per 15 s (DP, knows the future)",
+    "optimum-replicas": "offline replica-only optimum, clocks at full (DP over 1-min slots, knows future)",
     "eo": "Energy Orchestrator: decide() via KEDA/HPA + step() caps",
     "eo-replicas": "Energy Orchestrator decide() only, no caps",
+    "eo-learned": "Energy Orchestrator decide() only, no capacity given (learned online)",
     "caps-only": "eo-powercap step() alone at the static replica count",
 }
 
 
+def unloaded_ttft_s(server: ServerConfig, request: Request) -> float:
+    """Time to first token alone on a replica at full clocks: its prefill."""
+    return server.prefill_tokens(request) / prefill_point(server.profile).tokens_per_s
+
+
 def unloaded_latency_s(server: ServerConfig, request: Request) -> float:
-    profile = server.profile
-    prefill = server.prefill_tokens(request) / prefill_point(profile).tokens_per_s
-    return prefill + max(0, request.output_tokens - 1) * profile.iteration_time_s(1)
+    """End-to-end latency alone on a replica at full clocks: prefill, then one token per iteration."""
+    decode_s = max(0, request.output_tokens - 1) * server.profile.iteration_time_s(1)
+    return unloaded_ttft_s(server, request) + decode_s
+
+
+def _round_up(value: float, bounds: Sequence[float]) -> float:
+    return next((b for b in bounds if b >= value), value)
+
+
+def _unloaded_p99(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * (len(ordered) - 1)))] if ordered else 0.0
 
 
 def default_slo_s(trace: Trace, server: ServerConfig, factor: float = 2.0) -> float:
-    lat = sorted(unloaded_latency_s(server, r) for r in trace.requests)
-    p99 = lat[min(len(lat) - 1, int(0.99 * (len(lat) - 1)))]
-    want = factor * p99
-    return next((b for b in LATENCY_BUCKETS_S if b >= want), want)
+    """End-to-end SLO: ``factor`` x the unloaded p99, rounded up to a vLLM e2e-latency bucket bound."""
+    p99 = _unloaded_p99([unloaded_latency_s(server, r) for r in trace.requests])
+    return _round_up(factor * p99, LATENCY_BUCKETS_S)
 
 
-def attainment(result: RunResult, slo_s: float) -> float:
-    ok = sum(1 for a, e in zip(result.arrival_s, result.end_s, strict=True) if e - a <= slo_s)
-    return ok / len(result.arrival_s) if result.arrival_s else 1.0
+def default_ttft_slo_s(trace: Trace, server: ServerConfig, factor: float = 2.0) -> float:
+    """TTFT SLO: ``factor`` x the unloaded p99, rounded up to a vLLM TTFT bucket bound."""
+    p99 = _unloaded_p99([unloaded_ttft_s(server, r) for r in trace.requests])
+    return _round_up(factor * p99, TTFT_BUCKETS_S)
+
+
+def default_itl_slo_s(trace: Trace, server: ServerConfig, factor: float = 2.0) -> float:
+    """ITL SLO: ``factor`` x the unloaded p99, rounded up to a vLLM ITL bucket bound. Alone on a replica
+    every decode iteration runs at batch 1, so the unloaded ITL is one iteration at batch 1."""
+    decoding = [server.profile.iteration_time_s(1) for r in trace.requests if r.output_tokens > 1]
+    return _round_up(factor * _unloaded_p99(decoding or [server.profile.iteration_time_s(1)]), ITL_BUCKETS_S)
+
+
+def default_slos(trace: Trace, server: ServerConfig) -> Slos:
+    """The default objectives: the TTFT and ITL pair."""
+    return Slos(ttft_s=default_ttft_slo_s(trace, server), itl_s=default_itl_slo_s(trace, server))
+
+
+def attainment(result: RunResult, slos: Slos | float) -> Attainment:
+    """Per-SLO and all-SLO attainment of a run (a bare number is an end-to-end SLO)."""
+    return slo_attainment(result.latencies(), _as_slos(slos))
+
+
+def _as_slos(slos: Slos | float) -> Slos:
+    return slos if isinstance(slos, Slos) else Slos(e2e_s=float(slos))
 
 
 def load_test_capacity(
     trace: Trace,
     server: ServerConfig,
-    slo_s: float,
+    slos: Slos | float,
     q: float = 0.99,
     duration_s: float = 600.0,
     seed: int = 1,
+    clock_mhz: float | None = None,
+    at_most_rps: float | None = None,
 ) -> float:
-    """Highest Poisson rate one replica serves with the ``q`` latency quantile under ``slo_s``."""
+    """Highest Poisson rate one replica serves with the ``q`` share of requests within every SLO (a bare
+    number is an end-to-end SLO); ``clock_mhz`` locks the replica's SM clock during the test, and
+    ``at_most_rps`` bounds the search from above. 0.0 when even a trickle misses."""
+    targets = _as_slos(slos)
     rng = random.Random(seed)
     mix = trace.requests
     sim_cfg = SimConfig(step_s=0.25)
+    clocks = SlotClocks(duration_s, [clock_mhz]) if clock_mhz is not None else None
 
-    def p_latency(rate: float) -> float:
+    def holds(rate: float) -> bool:
         t, reqs = 0.0, []
         while t < duration_s:
             t += rng.expovariate(rate)
             r = mix[rng.randrange(len(mix))]
             reqs.append(Request(t, r.prompt_tokens, r.output_tokens))
         test = Trace("load test", tuple(reqs))
-        result = simulate(test, server, Policy("load-test", schedule=StaticSchedule(1)), sim_cfg)
-        warm = duration_s / 10
-        lat = [e - a for a, e in zip(result.arrival_s, result.end_s, strict=True) if a >= warm]
-        return nearest_rank(lat, q)
+        policy = Policy("load-test", schedule=StaticSchedule(1), caps=clocks)
+        result = simulate(test, server, policy, sim_cfg)
+        warm = [i for i, a in enumerate(result.arrival_s) if a >= duration_s / 10]
+        lat = result.latencies()
+        sample = RequestLatencies([lat.ttft_s[i] for i in warm], [lat.itl_s[i] for i in warm],
+                                  [lat.e2e_s[i] for i in warm])  # fmt: skip
+        got = slo_attainment(sample, targets)
+        return all((got.of_kind(kind) or 0.0) >= q for kind, _ in targets.given())
 
     lo, hi = 0.0, 1.0
-    while p_latency(hi) <= slo_s and hi < 1e4:
-        lo, hi = hi, hi * 2
+    if at_most_rps is not None:
+        hi = at_most_rps  # known not to hold above it (e.g. the capacity at a higher clock)
+    else:
+        while holds(hi) and hi < 1e4:
+            lo, hi = hi, hi * 2
     for _ in range(7):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if p_latency(mid) <= slo_s else (lo, mid)
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
     return lo
 
 
@@ -112,10 +171,15 @@ def load_test_capacity(
 class Scenario:
     trace: Trace
     server: ServerConfig
-    slo_s: float
+    slos: Slos
     capacity_rps: float
+    policy_slo_s: float
+    """The end-to-end latency SLO Energy Orchestrator's policies (and the sidecar) are given: today's
+    scaler policy holds one latency. The end-to-end SLO when one is among ``slos``, else the default
+    end-to-end SLO (2x the unloaded p99)."""
     quantile: float = 0.99
     target_attainment: float = 0.99
+    """Share of requests within all SLOs the oracle-searched baselines must hold."""
     sim: SimConfig = field(default_factory=SimConfig)
     cap_target_ratio: float = 1.0
     """The sidecar's latency target as a share of the SLO when the scaler runs too. The sidecar raises
@@ -132,14 +196,22 @@ class Scenario:
     def run(self, policy: Policy, progress: Callable[[float], None] | None = None) -> RunResult:
         return simulate(self.trace, self.server, policy, self.sim, progress)
 
+    def attainment(self, result: RunResult) -> Attainment:
+        return attainment(result, self.slos)
+
     def holds(self, result: RunResult) -> bool:
-        return attainment(result, self.slo_s) >= self.target_attainment
+        return self.attainment(result).all >= self.target_attainment
 
 
-def make_scenario(trace: Trace, server: ServerConfig, slo_s: float | None = None, **kw: object) -> Scenario:
-    slo = slo_s if slo_s is not None else default_slo_s(trace, server)
-    capacity = load_test_capacity(trace, server, slo)
-    return Scenario(trace, server, slo, capacity, **kw)  # type: ignore[arg-type]
+def make_scenario(trace: Trace, server: ServerConfig, slos: Slos | None = None, **kw: object) -> Scenario:
+    """A scenario with the default SLOs (unless given) and the load-tested capacity at them."""
+    targets = slos if slos is not None else default_slos(trace, server)
+    quantile = float(kw.get("quantile", 0.99))  # type: ignore[arg-type]
+    capacity = load_test_capacity(trace, server, targets, quantile)
+    if capacity <= 0:
+        raise ValueError(f"one idle replica cannot hold {targets.describe(quantile)} for this trace")
+    policy_slo = targets.e2e_s if targets.e2e_s is not None else default_slo_s(trace, server)
+    return Scenario(trace, server, targets, capacity, policy_slo, **kw)  # type: ignore[arg-type]
 
 
 # The share of load-tested capacity users provision for (and set a KEDA rate threshold at): the
@@ -191,40 +263,108 @@ def static_replicas(sc: Scenario, name: str = "static-min") -> tuple[int, RunRes
     return n, run(n)
 
 
-def _first_holding(sc: Scenario, candidates: Iterable[Policy]) -> RunResult:
-    last: RunResult | None = None
-    for policy in candidates:
-        last = sc.run(policy)
-        if sc.holds(last):
-            return last
-    assert last is not None
-    return last
+# Multipliers of the load-tested capacity the searches try, largest first. Above 1: a single-replica
+# load test understates what several replicas behind one router hold together (a burst spreads over
+# them), so the oracles may find that fewer replicas still hold the SLOs.
+SEARCH_SCALES = (2.0, 1.75, 1.5, 1.3, 1.15, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+
+
+def _largest_holding(
+    sc: Scenario, scales: Sequence[float], policy_for: Callable[[float], Policy]
+) -> RunResult:
+    """The run of the largest scale whose replay holds the attainment target, by bisection over
+    ``scales`` (largest first; holding is taken to be monotone: a smaller scale means more capacity
+    provisioned). None holding: the smallest scale's run."""
+    runs: dict[int, RunResult] = {}
+
+    def holds(i: int) -> bool:
+        if i not in runs:
+            runs[i] = sc.run(policy_for(scales[i]))
+        return sc.holds(runs[i])
+
+    lo, hi = 0, len(scales) - 1  # the answer is the first holding index in [lo, hi]
+    if not holds(hi):
+        return runs[hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return runs[lo]
 
 
 def tuned_threshold(
-    sc: Scenario,
-    fractions: Iterable[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4),
-    name: str = "threshold-tuned",
+    sc: Scenario, scales: Sequence[float] = SEARCH_SCALES, name: str = "threshold-tuned"
 ) -> RunResult:
-    """The KEDA rate threshold, highest first, until the SLO attainment target holds (an oracle: searched
-    in the simulator on the trace itself)."""
+    """The highest KEDA rate threshold (a multiple of the load-tested capacity) that holds the SLO
+    attainment target (an oracle: searched in the simulator on the trace itself)."""
     hpa = HpaConfig(min_replicas=1)
-    return _first_holding(
-        sc,
-        (
-            Policy(name, trigger=ThresholdTrigger(f * sc.capacity_rps, name=name), hpa=hpa,
-                   initial_replicas=sc.first_minute_replicas())
-            for f in fractions
-        ),
-    )  # fmt: skip
+    first = sc.first_minute_replicas()
+
+    def policy(scale: float) -> Policy:
+        trigger = ThresholdTrigger(scale * sc.capacity_rps, name=name)
+        return Policy(name, trigger=trigger, hpa=hpa, initial_replicas=first)
+
+    return _largest_holding(sc, scales, policy)
 
 
-def tuned_optimum(sc: Scenario, margins: Iterable[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)) -> RunResult:
-    """The offline optimum's plan at the largest margin whose replay holds the SLO attainment target."""
+def tuned_optimum(
+    sc: Scenario, scales: Sequence[float] = SEARCH_SCALES, name: str = "optimum-replicas"
+) -> RunResult:
+    """The replica-only optimum (clocks at full): its plan at the largest capacity scale whose replay
+    holds the SLO attainment target."""
+    clock = float(sc.server.profile.max_sm_clock_mhz)
 
-    def policies() -> Iterable[Policy]:
-        for m in margins:
-            plan = optimum(sc.trace, sc.server, sc.slo_s, margin=m)
-            yield Policy("optimum", schedule=SlotSchedule(plan.slot_s, plan.counts))
+    def policy(scale: float) -> Policy:
+        p = optimum(sc.trace, sc.server, {clock: sc.capacity_rps}, margin=scale)
+        return Policy(name, schedule=SlotSchedule(p.slot_s, p.counts, name=name))
 
-    return _first_holding(sc, policies())
+    return _largest_holding(sc, scales, policy)
+
+
+# SM clocks the joint optimum chooses among, as shares of the maximum: below ~0.4 prefill (which slows
+# as 1/clock) leaves no TTFT room at the default SLOs.
+JOINT_CLOCK_RATIOS = (1.0, 0.85, 0.7, 0.55, 0.4)
+
+
+def clock_capacities(sc: Scenario, ratios: Iterable[float] = JOINT_CLOCK_RATIOS) -> dict[float, float]:
+    """SM clock (MHz) -> load-tested capacity at that clock (the scenario's own at the maximum). A lower
+    clock never serves more, so each test searches below the capacity at the clock above it."""
+    top = sc.server.profile.max_sm_clock_mhz
+    caps = {float(top): sc.capacity_rps}
+    above = sc.capacity_rps
+    for r in sorted(ratios, reverse=True):
+        clock = float(round(r * top))
+        if clock not in caps and above > 0:
+            above = caps[clock] = load_test_capacity(sc.trace, sc.server, sc.slos, sc.quantile,
+                                                     clock_mhz=clock, at_most_rps=above)  # fmt: skip
+    return caps
+
+
+def planned_policy(plan: OptimumPlan, name: str = "optimum") -> Policy:
+    """Replay a joint plan: its replica schedule, and its clocks on every ready replica."""
+    return Policy(name, schedule=SlotSchedule(plan.slot_s, plan.counts, name=name),
+                  caps=SlotClocks(plan.sub_s, plan.clocks_mhz, name=name))  # fmt: skip
+
+
+def joint_optimum(
+    sc: Scenario,
+    replica_only: RunResult | None = None,
+    scales: Sequence[float] = SEARCH_SCALES,
+    capacities: dict[float, float] | None = None,
+    name: str = "optimum",
+) -> RunResult:
+    """The joint optimum: replicas and clocks planned together at the largest capacity scale whose
+    replay holds the SLO attainment target; the cheaper of that run and the replica-only optimum (a
+    plan with every clock at full is one of the joint plans, so the joint limit is never above it)."""
+    caps = capacities if capacities is not None else clock_capacities(sc)
+    base = replica_only if replica_only is not None else tuned_optimum(sc)
+
+    def policy(scale: float) -> Policy:
+        return planned_policy(optimum(sc.trace, sc.server, caps, margin=scale), name)
+
+    joint = _largest_holding(sc, scales, policy)
+    if sc.holds(joint) and (not sc.holds(base) or joint.energy_j <= base.energy_j):
+        return joint
+    return dataclasses.replace(base, policy=name)

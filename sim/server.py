@@ -11,7 +11,12 @@ with the batch constant between events. Nothing iterates token by token:
 * Prefill: prompt tokens beyond ``amortised_prompt_tokens`` (the chat prompt already inside the
   throughput fit) are processed FIFO as chunked prefill: each iteration carries the decode batch and
   ``chunk_tokens - b`` prompt tokens at ``prefill_tokens_per_s`` (compute-bound: full power, slows with
-  the clock). A request's first token (TTFT) comes when its prefill completes.
+  the clock). A request's first token comes when its prefill completes: its time to first token
+  (TTFT) is its queueing (gateway, replica) plus its prefill, queued behind the prompts before it.
+* Inter-token latency (ITL): each later token takes one iteration, ``t(b)`` plus the prefill chunk the
+  iteration carries, so ITL grows with the batch and with other requests' prefills. Per request the
+  log keeps its mean (decode time over output tokens after the first); per slot each replica counts
+  its tokens per ITL histogram bucket, as vLLM's ``inter_token_latency_seconds`` observes them.
 * Power: idle (model resident) with nothing running; otherwise the time-weighted mix of decode power
   ``P(b)`` and prefill power, both at the clock the cap/lock allows.
 * Admission: at most ``max_batch`` requests in prefill + decode; the rest wait in the replica's queue.
@@ -29,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from gpumodel.model import ServerProfile, operating_point, prefill_point
-from sim.observe import LATENCY_BUCKETS_S, bucket_index
+from sim.observe import LATENCY_BUCKETS_S, N_ITL_BUCKETS, bucket_index, itl_bucket_index, ttft_bucket_index
 from sim.trace import Request
 
 _EPS = 1e-9
@@ -128,6 +133,10 @@ class Replica:
         # they were (the demo's simulated inference servers count their tokens).
         self.finished: list[tuple[float, float, int]] = []
         self.finished_ids: list[int] = []
+        # This slot's first tokens (TTFT bucket of each) and output tokens per ITL bucket.
+        self.first_token_buckets: list[int] = []
+        self.itl_tokens: list[float] = [0.0] * N_ITL_BUCKETS
+        self._itl_seen = False
 
     def is_ready(self, now_s: float) -> bool:
         return now_s >= self.ready_s - _EPS
@@ -196,6 +205,9 @@ class Replica:
             self.energy_j += power * dt
             if b:
                 self._g += dt / tau
+                if dt > 0:
+                    self.itl_tokens[itl_bucket_index(tau)] += b * dt / tau
+                    self._itl_seen = True
             t += dt
             if prefill:
                 head = prefill[0]
@@ -204,6 +216,7 @@ class Replica:
                     prefill.popleft()
                     req = int(head[0])
                     log.first_token_s[req] = t
+                    self.first_token_buckets.append(ttft_bucket_index(t - arrivals[req]))
                     left = requests[req].output_tokens - 1
                     if left > 0:
                         heapq.heappush(decoding, (self._g + left, req))
@@ -217,6 +230,14 @@ class Replica:
                 prefill.append([req, self.config.prefill_tokens(requests[req])])
             if t >= t1 - _EPS and not (incoming and incoming[0][0] <= t + _EPS):
                 break
+
+    def take_slot_tokens(self) -> tuple[list[int], list[float] | None]:
+        """This slot's TTFT buckets and ITL token counts (None when no token was decoded); resets both."""
+        firsts, self.first_token_buckets = self.first_token_buckets, []
+        if not self._itl_seen:
+            return firsts, None
+        itl, self.itl_tokens, self._itl_seen = self.itl_tokens, [0.0] * N_ITL_BUCKETS, False
+        return firsts, itl
 
     def _finish(self, req: int, t: float, arrivals: list[float], log: RequestLog) -> None:
         log.end_s[req] = t
@@ -235,6 +256,10 @@ class SlotOutcome:
     arrivals: int
     finished_ids: dict[int, list[int]] = field(default_factory=dict)
     """Per replica, the trace indices of the requests in ``per_replica`` (same order)."""
+    first_token_buckets: list[int] = field(default_factory=list)
+    """TTFT bucket (``sim.observe.TTFT_BUCKETS_S``) of each first token in the slot, all replicas."""
+    itl_tokens: list[float] | None = None
+    """Output tokens per ITL bucket (``sim.observe.ITL_BUCKETS_S``) in the slot; None when none."""
 
 
 class Cluster:
@@ -305,11 +330,17 @@ class Cluster:
         finished: list[tuple[float, float, int]] = []
         per_replica: dict[int, list[tuple[float, float, int]]] = {}
         finished_ids: dict[int, list[int]] = {}
+        first_tokens: list[int] = []
+        itl: list[float] | None = None
         for r in self.replicas:
             before, idle_before = r.energy_j, r.idle_energy_j
             r.advance(t0, t1, requests, self.log)
             energy += r.energy_j - before
             self.idle_energy_j += r.idle_energy_j - idle_before
+            firsts, tokens = r.take_slot_tokens()
+            first_tokens.extend(firsts)
+            if tokens is not None:
+                itl = tokens if itl is None else [a + b for a, b in zip(itl, tokens, strict=True)]
             if r.finished:
                 finished.extend(r.finished)
                 per_replica[r.id] = r.finished
@@ -320,7 +351,7 @@ class Cluster:
             self.replicas.remove(r)
             self.replica_seconds += t1 - r.created_s
         self.energy_j += energy
-        return SlotOutcome(finished, per_replica, energy, arrivals, finished_ids)
+        return SlotOutcome(finished, per_replica, energy, arrivals, finished_ids, first_tokens, itl)
 
     @property
     def pending(self) -> int:

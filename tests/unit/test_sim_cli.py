@@ -34,12 +34,16 @@ def test_table_json_and_png(tiny_trace: Path, tmp_path: Path, capsys: pytest.Cap
     for name in ("static", "threshold", "optimum", "eo", "eo-replicas", "caps-only"):
         assert f"\n{name} " in stdout
     assert "Patel et al., ISCA 2024" in stdout
+    assert "TTFT <= " in stdout and "ITL <= " in stdout  # the default pair
+    assert "in TTFT" in stdout and "in ITL" in stdout and "in E2E" not in stdout
     doc = json.loads(out_json.read_text())
     assert [p["policy"] for p in doc["policies"]][:3] == ["static", "threshold", "optimum"]
+    assert set(doc["slos"]) == {"ttft", "itl"}
     for p in doc["policies"]:
         assert p["energy_kwh"] > 0
-        assert 0 <= p["slo_attainment"] <= 1
-        assert len(p["series"]["t_s"]) == len(p["series"]["power_w"]) > 10
+        assert 0 <= p["slo_attainment"] <= min(p["ttft_attainment"], p["itl_attainment"]) <= 1
+        assert p["e2e_attainment"] is None
+        assert len(p["series"]["t_s"]) == len(p["series"]["power_w"]) == len(p["series"]["itl_p99_s"]) > 10
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -53,6 +57,26 @@ def test_env_vars_set_flags(
     out = capsys.readouterr().out
     assert "<= 20 s" in out
     assert "\nthreshold" not in out
+
+
+def test_slo_flags_replace_the_default_pair(tiny_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--trace", str(tiny_trace), "--capacity-rps", "10", "--policies",
+               "static,optimum-replicas,eo-learned", "--ttft-slo-seconds", "2", "--slo-seconds", "30"])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "TTFT <= 2 s, end-to-end <= 30 s" in out and "ITL <=" not in out
+    assert "in TTFT" in out and "in E2E" in out and "in ITL" not in out
+    for name in ("optimum-replicas", "eo-learned"):
+        assert f"\n{name} " in out
+
+
+def test_synthetic_trace_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--trace", "synth:long-context", "--seed", "2", "--capacity-rps", "1", "--policies", "static",
+               "--static-replicas", "4"])  # fmt: skip
+    assert rc == 0
+    assert "trace synth:long-context seed 2:" in capsys.readouterr().out
+    assert main(["--trace", "synth:nope", "--policies", "static"]) == 2
+    assert "unknown synthetic trace" in capsys.readouterr().err
 
 
 def test_bad_trace_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

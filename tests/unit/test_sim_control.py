@@ -1,4 +1,4 @@
-"""KEDA/HPA arithmetic, the simulated Prometheus, the threshold baseline and the DP optimum."""
+"""KEDA/HPA arithmetic, the simulated Prometheus, the threshold baseline, planned clocks and the DP optimum."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ import pytest
 
 from gpumodel.model import H100_LLAMA_8B
 from sim.keda import Autoscaler, HpaConfig, hpa_recommendation, scale_up_limit
-from sim.observe import LATENCY_BUCKETS_S, SimPrometheus, bucket_index, histogram_quantile
-from sim.optimum import Workload, capacity_rps, plan, steady_state
-from sim.policies import SlotSchedule, ThresholdTrigger
+from sim.observe import (
+    ITL_BUCKETS_S,
+    LATENCY_BUCKETS_S,
+    N_ITL_BUCKETS,
+    SimPrometheus,
+    bucket_index,
+    histogram_quantile,
+    itl_bucket_index,
+    ttft_bucket_index,
+)
+from sim.optimum import Workload, optimum, plan, steady_state
+from sim.policies import CapReading, SlotClocks, SlotSchedule, ThresholdTrigger
 from sim.server import ServerConfig
+from sim.trace import Request, Trace
 
 
 def test_hpa_recommendation_ceil_and_tolerance() -> None:
@@ -126,17 +136,61 @@ def test_dp_keeps_replicas_through_a_short_dip_when_restarting_costs_more() -> N
     assert counts == [2, 0, 2]
 
 
-def test_capacity_and_steady_state_are_consistent() -> None:
+def test_steady_state_lower_clock_draws_less_power_and_decodes_slower() -> None:
+    work = Workload(mean_prefill_tokens=500, mean_output_tokens=200)
+    full = steady_state(H100_LLAMA_8B, work, 5.0)
+    slow = steady_state(H100_LLAMA_8B, work, 5.0, clock_ratio=0.6)
+    assert full is not None and slow is not None
+    assert slow.power_w < full.power_w
+    assert slow.token_time_s > full.token_time_s
+    assert slow.prefill_share == pytest.approx(full.prefill_share / 0.6)  # prefill slows as 1/clock
+    busier = steady_state(H100_LLAMA_8B, work, 10.0)
+    assert busier is not None and busier.batch > full.batch and busier.power_w > full.power_w
+    assert steady_state(H100_LLAMA_8B, work, 1000.0) is None  # cannot keep up
+
+
+def _two_phase_trace() -> Trace:
+    """10 minutes at 2 req/s, then 10 at 20 req/s (evenly spaced)."""
+    reqs = [Request(i / 2, 300, 100) for i in range(1200)]
+    reqs += [Request(600 + i / 20, 300, 100) for i in range(12000)]
+    return Trace("two phases", tuple(reqs))
+
+
+def test_joint_plan_lowers_clocks_where_load_allows_and_never_costs_more_than_replicas_only() -> None:
     server = ServerConfig(H100_LLAMA_8B)
-    work = Workload(
-        mean_prefill_tokens=500,
-        mean_output_tokens=200,
-        quantile_output_tokens=600,
-        quantile_prefill_tokens=2000,
-    )
-    cap = capacity_rps(server, work, slo_s=10.0, margin=1.0)
-    s = steady_state(H100_LLAMA_8B, work, cap)
-    assert s is not None and s.tail_latency_s == pytest.approx(10.0, rel=1e-3)
-    assert capacity_rps(server, work, slo_s=20.0, margin=1.0) > cap
-    busier = steady_state(H100_LLAMA_8B, work, cap * 0.5)
-    assert busier is not None and busier.batch < s.batch and busier.power_w < s.power_w
+    trace = _two_phase_trace()
+    replicas_only = optimum(trace, server, {1980.0: 10.0})
+    joint = optimum(trace, server, {1980.0: 10.0, 1188.0: 6.0, 792.0: 3.0})
+    assert joint.energy_j <= replicas_only.energy_j
+    assert replicas_only.clocks_mhz == [1980.0] * len(replicas_only.clocks_mhz)
+    assert len(joint.clocks_mhz) == 4 * len(joint.counts)  # a clock per 15 s
+    # The quiet first half fits one replica at the lowest clock; the busy half needs more at full.
+    assert set(joint.clocks_mhz[:36]) == {792.0} and joint.counts[:9] == [1] * 9
+    assert replicas_only.counts[-1] == 2 and max(joint.counts) >= 2
+    for i, n in enumerate(joint.counts):  # every 15 s the planned replicas hold its rate at its clock
+        caps = {1980.0: 10.0, 1188.0: 6.0, 792.0: 3.0}
+        for j in range(4):
+            rate = sum(1 for r in trace.requests if i * 60 + j * 15 <= r.arrival_s < i * 60 + (j + 1) * 15)
+            assert n * caps[joint.clocks_mhz[4 * i + j]] >= rate / 15 - 1e-9
+
+
+def test_slot_clocks_apply_the_planned_clock_of_each_slot() -> None:
+    clocks = SlotClocks(15.0, [1980.0, 990.0])
+    assert clocks.start(0, 0.0).locked_clock_mhz == 1980.0
+    assert clocks.control(0, CapReading(15.0, None, 0.0)).locked_clock_mhz == 990.0
+    assert clocks.control(0, CapReading(900.0, None, 0.0)).locked_clock_mhz == 990.0  # past the plan: last
+
+
+def test_sim_prometheus_ttft_and_itl_histograms() -> None:
+    prom = SimPrometheus(step_s=1.0)
+    itl = [0.0] * N_ITL_BUCKETS
+    itl[itl_bucket_index(0.02)] = 90.0  # 90 tokens at 20 ms, 10 at 100 ms each second
+    itl[itl_bucket_index(0.1)] = 10.0
+    for _ in range(60):
+        prom.record_slot([], 1, 1, ttft_buckets=[ttft_bucket_index(0.3)], itl_tokens=itl)
+    ttft = prom.ttft_quantile(0.99, 60.0, 60.0)
+    assert ttft is not None and 0.25 < ttft <= 0.5
+    p50, p99 = prom.itl_quantile(0.5, 60.0, 60.0), prom.itl_quantile(0.99, 60.0, 60.0)
+    assert p50 is not None and ITL_BUCKETS_S[0] < p50 <= 0.025  # a quantile over tokens
+    assert p99 is not None and 0.075 < p99 <= 0.1
+    assert prom.itl_quantile(0.99, 60.0, 0.0) is None  # nothing observed yet

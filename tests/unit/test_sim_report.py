@@ -9,6 +9,7 @@ import pytest
 from common.quantiles import nearest_rank
 from sim.engine import RunResult
 from sim.report import document, summarize, table
+from sim.slo import Slos
 
 
 def result() -> RunResult:
@@ -19,6 +20,7 @@ def result() -> RunResult:
         arrival_s=arrivals,
         first_token_s=[0.5, 1.5, 2.5, math.nan],
         end_s=[1.0, 3.0, 7.0, math.nan],  # latencies 1, 2, 5; the last never finished
+        itl_s=[0.05, 0.15, math.nan, math.nan],  # the third had a single output token
         prompt_tokens=40,
         output_tokens=100,
         energy_j=7.2e6,
@@ -40,7 +42,7 @@ def test_percentile_nearest_rank() -> None:
 
 
 def test_summary_figures() -> None:
-    s = summarize(result(), slo_s=2.0)
+    s = summarize(result(), 2.0)
     assert s.energy_kwh == pytest.approx(2.0)
     assert s.joules_per_request == pytest.approx(1.8e6)
     assert s.joules_per_output_token == pytest.approx(7.2e4)
@@ -54,11 +56,26 @@ def test_summary_figures() -> None:
     assert s.mean_power_w == pytest.approx(2000.0)
 
 
+def test_per_slo_and_all_slo_attainment() -> None:
+    s = summarize(result(), Slos(ttft_s=0.5, itl_s=0.1, e2e_s=6.0))
+    assert s.ttft_attainment == pytest.approx(0.75)  # 0.5 s each; the unfinished one misses
+    assert s.itl_attainment == pytest.approx(0.5)  # 0.15 misses; the single-token request cannot miss
+    assert s.e2e_attainment == pytest.approx(0.75)
+    assert s.slo_attainment == pytest.approx(0.5)  # requests 0 and 2 meet all three
+    assert s.slo_attainment <= min(s.ttft_attainment, s.itl_attainment, s.e2e_attainment)
+    assert s.itl_p50_s == pytest.approx(0.05) and s.itl_p99_s == pytest.approx(0.15)
+    assert (s.ttft_slo_s, s.itl_slo_s, s.e2e_slo_s) == (0.5, 0.1, 6.0)
+    only_itl = summarize(result(), Slos(itl_s=0.1))
+    assert only_itl.ttft_attainment is None and only_itl.slo_attainment == pytest.approx(0.5)
+
+
 def test_table_and_document() -> None:
-    s = summarize(result(), slo_s=2.0)
+    s = summarize(result(), 2.0)
     text = table([s])
     assert "kWh" in text.splitlines()[0]
     assert "2.000" in text and "50.00%" in text
+    assert "in E2E" in text and "in TTFT" not in text  # only the SLOs given have columns
+    assert "in TTFT" in table([summarize(result(), Slos(ttft_s=1.0))])
     doc = document([s], [result()], {"slo_s": 2.0})
     assert "Patel" in doc["attribution"]
     assert doc["policies"][0]["decision_reasons"] == {"hold": 1, "scale_up_load": 1}

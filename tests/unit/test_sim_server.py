@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gpumodel.model import H100_LLAMA_8B, operating_point, prefill_point
+from sim.observe import ITL_BUCKETS_S, itl_bucket_index
 from sim.server import Cluster, ServerConfig
+from sim.slo import RequestLatencies
 from sim.trace import Request
 
 P = H100_LLAMA_8B
@@ -96,3 +98,53 @@ def test_router_picks_least_loaded_and_scale_down_drains() -> None:
     run(cluster, 10.0)
     assert len(cluster.replicas) == 1  # the drained one left once empty
     assert all(e == e for e in cluster.log.end_s)  # every request finished
+
+
+@pytest.mark.parametrize("batch", [8, 128])
+def test_itl_is_the_iteration_time_of_the_batch(batch: int) -> None:
+    """Alone in decode (no prefill in flight), every token after the first takes one iteration at the
+    batch: the per-request mean ITL and the ITL histogram both say ``t(b)``, and ITL grows with b."""
+    out = 201
+    reqs = tuple(Request(0.0, 0, out) for _ in range(batch))
+    cluster = Cluster(ServerConfig(P, max_batch=batch, chunk_tokens=batch + 2048), reqs)
+    cluster.scale_to(1, 0.0, warm=True)
+    tokens = [0.0] * (len(ITL_BUCKETS_S) + 1)
+    t = 0.0
+    while t < 10.0:
+        outcome = cluster.step(t, t + 0.25)
+        if outcome.itl_tokens is not None:
+            tokens = [a + b for a, b in zip(tokens, outcome.itl_tokens, strict=True)]
+        t += 0.25
+    log = cluster.log
+    itl = RequestLatencies.of(log.arrival_s, log.first_token_s, log.end_s, [out] * batch).itl_s
+    expected = operating_point(P, batch).iteration_time_s
+    assert sum(itl) / batch == pytest.approx(expected, rel=0.01)
+    assert sum(tokens) == pytest.approx(batch * (out - 1), rel=0.01)
+    assert tokens[itl_bucket_index(expected)] == pytest.approx(sum(tokens), rel=0.02)
+
+
+def test_prefill_in_flight_raises_the_itl_of_running_requests() -> None:
+    """A long prompt arriving while others decode shares their iterations (chunked prefill)."""
+    decoders = tuple(Request(0.0, 0, 101) for _ in range(8))
+    results = []
+    for extra in ((), (Request(0.5, 30_000, 2),)):
+        reqs = decoders + extra
+        cluster = Cluster(ServerConfig(P), reqs)
+        cluster.scale_to(1, 0.0, warm=True)
+        run(cluster, 10.0)
+        log = cluster.log
+        itl = RequestLatencies.of(
+            log.arrival_s, log.first_token_s, log.end_s, [r.output_tokens for r in reqs]
+        )
+        results.append(max(itl.itl_s[:8]))
+    alone, shared = results
+    assert shared > 2 * alone
+
+
+def test_ttft_includes_waiting_for_a_batch_slot() -> None:
+    reqs = tuple(Request(0.0, 0, 401) for _ in range(3))
+    cluster = Cluster(ServerConfig(P, max_batch=2, chunk_tokens=2048), reqs)
+    cluster.scale_to(1, 0.0, warm=True)
+    run(cluster, 10.0)
+    ttft = [f - a for a, f in zip(cluster.log.arrival_s, cluster.log.first_token_s, strict=True)]
+    assert ttft[2] > ttft[1] + 400 * operating_point(P, 2).iteration_time_s * 0.9  # queued behind both
