@@ -3,7 +3,9 @@
 * ``EoTrigger`` builds the ``scaler.policy.Observation`` the way ``scaler/queries.py`` builds it from
   Prometheus (same parts, same windows, same PromQL semantics, evaluated on ``SimPrometheus``) and calls
   the real ``scaler.policy.decide``; KEDA trigger metadata is parsed by the real
-  ``scaler.metadata.parse_metadata``, so the simulator takes exactly what a ScaledObject holds.
+  ``scaler.metadata.parse_metadata``, so the simulator takes exactly what a ScaledObject holds. The
+  simulated Prometheus also holds the TTFT and inter-token-latency histograms the exporter mirrors
+  (``_ttft``, ``_itl``), for a trigger that holds those SLOs; today's trigger holds end-to-end latency.
 * ``EoCapController`` runs the real ``powercap.controller.step`` per replica with the
   ``ControllerConfig`` the sidecar derives from its settings (``powercap.settings.Settings``
   defaults, bounds intersected with the GPU's range as ``sidecar.py`` does).
@@ -54,6 +56,15 @@ class EoTrigger:
 
     def _latency(self, prom: SimPrometheus, at_s: float) -> float | None:
         return prom.latency_quantile(self.trigger.latency_quantile, LATENCY_WINDOW_S, at_s)
+
+    def _ttft(self, prom: SimPrometheus, at_s: float, quantile: float) -> float | None:
+        """``histogram_quantile(q, sum by (le) (rate(ttft_bucket[1m])))``: the TTFT quantile input, over
+        the mirrored ``vllm:time_to_first_token_seconds`` (for a trigger that takes a TTFT SLO)."""
+        return prom.ttft_quantile(quantile, LATENCY_WINDOW_S, at_s)
+
+    def _itl(self, prom: SimPrometheus, at_s: float, quantile: float) -> float | None:
+        """The same over the mirrored inter-token-latency histogram (a quantile over tokens)."""
+        return prom.itl_quantile(quantile, LATENCY_WINDOW_S, at_s)
 
     def _peak(self, prom: SimPrometheus, now_s: float) -> float:
         """``max_over_time(load_kpi[stabilization])`` over the rule's evaluations."""
