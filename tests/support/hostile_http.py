@@ -119,7 +119,8 @@ def hostile_server(behaviour: Behaviour | None = None) -> Iterator[tuple[str, Be
     b = behaviour or Behaviour()
     server = _Server(("127.0.0.1", 0), _Handler)
     server.behaviour = b  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: leaving the context (shutdown) takes milliseconds, not up to 0.5 s.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", b
