@@ -6,8 +6,11 @@ import pytest
 
 from scaler.metadata import MetadataError, Mode, parse_metadata
 from scaler.queries import (
+    KpiQueryRejected,
     KpiUnavailable,
     build_query,
+    custom_parts,
+    custom_value,
     escape_label_value,
     parts,
     selector,
@@ -188,3 +191,94 @@ def test_zero_pods_with_evidence_is_zero_replicas_not_an_error() -> None:
     # watched: that is evidence of zero (the old test took a heartbeat alone as evidence).
     o = to_observation(parse_metadata(BASE, "ns"), _series(heartbeat_age=1))
     assert o.current_replicas == 0 and o.load_rps == 0 and o.idle_for_s == 300
+
+
+def test_zero_needs_every_node_that_held_the_workload_watched() -> None:
+    with pytest.raises(KpiUnavailable, match="no fresh pods heartbeat"):
+        to_observation(parse_metadata(BASE, "ns"), _series(heartbeat_age=1, unwatched_nodes=1))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"heartbeat_age": -5},  # from the future
+        {"heartbeat_age": "NaN"},
+        {"heartbeat_age": 1, "replicas": "1e19", "visible_pods": "1e19", "load": 1},
+        {"heartbeat_age": 1, "replicas": -3, "load": 1},
+        {"heartbeat_age": 1, "replicas": 2, "load": -1},
+        {"heartbeat_age": 1, "replicas": 2, "load": "+Inf"},
+        {"heartbeat_age": 1, "replicas": 2, "load": 1, "latency": "NaN", "latency_rate": 2},
+        {"heartbeat_age": 1, "not_a_part": 1},
+    ],
+)
+def test_out_of_range_values_are_unavailable(values: dict[str, float | str]) -> None:
+    with pytest.raises(KpiUnavailable):
+        to_observation(parse_metadata(BASE, "ns"), _series(**values))
+
+
+def test_a_missing_count_part_is_a_broken_answer() -> None:
+    broken = [s for s in _series(heartbeat_age=1) if s["metric"] != {"eo_part": "unwatched_nodes"}]
+    with pytest.raises(KpiUnavailable, match="unwatched_nodes"):
+        to_observation(parse_metadata(BASE, "ns"), broken)
+
+
+def test_latency_above_the_highest_bucket_is_a_breach_not_absent() -> None:
+    o = to_observation(
+        parse_metadata(BASE, "ns"), _series(heartbeat_age=1, replicas=1, load=1, latency="+Inf")
+    )
+    assert o.latency_s == float("inf")
+
+
+def test_custom_promql_is_never_part_of_the_combined_query() -> None:
+    t = parse_metadata({**BASE, "latencyQuery": "my_latency", "activationQuery": "my_demand"}, "ns")
+    q = build_query(t)
+    assert "my_latency" not in q and "my_demand" not in q
+    assert set(custom_parts(t)) == {"latency", "capacity", "demand"}
+    assert "my_latency" in custom_parts(t)["capacity"]
+    # A custom part's own answer: one value, labels ignored; a matrix is the trigger's mistake.
+    vector = [{"metric": {"eo_part": "replicas"}, "value": [1, "3"]}, {"metric": {}, "value": [1, "5"]}]
+    assert custom_value("latency", "vector", vector) == 5.0
+    assert custom_value("latency", "scalar", [1, "0.7"]) == 0.7
+    assert custom_value("latency", "vector", []) is None
+    with pytest.raises(KpiQueryRejected):
+        custom_value("latency", "matrix", [])
+    with pytest.raises(KpiUnavailable):
+        custom_value("latency", "vector", ["a"])
+    # A dead pipeline is UNAVAILABLE whatever the custom query answered.
+    with pytest.raises(KpiUnavailable, match="heartbeat"):
+        to_observation(t, [], {"demand": 7.0})
+
+
+def test_long_values_give_short_errors() -> None:
+    for meta, key in (
+        ({**BASE, "workload": "X" * 100_000}, "workload"),
+        ({**BASE, "latencyQuery": "up" + " " * 5000}, "latencyQuery"),
+        ({**BASE, "customHeaders": "X-Scope-OrgID=" + "a" * 60_000}, "customHeaders"),
+        ({**BASE, "mode": "m" * 3000}, "mode"),
+        ({**BASE, **{f"k{i}": "1" for i in range(65)}}, "scalerMetadata"),
+        ({**BASE, "k" * 500: "1"}, "k" * 64 + "..."),
+        ({**BASE, **{f"key{i}": "v" * 4000 for i in range(5)}}, "scalerMetadata"),
+    ):
+        with pytest.raises(MetadataError) as info:
+            parse_metadata(meta, "ns")
+        assert info.value.key == key
+        assert len(str(info.value)) < 1000
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "Cookie=a",
+        "X-Forwarded-For=1.2.3.4",
+        "Proxy-Authorization=x",
+        "Transfer-Encoding=chunked",
+        "Host=h",
+        "Forwarded=for=x",
+        "X-Team=\u2603",
+        "A=1,a=2",
+    ],
+)
+def test_forbidden_or_unsendable_headers_are_refused(headers: str) -> None:
+    with pytest.raises(MetadataError) as info:
+        parse_metadata({**BASE, "customHeaders": headers}, "ns")
+    assert info.value.key == "customHeaders"
