@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpumodel.model import H100_LLAMA_8B
-from sim.synth import DAILY_SHAPE, DiurnalBursts, LongContextChat, synthetic_trace, write_csv
+from sim.synth import DAILY_SHAPE, DiurnalBursts, LongContextChat, main, synthetic_trace, write_csv
 from sim.trace import TraceError, load_trace
 
 SMALL_DAY = DiurnalBursts(seed=3, span_s=1200.0, peak_rps=10.0, bursts_per_hour_of_day=1.0)
@@ -71,3 +71,11 @@ def test_named_traces_and_csv_round_trip(tmp_path: Path) -> None:
     assert [r.prompt_tokens for r in back.requests] == [r.prompt_tokens for r in trace.requests]
     with pytest.raises(TraceError, match="unknown synthetic trace"):
         synthetic_trace("synth:nope")
+
+
+def test_generator_command_writes_a_loadable_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "day.csv"
+    assert main(["diurnal-bursts", "--seed", "2", "--out", str(out)]) == 0
+    assert "synth:diurnal-bursts seed 2" in capsys.readouterr().out
+    assert len(load_trace(out).requests) == len(synthetic_trace("diurnal-bursts", 2).requests)
+    assert main(["long-context", "--out", str(tmp_path / "missing" / "x.csv")]) == 1
