@@ -131,14 +131,18 @@ class PrometheusKpiSource:
         self._own_url = auth.url.rstrip("/") if auth.url else None
         ca = str(auth.ca_file) if auth.ca_file is not None else None
         deadline_s, cap = max(auth.timeout_s, 0.001), auth.max_answer_bytes
-        # The operator's Prometheus (its CA bundle) and any other server (system CAs) in separate pools.
+        # The operator's Prometheus (its CA bundle) and any other server (system CAs) in separate pools;
+        # a pool holds as many connections as queries may be in flight to one server.
+        per_server = auth.max_in_flight_per_server
         self._own = PrometheusClient(
             BoundedHttpClient(
-                deadline_s=deadline_s, max_body_bytes=cap, ca_file=ca, pool_maxsize=16, num_pools=2
+                deadline_s=deadline_s, max_body_bytes=cap, ca_file=ca, pool_maxsize=per_server, num_pools=2
             )
         )
         self._other = PrometheusClient(
-            BoundedHttpClient(deadline_s=deadline_s, max_body_bytes=cap, pool_maxsize=4, num_pools=16)
+            BoundedHttpClient(
+                deadline_s=deadline_s, max_body_bytes=cap, pool_maxsize=per_server, num_pools=16
+            )
         )
         self._credentials = PrometheusCredentials(
             bearer_token_file=auth.bearer_token_file,
@@ -237,6 +241,15 @@ class PrometheusKpiSource:
         return to_observation(trigger, result, values)
 
 
+def _detached(exc: Exception) -> Exception:
+    """The error to keep for ``error_ttl_s``: its message without its traceback, whose frames would keep
+    every local of the failed fetch (trigger, headers, query text, answer) alive while it is cached."""
+    for kind in (KpiQueryRejected, KpiUnavailable):
+        if isinstance(exc, kind):
+            return kind(str(exc))
+    return exc.with_traceback(None)
+
+
 @dataclass
 class _Entry:
     value: Observation | None
@@ -280,8 +293,9 @@ class CachedKpiSource:
         try:
             value = self.inner.observe(trigger)
         except Exception as exc:
-            entry = _Entry(None, exc, self.clock())
-            future.set_exception(exc)
+            error = _detached(exc)
+            entry = _Entry(None, error, self.clock())
+            future.set_exception(error)
         else:
             entry = _Entry(value, None, self.clock())
             future.set_result(value)

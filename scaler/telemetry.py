@@ -23,7 +23,7 @@ from scaler.metadata import TriggerConfig
 from scaler.policy import Reason, ReplicaDecision
 
 _WL = ("namespace", "workload")
-MAX_WORKLOAD_LABEL_SETS = 2000
+MAX_WORKLOAD_LABEL_SETS = 1000
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 ERROR_CODES = ("INVALID_ARGUMENT", "UNAVAILABLE", "INTERNAL")
