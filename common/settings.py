@@ -40,6 +40,8 @@ ENV_PREFIX = "EO_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _MAX_ECHO = 80
+# A check across fields (a model validator) writes its own message, naming several flags: longer.
+_MAX_MODEL_MESSAGE = 400
 # The environment a load() reads; None means the process environment (tests pass their own mapping).
 _environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("eo_env", default=None)
 
@@ -157,8 +159,8 @@ def _is_bool(field: FieldInfo) -> bool:
     return field.annotation is bool
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO] + "…"
+def _short(text: str, limit: int = _MAX_ECHO) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def build_parser(
@@ -179,7 +181,8 @@ def build_parser(
         default = field.default
         shown = "" if default is None else str(default)
         shown = shown.lower() if isinstance(default, bool) else shown
-        help_text = f"{field.description or ''} (env {env_name(flag, prefix)}; default: {shown or 'none'})"
+        shown = "none, required" if field.is_required() else shown or "none"
+        help_text = f"{field.description or ''} (env {env_name(flag, prefix)}; default: {shown})"
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if _is_bool(field):
             parser.add_argument(
@@ -228,7 +231,9 @@ def describe(cls: type[BinarySettings], exc: ValidationError) -> str:
         field = cls.model_fields.get(name)
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         if field is None:
-            lines.append(_short(message) if not name else f"{_short(name)}: {_short(message)}")
+            lines.append(
+                _short(message, _MAX_MODEL_MESSAGE) if not name else f"{_short(name)}: {_short(message)}"
+            )
             continue
         flag = flag_of(field, name)
         lines.append(f"{flag} / {env_name(flag, env_prefix(cls))}: {_short(message)}")

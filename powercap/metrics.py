@@ -1,4 +1,4 @@
-"""The sidecar's own metrics (names fixed by the project brief) and its small /metrics + /healthz server.
+"""The sidecar's own metrics (names fixed by the project brief), served by ``common.metrics_server``.
 
 Per-GPU series carry ``uuid``; pod-level ones (latency, target latency, dry-run) carry none; namespace
 and pod come from the PodMonitor's target labels.
@@ -6,14 +6,7 @@ and pod come from the PodMonitor's target labels.
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-
-log = logging.getLogger(__name__)
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 STATES: tuple[str, ...] = ("controlling", "holding", "restored", "dry_run", "error")
 
@@ -61,53 +54,3 @@ class PowercapMetrics:
     def set_state(self, uuid: str, state: str) -> None:
         for s in STATES:
             self.state.labels(uuid=uuid, state=s).set(1.0 if s == state else 0.0)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    registry: CollectorRegistry
-    healthy: Callable[[], bool]
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            ok = type(self).healthy()
-            self._send(200 if ok else 503, b"ok\n" if ok else b"control loop stalled\n", "text/plain")
-        else:
-            self._send(404, b"not found\n", "text/plain")
-
-    def _send(self, code: int, body: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("http: " + format, *args)
-
-
-class MetricsServer:
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        healthy: Callable[[], bool],
-        address: str = "0.0.0.0",
-        port: int = 9104,
-    ) -> None:
-        handler = type(
-            "PowercapHandler", (_Handler,), {"registry": registry, "healthy": staticmethod(healthy)}
-        )
-        self._server = ThreadingHTTPServer((address, port), handler)
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="eo-powercap-http", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)

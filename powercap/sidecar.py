@@ -23,14 +23,15 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from common.metrics_server import MetricsServerHandle, registry_renderer, serve_metrics
 from devices.base import GpuDevice, GpuError
 from powercap.controller import CapDecision, ControllerConfig, Reading, initial_state, step
 from powercap.events import CapEvent, EventSink, NullEventSink
 from powercap.gpu import ControlledGpu, open_gpus
 from powercap.latency import LatencySource, LatencySourceError
-from powercap.metrics import MetricsServer, PowercapMetrics
+from powercap.metrics import PowercapMetrics
 from powercap.persist import StateStore
-from powercap.settings import Settings, StartupRefused
+from powercap.settings import GpuRange, Settings, StartupRefused, controller_config
 
 log = logging.getLogger(__name__)
 
@@ -95,41 +96,18 @@ class Sidecar:
                 self._restored(g, "crash_recovery")
 
     def _controller_config(self) -> tuple[ControllerConfig, float]:
-        s = self.settings
-        if s.actuator == "power":
-            low = max(g.limit_range_w[0] for g in self.gpus)
-            high = min(g.limit_range_w[1] for g in self.gpus)
-            original = min(g.original_w for g in self.gpus)
-            floor = max(s.floor_w if s.floor_w is not None else low, low)
-            ceiling = min(s.ceiling_w if s.ceiling_w is not None else original, high)
-            unit, step_size = "W", s.max_step_w
-        else:
-            low = max(g.clock_range_mhz[0] for g in self.gpus)
-            high = original = min(g.clock_range_mhz[1] for g in self.gpus)
-            floor = max(s.floor_mhz if s.floor_mhz is not None else low, low)
-            ceiling = min(s.ceiling_mhz if s.ceiling_mhz is not None else high, high)
-            unit, step_size = "MHz", s.max_step_mhz
-        if floor > ceiling:
-            raise StartupRefused(
-                f"inconsistent bounds: floor {floor:g} {unit} is above ceiling {ceiling:g} {unit} once "
-                f"intersected with the GPUs' own range [{low:g}, {high:g}] {unit} and original setting"
+        """(config, original setting): the settings' bounds within what every controlled GPU allows,
+        starting from the lowest original (the same limit goes on each of the pod's GPUs)."""
+        if self.settings.actuator == "power":
+            gpus = GpuRange(
+                low=max(g.limit_range_w[0] for g in self.gpus),
+                high=min(g.limit_range_w[1] for g in self.gpus),
+                original=min(g.original_w for g in self.gpus),
             )
-        config = ControllerConfig(
-            actuator="power" if s.actuator == "power" else "clocks",
-            floor=floor,
-            ceiling=ceiling,
-            target_latency_s=s.latency_target_s,
-            max_step_down=step_size,
-            lower_below_ratio=s.lower_below_ratio,
-            raise_above_ratio=s.raise_above_ratio,
-            raise_fraction=s.raise_fraction,
-            settle_s=s.settle_s,
-            stale_after_s=s.stale_after_s,
-            thermal_margin_c=s.thermal_margin_c,
-            breach_memory_s=s.breach_memory_s,
-            load_jump_ratio=s.load_jump_ratio,
-        )
-        return config, original
+        else:
+            high = min(g.clock_range_mhz[1] for g in self.gpus)
+            gpus = GpuRange(low=max(g.clock_range_mhz[0] for g in self.gpus), high=high, original=high)
+        return controller_config(self.settings, gpus), gpus.original
 
     def _publish_static(self) -> None:
         m = self.metrics
@@ -360,6 +338,10 @@ class Sidecar:
         last = self._last_tick_s if self._last_tick_s is not None else self._started_s
         return self._clock() - last <= 3 * self.settings.interval_s + 1.0
 
+    def health(self) -> tuple[bool, str]:
+        """``/healthz``: the control loop ticked within three intervals (plus a second)."""
+        return (True, "ok\n") if self.healthy() else (False, "control loop stalled\n")
+
     # -- shutdown ------------------------------------------------------------------------------------
     def restore_all(self) -> bool:
         """Restore every GPU a setting of ours may still be on; True when all are restored.
@@ -416,7 +398,7 @@ class Sidecar:
 class PowercapHandle:
     sidecar: Sidecar
     port: int
-    _server: MetricsServer
+    _server: MetricsServerHandle
     _events: EventSink
     _stop: threading.Event
     _threads: tuple[threading.Thread, ...] = ()
@@ -459,8 +441,12 @@ def start_powercap(
     sink = events or NullEventSink()
     sidecar = Sidecar(settings, devices, latency_source, clock, sink, registry, pod)
     try:
-        server = MetricsServer(
-            sidecar.metrics.registry, sidecar.healthy, settings.listen_address, settings.port
+        server = serve_metrics(
+            registry_renderer(sidecar.metrics.registry),
+            sidecar.health,
+            address=settings.listen_address,
+            port=settings.port,
+            name="eo-powercap",
         )
     except OSError as exc:
         sidecar.close()

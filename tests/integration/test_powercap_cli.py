@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devices.simulated import SimulatedGpu
-from powercap.main import build_parser, main
+from powercap.main import load_settings, main
 from powercap.selection import visible_uuids
 from powercap.settings import StartupRefused
 from powercap.sidecar import start_powercap
@@ -123,7 +123,10 @@ def test_refusal_in_a_real_process_is_a_message_and_exit_2(tmp_path: Path) -> No
         (["--raise-above-ratio", "0.5"], "--lower-below-ratio"),
         (["--interval-seconds", "0"], "--interval-seconds"),
         (["--latency-labels", "model_name"], "--latency-labels"),
-        (["--scrape-timeout-seconds", "0"], "--scrape-timeout-seconds: must be > 0"),
+        (
+            ["--scrape-timeout-seconds", "0"],
+            "--scrape-timeout-seconds / EO_SCRAPE_TIMEOUT_SECONDS: must be a number > 0",
+        ),
         (
             [
                 "--latency-source",
@@ -133,7 +136,7 @@ def test_refusal_in_a_real_process_is_a_message_and_exit_2(tmp_path: Path) -> No
                 "--prometheus-timeout-seconds",
                 "-1",
             ],
-            "--prometheus-timeout-seconds: must be > 0",
+            "--prometheus-timeout-seconds / EO_PROMETHEUS_TIMEOUT_SECONDS: must be a number > 0",
         ),
     ],
 )
@@ -163,21 +166,23 @@ def test_refuses_a_gpu_locked_by_another_sidecar(tmp_path: Path, capsys: pytest.
 
 
 def test_bad_env_value_names_the_flag(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("EO_INTERVAL_SECONDS", "soon")
-    with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args([])
-    assert exc.value.code == 2
-    assert "--interval-seconds" in capsys.readouterr().err
+    assert main([*base_args(tmp_path, "http://x/"), "--latency-target-seconds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to start" in err and "--interval-seconds / EO_INTERVAL_SECONDS" in err
+    assert "Traceback" not in err
 
 
 def test_flag_wins_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EO_MAX_STEP_WATTS", "10")
     monkeypatch.setenv("EO_DRY_RUN", "true")
-    assert build_parser().parse_args([]).max_step_watts == 10.0
-    assert build_parser().parse_args([]).dry_run is True
-    assert build_parser().parse_args(["--max-step-watts", "40"]).max_step_watts == 40.0
+    monkeypatch.setenv("EO_LATENCY_TARGET_SECONDS", "2")
+    assert load_settings([]).max_step_w == 10.0
+    assert load_settings([]).dry_run is True
+    assert load_settings(["--max-step-watts", "40"]).max_step_w == 40.0
+    assert load_settings(["--dry-run=false"]).dry_run is False
 
 
 def test_visible_uuids() -> None:

@@ -21,8 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from exporter.settings import parse_settings as parse_exporter_settings
-from powercap.main import build_parser as build_powercap_parser
-from powercap.main import settings_from_args as powercap_settings
+from powercap.main import load_settings as load_powercap_settings
 from scaler.metadata import parse_metadata
 from scaler.settings import parse_settings as parse_scaler_settings
 from tests.manifests_support import MANIFESTS, REPO, Doc, build, pod_spec
@@ -113,7 +112,7 @@ def _with_files(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize(("workload", "spec", "container"), OURS, ids=OUR_IDS)
 def test_values_parse_with_the_binarys_settings(
-    workload: Doc, spec: Doc, container: Doc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    workload: Doc, spec: Doc, container: Doc, tmp_path: Path
 ) -> None:
     env = _with_files(eo_env(container), tmp_path)
     script = console_script(container)
@@ -125,22 +124,17 @@ def test_values_parse_with_the_binarys_settings(
         assert (scaler.port, scaler.metrics_port) == (6000, 9103)
         assert scaler.tls_cert_file is not None
     else:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        args = build_powercap_parser().parse_args([])
-        sidecar = powercap_settings(args)
+        sidecar = load_powercap_settings([], env)
         assert sidecar.port == 9104
-        assert args.kube_events == "on" and args.pod_name and args.pod_namespace
+        assert sidecar.kube_events == "on" and sidecar.pod_name and sidecar.pod_namespace
 
 
-def test_powercap_is_dry_run_except_in_the_enforce_overlay(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_powercap_is_dry_run_except_in_the_enforce_overlay() -> None:
     modes = {}
     for name, docs in RENDERS.items():
         for _, _, container in _containers(docs):
             if container["name"] == "eo-powercap":
-                for key, value in eo_env(container).items():
-                    monkeypatch.setenv(key, value)
-                modes[name] = powercap_settings(build_powercap_parser().parse_args([])).dry_run
+                modes[name] = load_powercap_settings([], eo_env(container)).dry_run
     assert modes == {"examples": True, "examples/vllm-enforce": False}
 
 
