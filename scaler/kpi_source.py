@@ -232,6 +232,10 @@ class PrometheusKpiSource:
             result_type, result = self._query(server, combined, headers, end, trigger)
             if result_type != "vector":
                 raise KpiUnavailable(f"Prometheus answered a {result_type}, not a vector")
+            if not custom:
+                return to_observation(trigger, result)
+            # Custom PromQL only once the pipeline's own evidence holds (a dead one is UNAVAILABLE).
+            to_observation(trigger, result)
             values = {
                 name: custom_value(name, *self._query(server, expr, headers, end, trigger))
                 for name, expr in custom
