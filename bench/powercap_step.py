@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from common.settings import from_values
 from devices.simulated import SimulatedGpu
 from gpumodel import H100_LLAMA_8B, operating_point
 from powercap.histogram import SlidingWindow, snapshot_from_buckets
@@ -121,17 +122,18 @@ def simulate(
     handle = None
     handle_state_dir = Path(tempfile.mkdtemp(prefix="eo-powercap-bench-"))
     if actuator is not None:
-        settings = Settings(
-            latency_target_s=target_s,
-            actuator=actuator,
-            interval_s=args.interval,
-            settle_s=args.settle,
-            lower_below_ratio=args.lower_below_ratio,
-            raise_above_ratio=args.raise_above_ratio,
-            state_dir=handle_state_dir,
-            listen_address="127.0.0.1",
-            port=0,
-        )
+        values = {
+            "latency_target_s": target_s,
+            "actuator": actuator,
+            "interval_s": args.interval,
+            "settle_s": args.settle,
+            "lower_below_ratio": args.lower_below_ratio,
+            "raise_above_ratio": args.raise_above_ratio,
+            "state_dir": handle_state_dir,
+            "listen_address": "127.0.0.1",
+            "port": 0,
+        }
+        settings = from_values(Settings, values, environ={})  # the bench's values, no EO_* variable
         handle = start_powercap(settings, [gpu], source, clock=clock, run_loop=False)
     pending = deque(sorted(trace, key=lambda r: r.arrival_s))
     waiting: deque[Request] = deque()
@@ -196,11 +198,15 @@ def main() -> None:
     p.add_argument(
         "--target-factors", default="1.25,1.5,2", help="SLO targets as multiples of the uncapped p95"
     )
-    p.add_argument("--interval", type=float, default=5.0)
-    p.add_argument("--settle", type=float, default=30.0)
-    p.add_argument("--window", type=float, default=60.0)
-    p.add_argument("--lower-below-ratio", type=float, default=0.85)
-    p.add_argument("--raise-above-ratio", type=float, default=0.95)
+    # The sidecar's own defaults, from its settings (declared once there).
+    for flag, field in (
+        ("--interval", "interval_s"),
+        ("--settle", "settle_s"),
+        ("--window", "latency_window_s"),
+        ("--lower-below-ratio", "lower_below_ratio"),
+        ("--raise-above-ratio", "raise_above_ratio"),
+    ):
+        p.add_argument(flag, type=float, default=Settings.model_fields[field].default)
     p.add_argument("--trace", type=Path, default=next((t for t in TRACES if t.exists()), TRACES[0]))
     args = p.parse_args()
     if not args.trace.exists():

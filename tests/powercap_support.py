@@ -22,6 +22,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.settings import from_values
 from powercap.latency import LatencySample, LatencySourceError
 from powercap.settings import Settings
 
@@ -68,7 +69,8 @@ def settings(tmp_path: Path, **overrides: Any) -> Settings:
         "port": 0,
     }
     base.update(overrides)
-    return Settings(**base)
+    # No EO_* variable of the machine running the tests leaks in: only these values and the defaults.
+    return from_values(Settings, base, environ={})
 
 
 def vllm_histogram(buckets: dict[float, float], name: str = "vllm:e2e_request_latency_seconds") -> str:
