@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo lint typecheck unit venv system-deps proto bench bench-exporter bench-scaler bench-policy clean help rules-manifest
+.PHONY: test demo lint typecheck unit venv system-deps proto bench bench-exporter bench-scaler bench-policy bench-hostile clean help rules-manifest
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,7 +47,7 @@ demo: system-deps $(STAMP) ## the whole loop on simulated GPUs with a real Prome
 proto: $(STAMP) ## regenerate the committed gRPC code from proto/
 	$(BIN)/python -m scaler.proto_gen
 
-bench: bench-exporter bench-scaler bench-policy ## every benchmark; each prints its figures
+bench: bench-exporter bench-scaler bench-policy bench-hostile ## every benchmark; each prints its figures
 
 bench-exporter: $(STAMP)
 	$(BIN)/python bench/exporter_scrape.py
@@ -55,8 +55,13 @@ bench-exporter: $(STAMP)
 bench-scaler: system-deps $(STAMP)
 	$(BIN)/python bench/scaler_polls.py
 
-bench-policy: $(STAMP) ## the simulator's policy comparison on both Azure traces
+bench-policy: $(STAMP) ## the simulator's policy comparison on the Azure and synthetic traces (~75 s)
 	$(BIN)/python bench/policy.py
+
+bench-hostile: system-deps $(STAMP) ## the worst inputs of the hardening issue against the scaler, the sidecar and the exporter
+	$(BIN)/python bench/hostile_scaler.py
+	$(BIN)/python bench/hostile_sidecar.py
+	$(BIN)/python bench/hostile_exporter.py
 
 rules-manifest: $(STAMP) ## regenerate the PrometheusRule and dashboard ConfigMap from their sources
 	$(BIN)/python -m tools.gen_prometheusrule
