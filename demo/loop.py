@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.settings import from_values
 from demo.alert_receiver import DeliveredAlert, WebhookReceiver
 from demo.inference import Gateway
 from demo.keda import KedaDriver
@@ -222,15 +223,20 @@ def run_demo(
     sidecar_targets = SidecarTargets(work / "sidecars.json")
 
     def start_sidecar(gpu: SimulatedGpu, pod: str, metrics_url: str) -> Callable[[], None]:
-        settings = PowercapSettings(
-            latency_target_s=slo_s * config.sidecar_target_ratio,
-            actuator=config.actuator,
-            interval_s=2.0,
-            settle_s=4.0,
-            stale_after_s=30.0,
-            state_dir=work / "powercap" / gpu.uuid,
-            listen_address="127.0.0.1",
-            port=0,
+        # environ={}: the demo's sidecars take exactly these settings, whatever EO_* the shell holds.
+        settings = from_values(
+            PowercapSettings,
+            {
+                "latency_target_s": slo_s * config.sidecar_target_ratio,
+                "actuator": config.actuator,
+                "interval_s": 2.0,
+                "settle_s": 4.0,
+                "stale_after_s": 30.0,
+                "state_dir": work / "powercap" / gpu.uuid,
+                "listen_address": "127.0.0.1",
+                "port": 0,
+            },
+            environ={},
         )
         source = MetricsEndpointSource(
             metrics_url, "vllm:e2e_request_latency_seconds", config.latency_quantile, window_s=20.0
