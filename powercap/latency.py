@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from common import servers
 from common.http import BoundedHttpClient, HttpError
 from common.prometheus import (
     PrometheusClient,
@@ -37,19 +38,9 @@ METRICS_MAX_BODY_BYTES = 16 * 1024 * 1024
 # The latency and load queries answer one series each; anything near this is not such an answer.
 PROMETHEUS_MAX_BODY_BYTES = 1024 * 1024
 
-# Histogram names per inference server and latency kind: (metric, factor from its unit to seconds).
-PRESETS: dict[tuple[str, str], tuple[str, float]] = {
-    ("vllm", "e2e"): ("vllm:e2e_request_latency_seconds", 1.0),
-    ("vllm", "ttft"): ("vllm:time_to_first_token_seconds", 1.0),
-    # vLLM >= 0.9 name; older servers call it vllm:time_per_output_token_seconds (--latency-metric).
-    ("vllm", "itl"): ("vllm:inter_token_latency_seconds", 1.0),
-    ("tgi", "e2e"): ("tgi_request_duration", 1.0),
-    ("tgi", "itl"): ("tgi_request_mean_time_per_token_duration", 1.0),
-    # Triton's request-duration metrics are counters; only its first-response histogram (ms) fits.
-    ("triton", "ttft"): ("nv_inference_first_response_histogram_ms", 0.001),
-}
-SERVERS: tuple[str, ...] = ("vllm", "tgi", "triton")
-LATENCY_KINDS: tuple[str, ...] = ("e2e", "ttft", "itl")
+# The histogram names and units per server and latency kind come from the one registry (common.servers).
+SERVERS: tuple[str, ...] = servers.SERVER_NAMES
+LATENCY_KINDS: tuple[str, ...] = servers.LATENCY_KINDS
 
 
 class LatencySourceError(Exception):
@@ -71,13 +62,20 @@ class LatencySource(Protocol):
 
 
 def preset(server: str, kind: str) -> tuple[str, float]:
+    """(histogram name, factor from its unit to seconds) the server publishes for that latency kind.
+
+    The newest name: for an older server that publishes only a deprecated one (e.g. vLLM's
+    ``vllm:time_per_output_token_seconds``), name it with --latency-metric."""
     try:
-        return PRESETS[(server, kind)]
-    except KeyError:
+        histogram = servers.latency_histogram(server, kind)
+    except ValueError:
+        histogram = None
+    if histogram is None:
         raise ValueError(
             f"no default histogram for server {server!r} and latency kind {kind!r}; "
             "name one with --latency-metric (and --latency-scale for non-second units)"
-        ) from None
+        )
+    return histogram.name, histogram.to_seconds
 
 
 class MetricsEndpointSource:

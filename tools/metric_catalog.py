@@ -29,6 +29,9 @@ EXPORTER = frozenset(
         "eo_pod_requests_total",
         "eo_pod_tokens_total",
         "eo_pod_joules_per_request",
+        "eo_pod_requests_waiting",
+        "eo_pod_requests_running",
+        "eo_pod_kv_cache_usage_ratio",
         "eo_pod_metrics_up",
         "eo_exporter_collect_duration_seconds",
         "eo_exporter_collector_up",
@@ -73,6 +76,7 @@ HISTOGRAMS = frozenset(
     {
         "eo_pod_request_latency_seconds",
         "eo_pod_time_to_first_token_seconds",
+        "eo_pod_inter_token_latency_seconds",
         "eo_scaler_query_duration_seconds",
         "eo_scaler_request_duration_seconds",
     }

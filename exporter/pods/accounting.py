@@ -14,11 +14,13 @@ Attribution rules (stated in the metrics' HELP too):
   the interval (cgroup v2 ``cpu.stat`` ``usage_usec``), for the GPU pods we track.
 * Energy is accumulated per pod (namespace/name) from these deltas, so it stays monotonic when the pod
   moves to another GPU, when a GPU is handed to another pod, and when the pod's containers restart.
-* Requests, tokens and latency histograms mirror the pod's inference server and survive its restarts
-  and bad data (see ``counters``). They are published only for a pod whose server this sample read
-  (and only the metrics that read had usable data for): a pod that could not be read has them
-  omitted, never re-published frozen, and ``app_up`` False says why. The mirrors keep their state,
-  so the series continue where they were when reads succeed again.
+* Requests, tokens and latency histograms (end-to-end, TTFT, ITL) mirror the pod's inference server
+  and survive its restarts and bad data (see ``counters``). The queue and saturation gauges (requests
+  waiting, requests running, KV-cache usage) are the server's values of this read, not mirrors. All
+  are published only for a pod whose server this sample read (and only the metrics that read had
+  usable data for): a pod that could not be read has them omitted, never re-published frozen, and
+  ``app_up`` False says why. The mirrors keep their state, so the series continue where they were
+  when reads succeed again.
 * ``app_up``: True when this sample read the pod's server, False when the read failed or missed its
   deadline (or the pod had a server to read and no longer has an address or port), None for a pod
   with nothing to read or that holds no GPU any more.
@@ -86,6 +88,10 @@ class PodView:
     ttft: HistogramTotals | None
     joules_per_request: float | None
     app_up: bool | None  # None: nothing to read / holds no GPU; False: this sample's read failed
+    itl: HistogramTotals | None = None
+    requests_waiting: float | None = None
+    requests_running: float | None = None
+    kv_cache_usage: float | None = None
 
 
 class _PodState:
@@ -100,6 +106,11 @@ class _PodState:
         self.generation = MirroredCounter()
         self.latency = MirroredHistogram()
         self.ttft = MirroredHistogram()
+        self.itl = MirroredHistogram()
+        # The gauges of this sample's read (None when the pod was not read in it): published as read.
+        self.waiting: float | None = None
+        self.running: float | None = None
+        self.kv_cache_usage: float | None = None
         # Which mirrors this sample's read fed with usable data: only those are published.
         self.fresh: frozenset[str] = frozenset()
         self.window: tuple[float, float] | None = None  # (energy, requests) at the last good read
@@ -163,6 +174,7 @@ class Accountant:
         tokens: dict[PodKey, float | None] = {}
         for key, state in self._pods.items():
             state.fresh = frozenset()
+            state.waiting = state.running = state.kv_cache_usage = None
             if key not in by_pod:
                 state.app_up = None  # gone: nothing is expected of its server any more
                 continue
@@ -183,12 +195,17 @@ class Accountant:
                 state.latency.update(reading.latency)
             if reading.ttft is not None:
                 state.ttft.update(reading.ttft)
+            if reading.itl is not None:
+                state.itl.update(reading.itl)
+            state.waiting, state.running = reading.requests_waiting, reading.requests_running
+            state.kv_cache_usage = reading.kv_cache_usage
             read = {
                 "requests": reading.requests,
                 "prompt": reading.prompt_tokens,
                 "generation": reading.generation_tokens,
                 "latency": reading.latency,
                 "ttft": reading.ttft,
+                "itl": reading.itl,
             }
             state.fresh = frozenset(name for name, value in read.items() if value is not None)
             if prompt is None and generation is None:
@@ -279,6 +296,10 @@ class Accountant:
                     ttft=s.ttft.totals if "ttft" in s.fresh else None,
                     joules_per_request=s.joules_per_request,
                     app_up=s.app_up,
+                    itl=s.itl.totals if "itl" in s.fresh else None,
+                    requests_waiting=s.waiting,
+                    requests_running=s.running,
+                    kv_cache_usage=s.kv_cache_usage,
                 )
             )
         return views

@@ -1,30 +1,28 @@
-"""What to read from a pod's inference server, and how to read requests, tokens and latency from it.
+"""What to read from a pod's inference server, and how to read requests, tokens, latency and load from it.
 
 Pure: samples arrive already parsed (``Sample``: name, labels, value); the HTTP reader does the I/O.
 
-Built-in servers (names as the servers publish them; requests / prompt tokens / generation tokens /
-latency histogram / time-to-first-token histogram):
-
-* vllm: ``vllm:request_success_total`` (summed over finished_reason), ``vllm:prompt_tokens_total``,
-  ``vllm:generation_tokens_total``, ``vllm:e2e_request_latency_seconds``,
-  ``vllm:time_to_first_token_seconds``.
-* tgi: ``tgi_request_success``, ``tgi_request_input_length_sum``, ``tgi_request_generated_tokens_sum``
-  (the token-count histograms' sums), ``tgi_request_duration``, none.
-* triton: ``nv_inference_request_success``; no token counters or latency histograms by default.
-* sglang: ``sglang:num_requests_total``, ``sglang:prompt_tokens_total``,
-  ``sglang:generation_tokens_total``, ``sglang:e2e_request_latency_seconds``,
-  ``sglang:time_to_first_token_seconds``.
+The built-in servers (vllm, tgi, triton, sglang) and the names they publish come from the one registry,
+``common.servers``: requests finished, prompt / generation tokens, the end-to-end, time-to-first-token
+and inter-token-latency histograms (converted to seconds where the server's unit is another), and the
+requests-waiting, requests-running and KV-cache-usage gauges. Where a metric has older names (vLLM's
+``vllm:time_per_output_token_seconds``, ``vllm:gpu_cache_usage_perc``), the first name with any sample
+in the page is read.
 
 Each is overridable per pod by annotation (prefix ``energy-orchestrator.io/``): ``metrics-port``,
 ``metrics-path``, ``server``, ``requests-metric``, ``prompt-tokens-metric``, ``generation-tokens-metric``,
-``latency-histogram``, ``ttft-histogram``. A metric selector is a sample name with an optional label
+``latency-histogram``, ``ttft-histogram``, ``itl-histogram`` (histograms in seconds), ``waiting-metric``,
+``running-metric``, ``kv-cache-usage-metric``. A metric selector is a sample name with an optional label
 filter, e.g. ``vllm:request_success_total{finished_reason="stop"}``; every matching series is read.
 
-Readings keep each source series apart (keyed by sample name and labels) so the mirrors can tell a
-reset of one series from a drop of the sum. Ordinary bad data is not a number here:
+Readings keep each source series of a counter or histogram apart (keyed by sample name and labels) so
+the mirrors can tell a reset of one series from a drop of the sum. Ordinary bad data is not a number
+here:
 
 * a NaN, infinite or negative sample is missing: its series is left out of the reading (a histogram
   series with one such bucket, sum or count is left out whole, since its buckets must stay cumulative);
+* a gauge is the sum (waiting, running) or the maximum (KV-cache usage) over its series, and is missing
+  whole when any of its series is: a queue of which one part is unknown is unknown, not smaller;
 * a series listed twice (same name and labels) counts once: the first line wins, as in Prometheus.
 """
 
@@ -32,8 +30,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+
+from common import servers
+from common.servers import Histogram, InferenceServer
 
 ANNOTATION_PREFIX = "energy-orchestrator.io/"
 
@@ -69,14 +70,25 @@ def usable(value: float) -> bool:
 
 @dataclass(frozen=True)
 class Selector:
-    """Sample name plus required label values; a counter name also matches its ``_total`` form."""
+    """Sample name plus required label values, and the names older server versions used for it."""
 
     name: str
     labels: tuple[tuple[str, str], ...] = ()
+    older: tuple[str, ...] = ()
 
-    def matches(self, sample: Sample) -> bool:
-        if sample.name != self.name and sample.name != self.name + "_total":
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.older)
+
+    def matches(self, sample: Sample, name: str | None = None) -> bool:
+        """``sample`` is a series of this metric under ``name`` (default: the newest); a counter name
+        also matches its ``_total`` form."""
+        name = name or self.name
+        if sample.name != name and sample.name != name + "_total":
             return False
+        return self.has_labels(sample)
+
+    def has_labels(self, sample: Sample) -> bool:
         return all(sample.labels.get(k) == v for k, v in self.labels)
 
 
@@ -104,56 +116,47 @@ def parse_selector(text: str) -> Selector:
 
 @dataclass(frozen=True)
 class ServerProfile:
-    """Where a server kind publishes its counters. Token selectors may name a histogram's ``_sum``."""
+    """Where a server kind publishes its counters, histograms and gauges. Token selectors may name a
+    histogram's ``_sum``."""
 
     name: str
     port: int
     requests: Selector | None
     prompt_tokens: Selector | None = None
     generation_tokens: Selector | None = None
-    latency_histogram: str | None = None
-    ttft_histogram: str | None = None
+    latency_histogram: Histogram | None = None
+    ttft_histogram: Histogram | None = None
     path: str = "/metrics"
+    itl_histogram: Histogram | None = None
+    requests_waiting: Selector | None = None
+    requests_running: Selector | None = None
+    kv_cache_usage: Selector | None = None
 
 
-SERVERS: dict[str, ServerProfile] = {
-    "vllm": ServerProfile(
-        "vllm",
-        8000,
-        Selector("vllm:request_success_total"),
-        Selector("vllm:prompt_tokens_total"),
-        Selector("vllm:generation_tokens_total"),
-        "vllm:e2e_request_latency_seconds",
-        "vllm:time_to_first_token_seconds",
-    ),
-    "tgi": ServerProfile(
-        "tgi",
-        80,
-        Selector("tgi_request_success"),
-        Selector("tgi_request_input_length_sum"),
-        Selector("tgi_request_generated_tokens_sum"),
-        "tgi_request_duration",
-        None,
-    ),
-    "triton": ServerProfile("triton", 8002, Selector("nv_inference_request_success")),
-    "sglang": ServerProfile(
-        "sglang",
-        30000,
-        Selector("sglang:num_requests_total"),
-        Selector("sglang:prompt_tokens_total"),
-        Selector("sglang:generation_tokens_total"),
-        "sglang:e2e_request_latency_seconds",
-        "sglang:time_to_first_token_seconds",
-    ),
-}
+def _selector(metric: servers.Metric | None) -> Selector | None:
+    return None if metric is None else Selector(metric.name, metric.labels, metric.older)
+
+
+def _profile(server: InferenceServer) -> ServerProfile:
+    return ServerProfile(
+        server.name,
+        server.metrics_port,
+        _selector(server.requests),
+        _selector(server.prompt_tokens),
+        _selector(server.generation_tokens),
+        server.e2e_latency,
+        server.ttft,
+        itl_histogram=server.itl,
+        requests_waiting=_selector(server.requests_waiting),
+        requests_running=_selector(server.requests_running),
+        kv_cache_usage=_selector(server.kv_cache_usage),
+    )
+
+
+SERVERS: dict[str, ServerProfile] = {name: _profile(server) for name, server in servers.SERVERS.items()}
 
 # Sample-name prefixes that identify a server when no ``server`` annotation says which it is.
-SIGNATURES: tuple[tuple[str, str], ...] = (
-    ("vllm:", "vllm"),
-    ("sglang:", "sglang"),
-    ("tgi_", "tgi"),
-    ("nv_inference_", "triton"),
-)
+SIGNATURES: tuple[tuple[str, str], ...] = servers.SIGNATURES
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,12 @@ class PodScrapeConfig:
     requests: Selector | None = None
     prompt_tokens: Selector | None = None
     generation_tokens: Selector | None = None
-    latency_histogram: str | None = None
-    ttft_histogram: str | None = None
+    latency_histogram: Histogram | None = None
+    ttft_histogram: Histogram | None = None
+    itl_histogram: Histogram | None = None
+    requests_waiting: Selector | None = None
+    requests_running: Selector | None = None
+    kv_cache_usage: Selector | None = None
     problems: tuple[str, ...] = field(default=())
 
     def profile(self, detected: str | None) -> ServerProfile | None:
@@ -186,6 +193,10 @@ class PodScrapeConfig:
             generation_tokens=self.generation_tokens or profile.generation_tokens,
             latency_histogram=self.latency_histogram or profile.latency_histogram,
             ttft_histogram=self.ttft_histogram or profile.ttft_histogram,
+            itl_histogram=self.itl_histogram or profile.itl_histogram,
+            requests_waiting=self.requests_waiting or profile.requests_waiting,
+            requests_running=self.requests_running or profile.requests_running,
+            kv_cache_usage=self.kv_cache_usage or profile.kv_cache_usage,
         )
 
     def first_port(self, container_ports: Mapping[str, int]) -> int | None:
@@ -233,9 +244,9 @@ def parse_annotations(annotations: Mapping[str, str]) -> PodScrapeConfig:
             problems.append(f"{ANNOTATION_PREFIX}{key}: {exc}")
             return None
 
-    def histogram(key: str) -> str | None:
-        sel = selector(key)
-        return sel.name if sel else None
+    def histogram(key: str) -> Histogram | None:
+        sel = selector(key)  # a label filter is ignored: every series of the histogram is read
+        return Histogram(sel.name) if sel else None
 
     return PodScrapeConfig(
         port=port,
@@ -246,6 +257,10 @@ def parse_annotations(annotations: Mapping[str, str]) -> PodScrapeConfig:
         generation_tokens=selector("generation-tokens-metric"),
         latency_histogram=histogram("latency-histogram"),
         ttft_histogram=histogram("ttft-histogram"),
+        itl_histogram=histogram("itl-histogram"),
+        requests_waiting=selector("waiting-metric"),
+        requests_running=selector("running-metric"),
+        kv_cache_usage=selector("kv-cache-usage-metric"),
         problems=tuple(problems),
     )
 
@@ -270,11 +285,21 @@ def wanted_sample_names(config: PodScrapeConfig) -> frozenset[str]:
             continue
         for selector in (profile.requests, profile.prompt_tokens, profile.generation_tokens):
             if selector is not None:
-                names.update((selector.name, selector.name + "_total"))
-        for histogram in (profile.latency_histogram, profile.ttft_histogram):
+                names.update(n + suffix for n in selector.names for suffix in ("", "_total"))
+        for histogram in _histograms(profile):
             if histogram is not None:
-                names.update(histogram + suffix for suffix in ("_bucket", "_sum", "_count"))
+                names.update(n + suffix for n in histogram.names for suffix in _HISTOGRAM_SUFFIXES)
+        for gauge in (profile.requests_waiting, profile.requests_running, profile.kv_cache_usage):
+            if gauge is not None:
+                names.update(gauge.names)
     return frozenset(names)
+
+
+_HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def _histograms(profile: ServerProfile) -> tuple[Histogram | None, ...]:
+    return (profile.latency_histogram, profile.ttft_histogram, profile.itl_histogram)
 
 
 @dataclass(frozen=True)
@@ -307,6 +332,13 @@ class AppReading:
     generation_tokens: CounterSeries | None = None
     latency: HistogramSeries | None = None
     ttft: HistogramSeries | None = None
+    itl: HistogramSeries | None = None
+    requests_waiting: float | None = None
+    """Requests queued, summed over the server's series (models, engines)."""
+    requests_running: float | None = None
+    """Requests in the running batch, summed over the server's series."""
+    kv_cache_usage: float | None = None
+    """KV-cache usage ratio, the highest over the server's series (the fullest engine saturates first)."""
 
 
 def total(series: CounterSeries | None) -> float | None:
@@ -314,13 +346,23 @@ def total(series: CounterSeries | None) -> float | None:
     return None if series is None else sum(series.values())
 
 
-def _counter(samples: Sequence[Sample], selector: Selector | None) -> CounterSeries | None:
+def _first_present(names: Iterable[str], present: frozenset[str], suffixes: Sequence[str]) -> str | None:
+    """The first of ``names`` (newest first) that has any sample in the page, whatever its value."""
+    return next((n for n in names if any(n + suffix in present for suffix in suffixes)), None)
+
+
+def _counter(
+    samples: Sequence[Sample], selector: Selector | None, present: frozenset[str]
+) -> CounterSeries | None:
     if selector is None:
+        return None
+    name = _first_present(selector.names, present, ("", "_total"))
+    if name is None:
         return None
     series: dict[SeriesKey, float] = {}
     seen: set[SeriesKey] = set()
     for s in samples:
-        if not selector.matches(s):
+        if not selector.matches(s, name):
             continue
         key = series_key(s.name, s.labels)
         if key in seen:
@@ -341,7 +383,12 @@ class _HistogramParts:
     bad: bool = False
 
 
-def _histogram(samples: Sequence[Sample], name: str | None) -> HistogramSeries | None:
+def _histogram(
+    samples: Sequence[Sample], histogram: Histogram | None, present: frozenset[str]
+) -> HistogramSeries | None:
+    if histogram is None:
+        return None
+    name = _first_present(histogram.names, present, _HISTOGRAM_SUFFIXES)
     if name is None:
         return None
     parts: dict[SeriesKey, _HistogramParts] = {}
@@ -379,19 +426,59 @@ def _histogram(samples: Sequence[Sample], name: str | None) -> HistogramSeries |
     for key, p in parts.items():
         if p.bad or p.count is None or math.inf not in p.buckets:
             continue  # missing in this read (NaN, Inf) or incomplete
-        reading = HistogramReading(tuple(sorted(p.buckets.items())), p.sum or 0.0, p.count)
+        factor = histogram.to_seconds
+        buckets = tuple((_seconds(le, factor), count) for le, count in sorted(p.buckets.items()))
+        reading = HistogramReading(buckets, _seconds(p.sum or 0.0, factor), p.count)
         bounds = reading.bounds if bounds is None else bounds
         if reading.bounds == bounds:  # series must share bounds to be summed by bound
             series[key] = reading
     return series or None
 
 
+def _seconds(value: float, to_seconds: float) -> float:
+    # Dividing by the inverse keeps millisecond bounds short (9 ms: 0.009, not 0.009000000000000001).
+    return value * to_seconds if to_seconds >= 1 else value / (1 / to_seconds)
+
+
+def _gauge(
+    samples: Sequence[Sample],
+    selector: Selector | None,
+    present: frozenset[str],
+    combine: Callable[[Iterable[float]], float],
+) -> float | None:
+    """The gauge's series combined; ``None`` when it has none, or when any of them is not usable."""
+    if selector is None:
+        return None
+    name = _first_present(selector.names, present, ("",))
+    if name is None:
+        return None
+    series: dict[SeriesKey, float] = {}
+    for s in samples:
+        if s.name != name or not selector.has_labels(s):
+            continue
+        key = series_key(s.name, s.labels)
+        if key in series:
+            continue  # a duplicated line: the first one counts
+        series[key] = s.value
+        if len(series) > MAX_SERIES_PER_METRIC:
+            raise TooManySeries(f"{name} has more than {MAX_SERIES_PER_METRIC} series")
+    if not series or not all(usable(v) for v in series.values()):
+        return None
+    return combine(series.values())
+
+
 def extract(samples: Sequence[Sample], profile: ServerProfile) -> AppReading:
-    """The profile's counters and histograms from parsed samples; ``TooManySeries`` past the limit."""
+    """The profile's counters, histograms and gauges from parsed samples; ``TooManySeries`` past the
+    limit."""
+    present = frozenset(s.name for s in samples)
     return AppReading(
-        requests=_counter(samples, profile.requests),
-        prompt_tokens=_counter(samples, profile.prompt_tokens),
-        generation_tokens=_counter(samples, profile.generation_tokens),
-        latency=_histogram(samples, profile.latency_histogram),
-        ttft=_histogram(samples, profile.ttft_histogram),
+        requests=_counter(samples, profile.requests, present),
+        prompt_tokens=_counter(samples, profile.prompt_tokens, present),
+        generation_tokens=_counter(samples, profile.generation_tokens, present),
+        latency=_histogram(samples, profile.latency_histogram, present),
+        ttft=_histogram(samples, profile.ttft_histogram, present),
+        itl=_histogram(samples, profile.itl_histogram, present),
+        requests_waiting=_gauge(samples, profile.requests_waiting, present, sum),
+        requests_running=_gauge(samples, profile.requests_running, present, sum),
+        kv_cache_usage=_gauge(samples, profile.kv_cache_usage, present, max),
     )

@@ -6,6 +6,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 
 from prometheus_client import generate_latest
 from prometheus_client.metrics_core import (
@@ -44,85 +45,132 @@ def _add_histogram(family: HistogramMetricFamily, labels: list[str], totals: His
     family.add_metric(labels, [(_le(le), count) for le, count in totals.buckets], totals.sum)
 
 
+@dataclass
+class _PodFamilies:
+    """Every per-pod family of one sample, in the order they are published."""
+
+    info: GaugeMetricFamily
+    energy: CounterMetricFamily
+    requests: CounterMetricFamily
+    tokens: CounterMetricFamily
+    jpr: GaugeMetricFamily
+    latency: HistogramMetricFamily
+    ttft: HistogramMetricFamily
+    app_up: GaugeMetricFamily
+    itl: HistogramMetricFamily
+    waiting: GaugeMetricFamily
+    running: GaugeMetricFamily
+    kv_cache: GaugeMetricFamily
+
+    def all(self) -> list[Metric]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+def _new_families() -> _PodFamilies:
+    return _PodFamilies(
+        info=GaugeMetricFamily(
+            "eo_gpu_pod_info",
+            "1 for each container holding a GPU (device IDs resolved to the board's UUID); sharing is "
+            "exclusive, time_sliced or mig.",
+            labels=["node", "uuid", "namespace", "pod", "container", "workload", "sharing"],
+        ),
+        energy=CounterMetricFamily("eo_pod_energy_joules", ENERGY_HELP, labels=[*POD_LABELS, "source"]),
+        requests=CounterMetricFamily(
+            "eo_pod_requests",
+            "Requests the pod's inference server finished successfully (mirrored, monotonic across "
+            "restarts).",
+            labels=POD_LABELS,
+        ),
+        tokens=CounterMetricFamily(
+            "eo_pod_tokens",
+            "Tokens the pod's inference server processed, by kind (prompt, generation); mirrored.",
+            labels=[*POD_LABELS, "kind"],
+        ),
+        jpr=GaugeMetricFamily(
+            "eo_pod_joules_per_request",
+            "Pod energy growth over requests growth between the exporter's last two samples of the pod "
+            "(joules per request); absent when no request finished in that window.",
+            labels=POD_LABELS,
+        ),
+        latency=_histogram(
+            "eo_pod_request_latency_seconds",
+            "End-to-end request latency, mirrored from the inference server.",
+        ),
+        ttft=_histogram(
+            "eo_pod_time_to_first_token_seconds", "Time to first token, mirrored from the inference server."
+        ),
+        app_up=GaugeMetricFamily(
+            "eo_pod_metrics_up",
+            "1 if the exporter read the pod's inference server in its last sample, 0 if that read failed "
+            "or missed its deadline (the pod's mirrored requests, tokens, latency and queue series are then "
+            "omitted, not repeated); published for pods that hold a GPU and have a server to read.",
+            labels=POD_LABELS,
+        ),
+        itl=_histogram(
+            "eo_pod_inter_token_latency_seconds",
+            "Inter-token latency (time per output token after the first), mirrored from the inference "
+            "server (vLLM, SGLang: one observation per token; TGI: each request's mean).",
+        ),
+        waiting=GaugeMetricFamily(
+            "eo_pod_requests_waiting",
+            "Requests queued in the pod's inference server, not yet running, as it reported them in the "
+            "exporter's last sample (summed over its models and engines).",
+            labels=POD_LABELS,
+        ),
+        running=GaugeMetricFamily(
+            "eo_pod_requests_running",
+            "Requests in the pod's inference server's running batch, as it reported them in the "
+            "exporter's last sample (summed over its models and engines).",
+            labels=POD_LABELS,
+        ),
+        kv_cache=GaugeMetricFamily(
+            "eo_pod_kv_cache_usage_ratio",
+            "Share of the pod's KV cache in use (0..1), as its inference server reported it in the "
+            "exporter's last sample (the highest over its engines).",
+            labels=POD_LABELS,
+        ),
+    )
+
+
 def pod_families(snapshot: Snapshot, node: str) -> list[Metric]:
-    info = GaugeMetricFamily(
-        "eo_gpu_pod_info",
-        "1 for each container holding a GPU (device IDs resolved to the board's UUID); sharing is "
-        "exclusive, time_sliced or mig.",
-        labels=["node", "uuid", "namespace", "pod", "container", "workload", "sharing"],
-    )
-    energy = CounterMetricFamily("eo_pod_energy_joules", ENERGY_HELP, labels=[*POD_LABELS, "source"])
-    requests = CounterMetricFamily(
-        "eo_pod_requests",
-        "Requests the pod's inference server finished successfully (mirrored, monotonic across restarts).",
-        labels=POD_LABELS,
-    )
-    tokens = CounterMetricFamily(
-        "eo_pod_tokens",
-        "Tokens the pod's inference server processed, by kind (prompt, generation); mirrored.",
-        labels=[*POD_LABELS, "kind"],
-    )
-    jpr = GaugeMetricFamily(
-        "eo_pod_joules_per_request",
-        "Pod energy growth over requests growth between the exporter's last two samples of the pod "
-        "(joules per request); absent when no request finished in that window.",
-        labels=POD_LABELS,
-    )
-    latency = _histogram(
-        "eo_pod_request_latency_seconds", "End-to-end request latency, mirrored from the inference server."
-    )
-    ttft = _histogram(
-        "eo_pod_time_to_first_token_seconds", "Time to first token, mirrored from the inference server."
-    )
-    app_up = GaugeMetricFamily(
-        "eo_pod_metrics_up",
-        "1 if the exporter read the pod's inference server in its last sample, 0 if that read failed or "
-        "missed its deadline (the pod's mirrored requests, tokens and latency series are then omitted, "
-        "not repeated); published for pods that hold a GPU and have a server to read.",
-        labels=POD_LABELS,
-    )
+    families = _new_families()
     for view in snapshot.pods:
-        labels = [node, view.key.namespace, view.key.pod, view.workload]
-        _add_pod(view, labels, info, energy, requests, tokens, jpr, latency, ttft, app_up)
-    return [info, energy, requests, tokens, jpr, latency, ttft, app_up]
+        _add_pod(view, [node, view.key.namespace, view.key.pod, view.workload], families)
+    return families.all()
 
 
-def _add_pod(
-    view: PodView,
-    labels: list[str],
-    info: GaugeMetricFamily,
-    energy: CounterMetricFamily,
-    requests: CounterMetricFamily,
-    tokens: CounterMetricFamily,
-    jpr: GaugeMetricFamily,
-    latency: HistogramMetricFamily,
-    ttft: HistogramMetricFamily,
-    app_up: GaugeMetricFamily,
-) -> None:
+def _add_pod(view: PodView, labels: list[str], f: _PodFamilies) -> None:
     node, namespace, pod, workload = labels
     seen: set[tuple[str, str]] = set()
     for h in view.holdings:
         if (h.share.board_uuid, h.container) in seen:
             continue  # two replicas of one time-sliced GPU: one info series
         seen.add((h.share.board_uuid, h.container))
-        info.add_metric([node, h.share.board_uuid, namespace, pod, h.container, workload, h.share.sharing], 1)
-    energy.add_metric([*labels, "gpu"], view.gpu_energy_j)
+        info = [node, h.share.board_uuid, namespace, pod, h.container, workload, h.share.sharing]
+        f.info.add_metric(info, 1)
+    f.energy.add_metric([*labels, "gpu"], view.gpu_energy_j)
     if view.cpu_energy_j is not None:
-        energy.add_metric([*labels, "cpu"], view.cpu_energy_j)
+        f.energy.add_metric([*labels, "cpu"], view.cpu_energy_j)
     if view.requests is not None:
-        requests.add_metric(labels, view.requests)
+        f.requests.add_metric(labels, view.requests)
     if view.prompt_tokens is not None:
-        tokens.add_metric([*labels, "prompt"], view.prompt_tokens)
+        f.tokens.add_metric([*labels, "prompt"], view.prompt_tokens)
     if view.generation_tokens is not None:
-        tokens.add_metric([*labels, "generation"], view.generation_tokens)
+        f.tokens.add_metric([*labels, "generation"], view.generation_tokens)
     if view.joules_per_request is not None:
-        jpr.add_metric(labels, view.joules_per_request)
-    if view.latency is not None:
-        _add_histogram(latency, labels, view.latency)
-    if view.ttft is not None:
-        _add_histogram(ttft, labels, view.ttft)
+        f.jpr.add_metric(labels, view.joules_per_request)
+    for family, totals in ((f.latency, view.latency), (f.ttft, view.ttft), (f.itl, view.itl)):
+        if totals is not None:
+            _add_histogram(family, labels, totals)
+    for gauge, value in (
+        (f.waiting, view.requests_waiting),
+        (f.running, view.requests_running),
+        (f.kv_cache, view.kv_cache_usage),
+    ):
+        if value is not None:
+            gauge.add_metric(labels, value)
     if view.app_up is not None:
-        app_up.add_metric(labels, 1.0 if view.app_up else 0.0)
+        f.app_up.add_metric(labels, 1.0 if view.app_up else 0.0)
 
 
 class _Families:

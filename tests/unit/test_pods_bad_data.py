@@ -79,7 +79,7 @@ def test_too_many_series_refuse_the_reading() -> None:
 def test_wanted_names_cover_every_profile_and_the_annotations() -> None:
     names = wanted_sample_names(parse_annotations({}))
     assert {REQ, f"{LAT}_bucket", f"{LAT}_count", "tgi_request_success", "sglang:num_requests_total"} <= names
-    assert "vllm:num_requests_running" not in names
+    assert "vllm:num_preemptions_total" not in names
     config = parse_annotations({"energy-orchestrator.io/requests-metric": "myapp_requests"})
     annotated = wanted_sample_names(config)
     assert {"myapp_requests", "myapp_requests_total", f"{LAT}_bucket"} <= annotated
@@ -166,7 +166,7 @@ PAGE = (
     b"# TYPE vllm:request_success_total counter\n"
     b'vllm:request_success_total{finished_reason="stop"} 3.0\n'
     b'vllm:request_success_created{finished_reason="stop"} 1.7e9\n'
-    b'vllm:num_requests_running{model_name="m"} 2.0\n'
+    b'vllm:num_preemptions_total{model_name="m"} 2.0\n'
     b'vllm:e2e_request_latency_seconds_bucket{le="+Inf"} 3.0\n'
     b"vllm:e2e_request_latency_seconds_count 3.0"  # the last line without a newline
 )

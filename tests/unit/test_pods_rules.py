@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from common.servers import Histogram
 from exporter.pods.appmetrics import (
     SERVERS,
     HistogramReading,
@@ -191,7 +192,7 @@ def test_annotations_override_the_profile() -> None:
         9400,
         "/stats",
         "vllm",
-        "my_latency_seconds",
+        Histogram("my_latency_seconds"),
     )
     samples = [
         Sample("vllm:request_success_total", {"finished_reason": "stop"}, 10),
