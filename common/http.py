@@ -19,6 +19,7 @@ in bounded pieces as it arrives instead of being kept, so the caller holds only 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -125,7 +126,8 @@ class BoundedHttpClient:
     """One connection pool; every request bounded by a total deadline and a body-size cap.
 
     ``ca_file`` verifies TLS peers against that bundle; ``verify=False`` turns verification off (only
-    where the operator asked for it, e.g. a BMC with a self-signed certificate).
+    where the operator asked for it, e.g. a BMC with a self-signed certificate). ``ssl_context``, when
+    given, replaces both: the caller built it (a CA given as data, a client certificate).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class BoundedHttpClient:
         verify: bool = True,
         pool_maxsize: int = 16,
         num_pools: int = 32,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if deadline_s <= 0:
             raise ValueError("deadline_s must be > 0")
@@ -144,9 +147,13 @@ class BoundedHttpClient:
             raise ValueError("max_body_bytes must be > 0")
         self.deadline_s = deadline_s
         self.max_body_bytes = max_body_bytes
-        tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE"}
-        if ca_file is not None:
-            tls["ca_certs"] = ca_file
+        tls: dict[str, Any]
+        if ssl_context is not None:
+            tls = {"ssl_context": ssl_context}
+        else:
+            tls = {"cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE"}
+            if ca_file is not None:
+                tls["ca_certs"] = ca_file
         self._pool = urllib3.PoolManager(
             num_pools=num_pools, maxsize=pool_maxsize, block=False, retries=False, **tls
         )
@@ -162,12 +169,14 @@ class BoundedHttpClient:
         deadline_s: float | None = None,
         max_body_bytes: int | None = None,
         sink: Callable[[bytes], object] | None = None,
+        on_headers: Callable[[int, Mapping[str, str]], object] | None = None,
     ) -> HttpResponse:
         """Send one request and read the whole answer within the deadline; ``HttpError`` otherwise.
 
         With ``sink``, the decompressed body goes to ``sink`` piece by piece (the answer's ``body`` is
         then empty); the cap and the deadline apply the same. An exception ``sink`` raises ends the
-        read and propagates unchanged."""
+        read and propagates unchanged. ``on_headers(status, headers)`` is called once the headers are
+        in, before the first byte of the body (a sink can tell an error answer from a stream)."""
         deadline_s = self.deadline_s if deadline_s is None else min(deadline_s, self.deadline_s)
         limit = self.max_body_bytes if max_body_bytes is None else max_body_bytes
         if params:
@@ -196,14 +205,17 @@ class BoundedHttpClient:
             raise HttpError(f"{type(exc).__name__}: {_reason(exc)}") from exc
         except (UnicodeError, ValueError) as exc:  # a header value that is not Latin-1, a bad URL
             raise HttpError(f"cannot send the request ({type(exc).__name__})") from exc
+        headers_in = {k.lower(): v for k, v in response.headers.items()}
         try:
+            if on_headers is not None:
+                on_headers(response.status, headers_in)
             payload = self._read_body(response, end, limit, deadline_s, sink)
         except BaseException:
             # The connection stopped mid-body: it must not go back to the pool.
             response.close()
             raise
         response.release_conn()
-        return HttpResponse(response.status, {k.lower(): v for k, v in response.headers.items()}, payload)
+        return HttpResponse(response.status, headers_in, payload)
 
     def get(self, url: str, **kwargs: Any) -> HttpResponse:
         return self.request("GET", url, **kwargs)

@@ -1,17 +1,14 @@
 """Kubernetes Events for every cap change, posted from a background queue that never blocks control.
 
 The control loop only enqueues (non-blocking; a full queue drops the event with a log line). A worker
-thread posts each event to the API server through ``common.http.BoundedHttpClient`` (a total deadline
-per post, a capped answer, no redirects); a failed post is logged and dropped. The adapter speaks the
-core/v1 Events REST call directly with the pod's service-account token, which keeps it a few lines and
-lets tests answer it from a real HTTP server with recorded API responses.
+thread posts each event to the API server through ``common.kube.KubeClient`` (a total deadline per
+post, a capped answer, no redirects, the service-account token re-read when it rotates); a failed post
+is logged with its status and the API's reason, and dropped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -20,11 +17,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from common.http import BoundedHttpClient, HttpError
+from common.kube import (
+    SERVICE_ACCOUNT_DIR,
+    KubeClient,
+    KubeConfig,
+    KubeError,
+    in_cluster_server,
+    path_segment,
+)
 
 log = logging.getLogger(__name__)
 
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 COMPONENT = "eo-powercap"
 # The API server answers the created Event (a few KiB); nothing an Event post needs is larger.
 ANSWER_MAX_BYTES = 256 * 1024
@@ -74,14 +77,18 @@ class KubernetesEventSink:
         timeout_s: float = 2.0,
         max_queue: int = 100,
     ) -> None:
-        self._url = f"{api_url.rstrip('/')}/api/v1/namespaces/{pod.namespace}/events"
+        self._path = f"/api/v1/namespaces/{path_segment(pod.namespace)}/events"
         self._pod = pod
-        self._token_file = token_file
-        ca = str(ca_file) if ca_file is not None and ca_file.exists() else None
-        # ``timeout_s`` is the total deadline of one post (connect, send, answer).
-        self._http = BoundedHttpClient(
-            deadline_s=timeout_s, max_body_bytes=ANSWER_MAX_BYTES, ca_file=ca, num_pools=2, pool_maxsize=1
+        self._config = KubeConfig(
+            server=api_url,
+            source=f"--kube-api-url {api_url}",
+            # An absent file means no token (a test API server, or one behind a proxy that adds it).
+            token_file=token_file,
+            ca_file=ca_file if ca_file is not None and ca_file.exists() else None,
         )
+        self._timeout_s = timeout_s
+        # Built by the worker on its first post: an unreadable CA costs the events, never the start.
+        self._api: KubeClient | None = None
         self._queue: queue.Queue[CapEvent | None] = queue.Queue(maxsize=max_queue)
         self.posted = 0
         self.dropped = 0
@@ -104,8 +111,8 @@ class KubernetesEventSink:
         except queue.Full:
             return
         self._thread.join(max(0.0, end - time.monotonic()))
-        if not self._thread.is_alive():
-            self._http.close()
+        if not self._thread.is_alive() and self._api is not None:
+            self._api.close()
 
     def _run(self) -> None:
         while True:
@@ -115,20 +122,18 @@ class KubernetesEventSink:
             try:
                 self._post(event)
                 self.posted += 1
-            except (HttpError, OSError, ValueError) as exc:
+            except (KubeError, OSError, ValueError) as exc:
                 self.dropped += 1
                 log.warning("could not post Kubernetes Event %s (dropped): %s", event.reason, exc)
 
     def _post(self, event: CapEvent) -> None:
-        headers = {"Content-Type": "application/json"}
-        if self._token_file is not None and self._token_file.exists():
-            headers["Authorization"] = "Bearer " + self._token_file.read_text().strip()
-        resp = self._http.post(
-            self._url, body=json.dumps(event_body(event, self._pod)).encode(), headers=headers
-        )
-        if resp.status >= 300:
-            # The status only: what a peer sent never reaches a log line.
-            raise ValueError(f"API server answered HTTP {resp.status}")
+        if self._api is None:
+            # ``timeout_s`` is the total deadline of one post (connect, send, answer).
+            self._api = KubeClient(
+                self._config, deadline_s=self._timeout_s, max_body_bytes=ANSWER_MAX_BYTES, pool_maxsize=1
+            )
+        # A status >= 300 raises KubeApiError: its status and the API's reason, never the peer's body.
+        self._api.post_json(self._path, event_body(event, self._pod))
 
 
 def event_body(event: CapEvent, pod: PodRef) -> dict[str, Any]:
@@ -159,7 +164,4 @@ def event_body(event: CapEvent, pod: PodRef) -> dict[str, Any]:
 
 
 def in_cluster_api_url() -> str | None:
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
-    if not host or not port:
-        return None
-    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    return in_cluster_server()

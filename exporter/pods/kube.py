@@ -3,7 +3,11 @@
 Informer-like: list the pods with ``fieldSelector=spec.nodeName=<node>``, then watch from the list's
 resourceVersion, relisting when the watch expires (410 Gone) or fails. Owners above the pod
 (ReplicaSets, Jobs) are fetched with GET when a pod is added or changes, and cached with a TTL. All of
-it runs on the cache's own thread: a scrape only reads a dict.
+it runs on the cache's own thread: a scrape only reads a dict. Every call goes through
+``common.kube.KubeClient`` (deadlines, size caps, a cap per watch event).
+
+The API's JSON is read defensively: a pod whose fields have unexpected types loses only those fields
+(no IP, no ports), and an object without a namespace or name is skipped.
 
 RBAC: get/list/watch on ``pods``; get on ``replicasets`` (apps) and ``jobs`` (batch).
 """
@@ -16,33 +20,73 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
-
+from common.kube import KubeApiError, KubeClient, ResourceExpired, path_segment
 from exporter.pods.accounting import PodKey
 from exporter.pods.owners import OwnerRef, PodMeta, resolve_workload
 
 log = logging.getLogger(__name__)
 
+PODS_PATH = "/api/v1/pods"
+_OWNER_PATHS = {
+    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
+    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
+}
+# Owners cached at once; expired entries are dropped when the cache grows past this.
+_OWNER_CACHE_MAX = 4096
 
-def _owner_refs(metadata: Any) -> tuple[OwnerRef, ...]:
-    return tuple(
-        OwnerRef(ref.kind, ref.name, bool(ref.controller)) for ref in (metadata.owner_references or ())
-    )
+
+class _Stopping(Exception):
+    """Raised from a watch callback to end the watch when the cache stops."""
 
 
-def _container_ports(pod: Any) -> dict[str, int]:
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _sequence(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _strings(value: Any) -> dict[str, str]:
+    return {k: v for k, v in _mapping(value).items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _owner_refs(metadata: dict[str, Any]) -> tuple[OwnerRef, ...]:
+    refs = []
+    for item in _sequence(metadata.get("ownerReferences")):
+        ref = _mapping(item)
+        kind, name = ref.get("kind"), ref.get("name")
+        if isinstance(kind, str) and isinstance(name, str):
+            refs.append(OwnerRef(kind, name, ref.get("controller") is True))
+    return tuple(refs)
+
+
+def _container_ports(pod: dict[str, Any]) -> dict[str, int]:
     ports: dict[str, int] = {}
-    for container in pod.spec.containers or ():
-        for port in container.ports or ():
-            ports[port.name or f"{container.name}:{port.container_port}"] = int(port.container_port)
+    for item in _sequence(_mapping(pod.get("spec")).get("containers")):
+        container = _mapping(item)
+        for entry in _sequence(container.get("ports")):
+            port = _mapping(entry)
+            number = port.get("containerPort")
+            if not isinstance(number, int) or isinstance(number, bool):
+                continue
+            name = port.get("name")
+            ports[name if isinstance(name, str) and name else f"{container.get('name')}:{number}"] = number
     return ports
+
+
+def _key(pod: dict[str, Any]) -> PodKey | None:
+    metadata = _mapping(pod.get("metadata"))
+    namespace, name = metadata.get("namespace"), metadata.get("name")
+    if isinstance(namespace, str) and isinstance(name, str) and namespace and name:
+        return PodKey(namespace, name)
+    return None
 
 
 class KubePodCache:
     def __init__(
         self,
-        api_client: client.ApiClient,
+        api: KubeClient,
         node_name: str,
         owner_ttl_s: float = 600.0,
         error_ttl_s: float = 30.0,
@@ -50,9 +94,7 @@ class KubePodCache:
         retry_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._core = client.CoreV1Api(api_client)
-        self._apps = client.AppsV1Api(api_client)
-        self._batch = client.BatchV1Api(api_client)
+        self._api = api
         self._selector = f"spec.nodeName={node_name}"
         self._owner_ttl_s = owner_ttl_s
         self._error_ttl_s = error_ttl_s
@@ -65,7 +107,6 @@ class KubePodCache:
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
-        self._watch: watch.Watch | None = None
 
     # -- reads (any thread, never blocking on the API) -----------------------------------------------
     def get(self, key: PodKey) -> PodMeta | None:
@@ -82,11 +123,12 @@ class KubePodCache:
         return self
 
     def stop(self) -> None:
+        """Stop the thread: a watch ends at its next event, else at its deadline (the thread is a
+        daemon; this waits at most 5 s for it)."""
         self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._api.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -98,78 +140,72 @@ class KubePodCache:
                     if self._clock() - started < 1.0:
                         # A watch that ends at once (proxy, overloaded API server): do not spin.
                         self._stop.wait(1.0)
-            except ApiException as exc:
-                if exc.status == 410:
-                    log.info("pod watch expired (410 Gone); relisting")
-                    continue
-                log.warning(
-                    "Kubernetes API error %s %s; retrying in %.0f s", exc.status, exc.reason, self._retry_s
-                )
+            except _Stopping:
+                return
+            except ResourceExpired:
+                log.info("pod watch expired (410 Gone); relisting")
+            except KubeApiError as exc:
+                log.warning("Kubernetes API error: %s; retrying in %.0f s", exc, self._retry_s)
                 self._stop.wait(self._retry_s)
             except Exception as exc:
                 log.warning("Kubernetes API unreachable (%s); retrying in %.0f s", exc, self._retry_s)
                 self._stop.wait(self._retry_s)
 
     def _list(self) -> str:
-        pods: Any = self._core.list_pod_for_all_namespaces(field_selector=self._selector, _request_timeout=30)
-        fresh = {PodKey(p.metadata.namespace, p.metadata.name): self._meta(p) for p in pods.items}
+        pods = self._api.list(PODS_PATH, {"fieldSelector": self._selector})
+        fresh: dict[PodKey, PodMeta] = {}
+        for pod in pods.items:
+            key = _key(pod)
+            if key is not None:
+                fresh[key] = self._meta(key, pod)
         with self._lock:
             self._pods = fresh
         self._synced.set()
         log.info("pod cache synced: %d pods on this node", len(fresh))
-        return str(pods.metadata.resource_version)
+        return pods.resource_version
 
     def _watch_from(self, version: str) -> str:
-        self._watch = w = watch.Watch()
-        for event in w.stream(
-            self._core.list_pod_for_all_namespaces,
-            field_selector=self._selector,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_timeout_s,
-            _request_timeout=self._watch_timeout_s + 30,
-        ):
-            if self._stop.is_set():
-                break
-            kind, pod = event["type"], event["object"]
-            if kind not in ("ADDED", "MODIFIED", "DELETED"):
-                continue
-            key = PodKey(pod.metadata.namespace, pod.metadata.name)
-            if kind == "DELETED":
-                with self._lock:
-                    self._pods.pop(key, None)
-            else:
-                meta = self._meta(pod)
-                with self._lock:
-                    self._pods[key] = meta
-        return str(w.resource_version or version)
+        params = {"fieldSelector": self._selector, "resourceVersion": version}
+        return self._api.watch(PODS_PATH, params, self._on_event, timeout_s=self._watch_timeout_s)
+
+    def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
+        if self._stop.is_set():
+            raise _Stopping
+        key = _key(pod)
+        if key is None:
+            return
+        if kind == "DELETED":
+            with self._lock:
+                self._pods.pop(key, None)
+        else:
+            meta = self._meta(key, pod)
+            with self._lock:
+                self._pods[key] = meta
 
     # -- owners ---------------------------------------------------------------------------------------
-    def _meta(self, pod: Any) -> PodMeta:
-        metadata = pod.metadata
-        labels = metadata.labels or {}
+    def _meta(self, key: PodKey, pod: dict[str, Any]) -> PodMeta:
+        metadata = _mapping(pod.get("metadata"))
+        labels = _strings(metadata.get("labels"))
         workload = resolve_workload(
-            metadata.namespace,
-            metadata.name,
+            key.namespace,
+            key.pod,
             _owner_refs(metadata),
             self._lookup,
             labels.get("pod-template-hash"),
         )
+        ip = _mapping(pod.get("status")).get("podIP")
+        uid = metadata.get("uid")
         return PodMeta(
             workload=workload,
-            ip=pod.status.pod_ip if pod.status else None,
-            annotations=dict(metadata.annotations or {}),
+            ip=ip if isinstance(ip, str) and ip else None,
+            annotations=_strings(metadata.get("annotations")),
             container_ports=_container_ports(pod),
-            uid=metadata.uid or "",
+            uid=uid if isinstance(uid, str) else "",
         )
 
     def _lookup(self, kind: str, namespace: str, name: str) -> Sequence[OwnerRef] | None:
-        fetch: Callable[..., Any]
-        if kind == "ReplicaSet":
-            fetch = self._apps.read_namespaced_replica_set
-        elif kind == "Job":
-            fetch = self._batch.read_namespaced_job
-        else:
+        template = _OWNER_PATHS.get(kind)
+        if template is None:
             return None  # a top-level kind (Deployment, StatefulSet, ...) or one we do not walk
         cache_key = (kind, namespace, name)
         now = self._clock()
@@ -177,11 +213,15 @@ class KubePodCache:
         if cached is not None and cached[0] > now:
             return cached[1]
         refs: tuple[OwnerRef, ...] | None
+        path = template.format(ns=path_segment(namespace), name=path_segment(name))
         try:
-            refs = _owner_refs(fetch(name, namespace, _request_timeout=10).metadata)
+            refs = _owner_refs(_mapping(self._api.get_json(path).get("metadata")))
             expires = now + self._owner_ttl_s
-        except ApiException as exc:
-            log.warning("cannot get %s %s/%s: %s %s", kind, namespace, name, exc.status, exc.reason)
+        except KubeApiError as exc:
+            # An answer (404, 403): remembered briefly. No answer at all propagates: the list retries.
+            log.warning("cannot get %s %s/%s: %s", kind, namespace, name, exc)
             refs, expires = None, now + self._error_ttl_s
+        if len(self._owners) >= _OWNER_CACHE_MAX:
+            self._owners = {k: v for k, v in self._owners.items() if v[0] > now}
         self._owners[cache_key] = (expires, refs)
         return refs

@@ -76,25 +76,17 @@ class PodSettings:
 
 def kube_metadata(settings: PodSettings) -> PodMetadataSource:
     """The Kubernetes pod cache, started (in-cluster config or ``--kubeconfig``)."""
-    from kubernetes import client, config  # noqa: PLC0415 (only when the cluster is used)
-
+    from common.kube import KubeClient, KubeConfigError, load_config  # noqa: PLC0415 (only in a cluster)
     from exporter.pods.kube import KubePodCache  # noqa: PLC0415
 
-    configuration = client.Configuration()
     try:
-        if settings.kubeconfig:
-            config.load_kube_config(config_file=settings.kubeconfig, client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
-    except (config.ConfigException, OSError, ValueError) as exc:
-        where = (
-            f"kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "the in-cluster service account"
-        )
+        api = KubeClient(load_config(settings.kubeconfig or None))
+    except KubeConfigError as exc:
         raise PodAttributionError(
-            f"cannot reach the Kubernetes API with {where}: {exc} (set --kubeconfig / EO_KUBECONFIG, "
+            f"cannot reach the Kubernetes API: {exc} (set --kubeconfig / EO_KUBECONFIG, "
             "or --pod-attribution off)"
         ) from exc
-    return KubePodCache(client.ApiClient(configuration), settings.node_name).start()
+    return KubePodCache(api, settings.node_name).start()
 
 
 def build_pod_collector(

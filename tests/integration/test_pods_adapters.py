@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
+from common.kube import KubeClient, KubeConfig
 from exporter.podresources.gen import PACKAGE_DIR, REPO, generate
 from exporter.pods.accounting import PodKey
 from exporter.pods.devices import Allocation
@@ -68,14 +68,16 @@ def replay() -> Iterator[KubeReplay]:
     server.stop()
 
 
+def replay_client(port: int) -> KubeClient:
+    return KubeClient(KubeConfig(server=f"http://127.0.0.1:{port}", source="the replay server"))
+
+
 @pytest.fixture
 def cache(replay: KubeReplay) -> Iterator[KubePodCache]:
-    api = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{replay.port}"))
-    pods = KubePodCache(api, "gpu-node-1", retry_s=0.2).start()
+    pods = KubePodCache(replay_client(replay.port), "gpu-node-1", retry_s=0.2).start()
     assert pods.wait_synced(10)
     yield pods
     pods.stop()
-    api.close()
 
 
 def test_workloads_resolve_through_the_recorded_api(cache: KubePodCache, replay: KubeReplay) -> None:
@@ -119,13 +121,11 @@ def test_watch_adds_and_deletes_pods_and_caches_owners(cache: KubePodCache, repl
 def test_api_down_then_up_syncs(replay: KubeReplay) -> None:
     port = replay.port
     replay.stop()
-    api = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
-    pods = KubePodCache(api, "gpu-node-1", retry_s=0.1).start()
+    pods = KubePodCache(replay_client(port), "gpu-node-1", retry_s=0.1).start()
     try:
         assert not pods.wait_synced(0.3)
         assert pods.get(PodKey("ml", "debug")) is None
     finally:
         t0 = time.monotonic()
         pods.stop()
-        api.close()
     assert time.monotonic() - t0 < 5
