@@ -30,7 +30,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
@@ -83,6 +83,13 @@ def _existing_file(value: Path | None) -> Path | None:
     return value
 
 
+def _base_url(value: str | None) -> str | None:
+    # The value is not echoed: a URL may carry credentials (https://user:password@host).
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL, e.g. https://10.0.0.5")
+    return None if value is None else value.rstrip("/")
+
+
 def _finite_positive(value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError("must be a number > 0")
@@ -96,6 +103,8 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 OptionalText = Annotated[str | None, BeforeValidator(_empty_is_none)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_empty_is_none)]
 ExistingFile = Annotated[Path | None, BeforeValidator(_empty_is_none), AfterValidator(_existing_file)]
+# A base URL (paths are appended to it): http(s) only, trailing slashes dropped; empty is None.
+OptionalBaseUrl = Annotated[str | None, BeforeValidator(_empty_is_none), AfterValidator(_base_url)]
 
 
 class _FlagNamedEnvironment(PydanticBaseSettingsSource):
@@ -159,6 +168,13 @@ def _is_bool(field: FieldInfo) -> bool:
     return field.annotation is bool
 
 
+def _metavar(field: FieldInfo) -> str | None:
+    """``{a,b}`` for a field that takes one of a few words (a ``Literal``); else argparse's own."""
+    if get_origin(field.annotation) is Literal:
+        return "{" + ",".join(str(choice) for choice in get_args(field.annotation)) + "}"
+    return None
+
+
 def _short(text: str, limit: int = _MAX_ECHO) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
@@ -189,7 +205,9 @@ def build_parser(
                 *flags, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, help=help_text
             )
         else:
-            parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                *flags, dest=name, default=argparse.SUPPRESS, metavar=_metavar(field), help=help_text
+            )
     return parser
 
 

@@ -8,17 +8,15 @@ attribution registers its collector through ``extra_collectors`` and reads GPU e
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
+from common.metrics_server import MetricsServerHandle, serve_metrics
 from devices.base import GpuBackend, GpuError
 from devices.simulated import SimulatedBackend, SimulatedGpu
 from exporter.collector import ExporterCollector, Source
@@ -85,59 +83,18 @@ class ExporterHandle:
     port: int
     registry: CollectorRegistry
     gpu_energy: GpuEnergyReader
-    _server: _Server
-    _thread: threading.Thread
+    _server: MetricsServerHandle
     _on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        host = str(self._server.server_address[0])
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        return f"http://{host}:{self.port}"
+        return self._server.url
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._server.stop()
         for fn in self._on_stop:
             fn()
         self._on_stop.clear()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # A scraper that hung up mid-answer (its timeout) is not worth a traceback on stderr.
-        log.debug("HTTP client %s went away", client_address, exc_info=True)
-
-
-def _handler(
-    registry: CollectorRegistry, health: Callable[[], dict[str, object]]
-) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "eo-exporter"
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, render(registry))
-            elif path == "/healthz":
-                self._send(200, "application/json", json.dumps(health()).encode())
-            else:
-                self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
-
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
-
-    return Handler
 
 
 def _start_pods(
@@ -225,15 +182,16 @@ def start_exporter(
     for extra in extra_collectors:
         registry.register(extra)
 
-    def health() -> dict[str, object]:
-        return {"status": "ok", "collectors": [s.name for s in sources]}
+    def health() -> tuple[bool, dict[str, object]]:
+        # Liveness: the process serves; a failing source shows in its up gauge, not here.
+        return True, {"status": "ok", "collectors": [s.name for s in sources]}
 
-    server = _Server((settings.listen_address, settings.port), _handler(registry, health))
-    # A short poll interval makes stop() return quickly; idle cost is negligible.
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="eo-exporter-http", daemon=True
+    server = serve_metrics(
+        lambda: render(registry),  # the exporter's cached renderer, not generate_latest
+        health,
+        address=settings.listen_address,
+        port=settings.port,
+        name="eo-exporter",
     )
-    thread.start()
-    port = int(server.server_address[1])
-    log.info("eo-exporter serving /metrics on %s:%d", settings.listen_address, port)
-    return ExporterHandle(port, registry, energy, server, thread, on_stop)
+    log.info("eo-exporter serving /metrics on %s:%d", settings.listen_address, server.port)
+    return ExporterHandle(server.port, registry, energy, server, on_stop)

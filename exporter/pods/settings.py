@@ -2,8 +2,9 @@
 
 eo-exporter's flags (``--pod-attribution``, ``--kubelet-socket``, ``--pod-sample-interval-seconds``,
 ``--pod-metrics-timeout-seconds``, ``--pod-metrics-max-bytes``, ``--pod-grace-period-seconds``,
-``--kubeconfig``, ``--cgroup-root``, each also ``EO_*``) fill ``exporter.settings.Settings``;
-``PodSettings.from_exporter`` takes them here.
+``--kubeconfig``, ``--cgroup-root``, each also ``EO_*``) are declared once, on
+``exporter.settings.Settings``, which takes their defaults from ``PodSettings`` below and checks its
+invariants at start; ``PodSettings.from_exporter`` takes the values here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from exporter.pods.accounting import DEFAULT_GRACE_S, Accountant
 from exporter.pods.cgroup import DEFAULT_CGROUP_ROOT, CgroupCpu
@@ -22,6 +23,9 @@ from exporter.pods.devices import MigParent, no_mig_parents
 from exporter.pods.kubelet import DEFAULT_SOCKET
 from exporter.pods.sampler import AllocationSource, PodMetadataSource, PodSampler
 from exporter.pods.scrape import DEFAULT_MAX_BODY_BYTES, AppReader
+
+if TYPE_CHECKING:  # exporter.settings imports this module (for the defaults): no import at run time
+    from exporter.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ class PodAttributionError(RuntimeError):
 
 @dataclass(frozen=True)
 class PodSettings:
+    """The pod attribution's inputs, with its defaults and the invariants its sampler relies on."""
+
     node_name: str
     attribution: str = "auto"
     kubelet_socket: str = DEFAULT_SOCKET
@@ -49,13 +55,14 @@ class PodSettings:
             )
         if self.metrics_timeout_s >= self.sample_interval_s:
             raise ValueError(
-                f"--pod-metrics-timeout-seconds ({self.metrics_timeout_s}) must be below "
-                f"--pod-sample-interval-seconds ({self.sample_interval_s})"
+                "--pod-metrics-timeout-seconds / EO_POD_METRICS_TIMEOUT_SECONDS "
+                f"({self.metrics_timeout_s}) must be below --pod-sample-interval-seconds "
+                f"({self.sample_interval_s}): a sample's reads end before the next sample starts"
             )
 
     @classmethod
-    def from_exporter(cls, s: Any) -> PodSettings:
-        """From eo-exporter's ``Settings`` (typed loosely to keep this module free of that import)."""
+    def from_exporter(cls, s: Settings) -> PodSettings:
+        """From eo-exporter's ``Settings``."""
         return cls(
             node_name=s.node_name,
             attribution=s.pod_attribution,

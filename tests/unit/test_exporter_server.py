@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from devices.base import GpuLost
 from devices.simulated import SimulatedBackend, SimulatedGpu
+from exporter import exposition
 from exporter.server import ExporterHandle, simulated_backend, start_exporter
 from exporter.settings import parse_settings
 from exporter.simload import parse_load_pattern
@@ -126,3 +128,34 @@ def test_simulated_backend_follows_the_pattern_with_phase_shift() -> None:
     t[0] = 1.0
     assert a.utilization_percent() == 100  # first half of its period
     assert b.utilization_percent() == 0  # shifted by half a period
+
+
+def test_healthz_is_json_naming_the_collectors_and_metrics_is_the_text_format(handle: ExporterHandle) -> None:
+    with urllib.request.urlopen(handle.url + "/healthz", timeout=5) as resp:
+        assert resp.headers["Content-Type"] == "application/json"
+        assert json.loads(resp.read()) == {"status": "ok", "collectors": ["gpu", "cpu"]}
+    with urllib.request.urlopen(handle.url + "/metrics?debug=1", timeout=5) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
+
+
+def test_metrics_go_through_the_cached_renderer(
+    gpus: list[SimulatedGpu], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporter's own renderer (label texts cached), not prometheus_client's generate_latest."""
+    calls: list[CollectorRegistry] = []
+
+    def counting(registry: CollectorRegistry) -> bytes:
+        calls.append(registry)
+        return exposition.render(registry)
+
+    monkeypatch.setattr("exporter.server.render", counting)
+    settings = parse_settings(["--port", "0", "--listen-address", "127.0.0.1", "--rapl-root", ""], {})
+    h = start_exporter(settings, backend=SimulatedBackend(gpus), registry=CollectorRegistry())
+    try:
+        assert ("eo_exporter_collector_up", (("collector", "gpu"),)) in scrape(h)
+        assert calls == [h.registry]
+    finally:
+        h.stop()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(h.url + "/metrics", timeout=5)  # stopped: the port is closed
