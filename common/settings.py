@@ -42,7 +42,8 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _MAX_ECHO = 80
 # A check across fields (a model validator) writes its own message, naming several flags: longer.
 _MAX_MODEL_MESSAGE = 400
-# The environment a load() reads; None means the process environment (tests pass their own mapping).
+# The environment that load()/from_values() read. Outside them it is None and no variable is read, so a
+# settings object built in code (the demo's, the simulator's) never picks up a stray EO_* of the shell.
 _environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("eo_env", default=None)
 
 S = TypeVar("S", bound="BinarySettings")
@@ -113,8 +114,7 @@ class _FlagNamedEnvironment(PydanticBaseSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         environ = _environ.get()
         env = env_name(flag_of(field, field_name), env_prefix(self.settings_cls))
-        value = (os.environ if environ is None else environ).get(env)
-        return value, env, False
+        return (None if environ is None else environ.get(env)), env, False
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -230,8 +230,9 @@ def load(
 
 
 def from_values(cls: type[S], values: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> S:
-    """Settings from field values (as text or typed) over ``environ`` over the defaults."""
-    token = _environ.set(environ)
+    """Settings from field values (as text or typed) over ``environ`` (default: the process's) over the
+    defaults. Constructing a settings class directly reads no environment at all."""
+    token = _environ.set(os.environ if environ is None else environ)
     try:
         return cls(**values)
     except ValidationError as exc:

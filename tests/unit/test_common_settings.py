@@ -133,3 +133,9 @@ def test_prefix_and_short_alias_show_in_help(capsys: pytest.CaptureFixture[str])
 def test_short_alias_sets_the_same_field(argv: list[str]) -> None:
     assert _load_prefixed(argv, {}).verbose is True
     assert _load_prefixed([], {"EO_TOOL_VERBOSE": "1"}).verbose is True
+
+
+def test_direct_construction_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EO_PORT", "8000")
+    assert Demo().port == 9102
+    assert load(Demo, [], prog="demo", description="d").port == 8000
