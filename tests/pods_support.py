@@ -30,11 +30,55 @@ from exporter.pods.scrape import AppReader
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kube"
 
 
-class VllmServer:
-    """A vLLM-format /metrics endpoint on 127.0.0.1 whose counters the test advances."""
+@dataclass(frozen=True)
+class ServerNames:
+    """The sample names one inference server publishes (counters without ``_total``)."""
 
-    def __init__(self, model: str = "meta-llama/Llama-3.1-8B-Instruct") -> None:
+    requests: str
+    prompt: str
+    generation: str
+    e2e: str
+    ttft: str
+    itl: str
+    waiting: str
+    running: str
+    kv_cache: str
+    finished_reason: bool  # the requests counter carries a finished_reason label
+
+
+VLLM = ServerNames(
+    "vllm:request_success",
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+    finished_reason=True,
+)
+SGLANG = ServerNames(
+    "sglang:num_requests",
+    "sglang:prompt_tokens",
+    "sglang:generation_tokens",
+    "sglang:e2e_request_latency_seconds",
+    "sglang:time_to_first_token_seconds",
+    "sglang:inter_token_latency_seconds",
+    "sglang:num_queue_reqs",
+    "sglang:num_running_reqs",
+    "sglang:token_usage",
+    finished_reason=False,
+)
+
+
+class VllmServer:
+    """A vLLM-format /metrics endpoint on 127.0.0.1 whose counters and gauges the test advances
+    (``names=SGLANG``: the same page in SGLang's names)."""
+
+    def __init__(self, model: str = "meta-llama/Llama-3.1-8B-Instruct", names: ServerNames = VLLM) -> None:
         self.model = model
+        self.names = names
         self.delay_s = 0.0
         self.body_override: bytes | None = None
         # Applied to each rendered page: tests corrupt or pad what a real server would send.
@@ -65,39 +109,32 @@ class VllmServer:
 
     def restart(self) -> None:
         """Start the counters again from zero, as a restarted server does."""
+        names, model = self.names, ["model_name"]
         with self._lock:
             self.registry = CollectorRegistry()
-            labels = ["model_name", "finished_reason"]
-            self._success = Counter(
-                "vllm:request_success", "Finished requests.", labels, registry=self.registry
-            )
-            self._prompt = Counter(
-                "vllm:prompt_tokens", "Prefill tokens.", ["model_name"], registry=self.registry
-            )
-            self._gen = Counter(
-                "vllm:generation_tokens", "Generated tokens.", ["model_name"], registry=self.registry
-            )
+            labels = ["model_name", "finished_reason"] if names.finished_reason else model
+            self._success = Counter(names.requests, "Finished requests.", labels, registry=self.registry)
+            self._prompt = Counter(names.prompt, "Prefill tokens.", model, registry=self.registry)
+            self._gen = Counter(names.generation, "Generated tokens.", model, registry=self.registry)
             buckets = (0.5, 1.0, 2.5, 5.0, 10.0)
-            self._e2e = Histogram(
-                "vllm:e2e_request_latency_seconds",
-                "E2E latency.",
-                ["model_name"],
-                buckets=buckets,
-                registry=self.registry,
-            )
-            self._ttft = Histogram(
-                "vllm:time_to_first_token_seconds",
-                "TTFT.",
-                ["model_name"],
-                buckets=(0.05, 0.1, 0.5),
-                registry=self.registry,
+            self._e2e = Histogram(names.e2e, "E2E latency.", model, buckets=buckets, registry=self.registry)
+            ttft_buckets = (0.05, 0.1, 0.5)
+            self._ttft = Histogram(names.ttft, "TTFT.", model, buckets=ttft_buckets, registry=self.registry)
+            itl_buckets = (0.01, 0.025, 0.05, 0.1)
+            self._itl = Histogram(names.itl, "ITL.", model, buckets=itl_buckets, registry=self.registry)
+            self._waiting = Gauge(names.waiting, "Waiting requests.", model, registry=self.registry)
+            self._running = Gauge(names.running, "Running requests.", model, registry=self.registry)
+            self._kv_cache = Gauge(
+                names.kv_cache, "KV-cache usage (1 = full).", model, registry=self.registry
             )
             # Like vLLM, publish the series from the start (gauges and zeroed counters).
-            Gauge(
-                "vllm:num_requests_running", "Running requests.", ["model_name"], registry=self.registry
-            ).labels(self.model).set(0)
-            for reason in ("stop", "length"):
-                self._success.labels(self.model, reason)
+            for gauge in (self._waiting, self._running, self._kv_cache):
+                gauge.labels(self.model).set(0)
+            if names.finished_reason:
+                for reason in ("stop", "length"):
+                    self._success.labels(self.model, reason)
+            else:
+                self._success.labels(self.model)
             self._prompt.labels(self.model)
             self._gen.labels(self.model)
 
@@ -108,14 +145,25 @@ class VllmServer:
         generation: int = 0,
         latency_s: float = 1.0,
         reason: str = "stop",
+        itl_s: float = 0.02,
     ) -> None:
+        """``requests`` finished, each with one inter-token latency observation of ``itl_s``."""
         with self._lock:
-            self._success.labels(self.model, reason).inc(requests)
+            labels = (self.model, reason) if self.names.finished_reason else (self.model,)
+            self._success.labels(*labels).inc(requests)
             self._prompt.labels(self.model).inc(prompt)
             self._gen.labels(self.model).inc(generation)
             for _ in range(requests):
                 self._e2e.labels(self.model).observe(latency_s)
                 self._ttft.labels(self.model).observe(latency_s / 10)
+                self._itl.labels(self.model).observe(itl_s)
+
+    def set_load(self, waiting: float, running: float, kv_cache_usage: float) -> None:
+        """The queue and saturation gauges, as the server would report them now."""
+        with self._lock:
+            self._waiting.labels(self.model).set(waiting)
+            self._running.labels(self.model).set(running)
+            self._kv_cache.labels(self.model).set(kv_cache_usage)
 
     def render(self) -> bytes:
         with self._lock:
@@ -173,7 +221,9 @@ class KubeReplay:
 
     GET /api/v1/pods (list or ``watch=true``), /apis/apps/v1/namespaces/NS/replicasets/NAME and
     /apis/batch/v1/namespaces/NS/jobs/NAME. Watch answers stream ``watch_events`` (queued by the test)
-    as JSON lines, then end after ``watch_hold_s``.
+    as JSON lines, then end after ``watch_hold_s`` (the server-side ``timeoutSeconds`` is ignored, as a
+    misbehaving proxy would). ``list_error`` answers lists with a recorded Status instead;
+    ``watch_raw`` is streamed as is before the events (a broken or hostile stream).
     """
 
     def __init__(self, pod_list: dict[str, Any], objects: Sequence[dict[str, Any]]) -> None:
@@ -181,6 +231,8 @@ class KubeReplay:
         self.objects = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
         self.watch_events: list[dict[str, Any]] = []
         self.watch_hold_s = 0.3
+        self.watch_raw = b""
+        self.list_error: dict[str, Any] | None = None
         self.requests: list[str] = []
         self._cond = threading.Condition()
         replay = self
@@ -196,6 +248,8 @@ class KubeReplay:
                 if url.path == "/api/v1/pods" and query.get("watch") == ["true"]:
                     return self._watch()
                 if url.path == "/api/v1/pods":
+                    if replay.list_error is not None:
+                        return self._json(replay.list_error["code"], replay.list_error)
                     return self._json(200, replay.pod_list)
                 kinds = {"replicasets": "ReplicaSet", "jobs": "Job"}
                 if len(parts) == 7 and parts[3] == "namespaces" and parts[5] in kinds:
@@ -221,22 +275,30 @@ class KubeReplay:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
             def _watch(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                deadline = time.monotonic() + replay.watch_hold_s
-                while time.monotonic() < deadline:
-                    with replay._cond:
-                        events, replay.watch_events = replay.watch_events, []
-                        if not events:
-                            replay._cond.wait(0.05)
-                    for event in events:
-                        line = json.dumps(event).encode() + b"\n"
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                        self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
+                try:
+                    raw = replay.watch_raw
+                    for start in range(0, len(raw), 64 * 1024):
+                        self._chunk(raw[start : start + 64 * 1024])
+                    deadline = time.monotonic() + replay.watch_hold_s
+                    while time.monotonic() < deadline:
+                        with replay._cond:
+                            events, replay.watch_events = replay.watch_events, []
+                            if not events:
+                                replay._cond.wait(0.05)
+                        for event in events:
+                            self._chunk(json.dumps(event).encode() + b"\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up on this stream
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -244,7 +306,11 @@ class KubeReplay:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def push(self, event_type: str, obj: dict[str, Any]) -> None:
         with self._cond:
@@ -329,12 +395,15 @@ class PodRig:
         resource: str = "nvidia.com/gpu",
         server: bool = True,
         port: int | None = None,
+        names: ServerNames = VLLM,
+        annotations: dict[str, str] | None = None,
     ) -> None:
-        """A pod holding ``devices``; its metrics come from a new VllmServer, or from ``port``."""
+        """A pod holding ``devices``; its metrics come from a new VllmServer (in ``names``), or from
+        ``port``."""
         self.kubelet.pods[("ml", name)] = {"server": [(resource, devices)]}
-        annotations = {}
+        annotations = dict(annotations or {})
         if server and port is None:
-            self.servers[name] = VllmServer()
+            self.servers[name] = VllmServer(names=names)
             port = self.servers[name].port
         if port is not None:
             annotations["energy-orchestrator.io/metrics-port"] = str(port)
