@@ -38,7 +38,6 @@ from gpumodel import H100_LLAMA_8B
 from powercap.latency import MetricsEndpointSource
 from powercap.settings import Settings as PowercapSettings
 from powercap.sidecar import start_powercap
-from scaler.kpi_source import PrometheusAuth
 from scaler.server import start_scaler
 from scaler.settings import ScalerSettings
 from sim.keda import HpaConfig
@@ -295,7 +294,7 @@ def run_demo(
                 port=0,
                 metrics_address="127.0.0.1",
                 metrics_port=0,
-                prometheus=PrometheusAuth(url=prom.url),
+                prometheus_url=prom.url,
                 cache_ttl_s=2.0,
             )
         )

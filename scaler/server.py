@@ -12,13 +12,12 @@ import logging
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
+from common.metrics_server import MetricsServerHandle, registry_renderer, serve_metrics
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
 from scaler.kpi_source import CachedKpiSource, KpiSource, PrometheusKpiSource
@@ -40,7 +39,7 @@ class ScalerHandle:
     metrics: ScalerMetrics
     kpi_source: KpiSource
     _shutdown: threading.Event
-    _http: Any
+    _http: MetricsServerHandle
     health_port: int | None = None
     _health_server: grpc.Server | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -55,8 +54,7 @@ class ScalerHandle:
         self.server.stop(grace_s).wait()
         if self._health_server is not None:
             self._health_server.stop(None)
-        self._http.shutdown()
-        self._http.server_close()
+        self._http.stop()
         close = getattr(self.kpi_source, "close", None)
         if callable(close):
             close()
@@ -116,8 +114,13 @@ def start_scaler(
     if port == 0:
         raise OSError(f"cannot bind gRPC on {address}")
     health_server, health_port = _start_health_server(settings, health_servicer)
-    http_server, _thread = start_http_server(
-        settings.metrics_port, addr=settings.metrics_address, registry=metrics.registry
+    stopped = threading.Event()
+    http = serve_metrics(
+        registry_renderer(metrics.registry),
+        lambda: _http_health(stopped),
+        address=settings.metrics_address,
+        port=settings.metrics_port,
+        name="eo-scaler",
     )
     server.start()
     for name in ("", SERVICE_NAME):
@@ -127,20 +130,26 @@ def start_scaler(
         settings.listen_address,
         port,
         credentials is not None,
-        http_server.server_port,
+        http.port,
     )
     return ScalerHandle(
         port=port,
-        metrics_port=int(http_server.server_port),
+        metrics_port=http.port,
         server=server,
         health=health_servicer,
         metrics=metrics,
         kpi_source=source,
         _shutdown=shutdown,
-        _http=http_server,
+        _http=http,
         health_port=health_port,
         _health_server=health_server,
+        _stopped=stopped,
     )
+
+
+def _http_health(stopped: threading.Event) -> tuple[bool, str]:
+    """``/healthz``: 200 while serving, 503 from the moment ``stop()`` flips gRPC health to NOT_SERVING."""
+    return (False, "stopping\n") if stopped.is_set() else (True, "ok\n")
 
 
 def _start_health_server(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -10,40 +9,16 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from common.logs import configure_logging
 from scaler.server import start_scaler
 from scaler.settings import parse_settings
 
 log = logging.getLogger(__name__)
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     try:
         handle = start_scaler(settings)
     except (OSError, RuntimeError) as exc:

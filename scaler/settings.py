@@ -1,260 +1,324 @@
-"""Typed settings of ``eo-scaler``: every flag ``--some-flag`` also reads ``EO_SOME_FLAG`` (flag wins).
+"""``eo-scaler``'s settings, each declared once: every flag ``--some-flag`` also reads ``EO_SOME_FLAG``.
 
-Errors name the flag and its environment variable and exit with a message, never a stack trace.
+``ScalerSettings`` is a ``common.settings.BinarySettings``: each field's unit (in its name), default,
+validation, flag, ``EO_*`` variable and help text are declared here, and the command line, the
+environment reading and ``--help`` are derived from them. A bad value refuses the start naming the flag
+and the variable (exit status 2, never a traceback); checks that span fields (certificate with key, a
+health port apart from the gRPC port) are the model validators below, once.
+
+How to reach Prometheus is handed to the KPI source as one ``PrometheusAuth`` (``settings.prometheus``);
+its defaults are declared on ``PrometheusAuth`` and taken from there, so an in-process source and the
+binary behave alike. In-process callers (tests, the demo) may also pass ``prometheus=PrometheusAuth(...)``
+instead of the flat ``prometheus_*`` fields.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Annotated, Any, Literal, Self
 
-from scaler.kpi_source import DEFAULT_MAX_ANSWER_BYTES, PrometheusAuth
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from common.settings import (
+    BinarySettings,
+    ExistingFile,
+    Flag,
+    OptionalBaseUrl,
+    OptionalText,
+    Port,
+    Seconds,
+    SettingsError,
+    env_name,
+    env_prefix,
+    flag_of,
+    load,
+    setting,
+)
+from common.settings import build_parser as settings_parser
+from scaler.kpi_source import PrometheusAuth
 from scaler.metadata import header_forbidden
 
-
-@dataclass(frozen=True)
-class ScalerSettings:
-    listen_address: str = "0.0.0.0"
-    port: int = 6000
-    metrics_address: str = "0.0.0.0"
-    metrics_port: int = 9103
-    # Plaintext gRPC serving only grpc.health.v1: the kubelet's grpc probe cannot speak TLS.
-    health_port: int | None = None
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_client_ca_file: Path | None = None
-    prometheus: PrometheusAuth = field(default_factory=PrometheusAuth)
-    cache_ttl_s: float = 10.0
-    cache_serve_stale_s: float = 30.0
-    grace_s: float = 5.0
-    max_workers: int = 64
-    stream_interval_s: float = 15.0
-    log_level: str = "INFO"
-    log_format: str = "text"
-
-    def __post_init__(self) -> None:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError(
-                "--tls-cert-file and --tls-key-file (EO_TLS_CERT_FILE/EO_TLS_KEY_FILE) go together"
-            )
-        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
-            raise ValueError(
-                "--tls-client-ca-file (EO_TLS_CLIENT_CA_FILE) needs --tls-cert-file and --tls-key-file"
-            )
-        for name, path in (
-            ("tls-cert-file", self.tls_cert_file),
-            ("tls-key-file", self.tls_key_file),
-            ("tls-client-ca-file", self.tls_client_ca_file),
-            ("prometheus-bearer-token-file", self.prometheus.bearer_token_file),
-            ("prometheus-basic-auth-password-file", self.prometheus.basic_auth_password_file),
-            ("prometheus-ca-file", self.prometheus.ca_file),
-        ):
-            if path is not None and not path.is_file():
-                env = "EO_" + name.upper().replace("-", "_")
-                raise ValueError(f"--{name} ({env}): {path} is not a readable file")
-        if not 0 < self.prometheus.timeout_s <= 2.5:
-            raise ValueError(
-                "--prometheus-timeout-seconds (EO_PROMETHEUS_TIMEOUT_SECONDS) must be in (0, 2.5]"
-            )
-        if self.health_port is not None and self.health_port != 0 and self.health_port == self.port:
-            raise ValueError("--health-port (EO_HEALTH_PORT) must differ from --port (EO_PORT)")
-        if self.cache_ttl_s <= 0:
-            raise ValueError("--cache-ttl-seconds (EO_CACHE_TTL_SECONDS) must be > 0")
-        for name in self.prometheus.allowed_metadata_headers:
-            if header_forbidden(name):
-                raise ValueError(
-                    f"--allowed-metadata-headers (EO_ALLOWED_METADATA_HEADERS): {name} can never come from "
-                    "metadata (credentials, cookies, framing and forwarding headers are refused)"
-                )
-        for name, value in self.prometheus.headers:
-            try:
-                value.encode("latin-1")
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"--prometheus-headers (EO_PROMETHEUS_HEADERS): the value of {name} is not Latin-1"
-                ) from None
-        if not 64 * 1024 <= self.prometheus.max_answer_bytes <= 1024 * 1024 * 1024:
-            raise ValueError(
-                "--prometheus-max-answer-bytes (EO_PROMETHEUS_MAX_ANSWER_BYTES) must be in [64 KiB, 1 GiB]"
-            )
-        if self.prometheus.max_in_flight_per_server < 1:
-            raise ValueError("--prometheus-max-in-flight (EO_PROMETHEUS_MAX_IN_FLIGHT) must be >= 1")
+PROG = "eo-scaler"
+DESCRIPTION = (
+    "Energy Orchestrator's KEDA external scaler: desired replicas that hold the latency SLO with the "
+    "fewest, fullest replicas, under a power budget."
+)
+EPILOG = (
+    "Every flag --some-flag is also the variable EO_SOME_FLAG (e.g. --prometheus-url / EO_PROMETHEUS_URL); "
+    "a flag wins over its variable."
+)
+# The scaler's share of KEDA's 3 s per poll: all of one poll's queries within this.
+MAX_PROMETHEUS_TIMEOUT_S = 2.5
+MIN_ANSWER_BYTES, MAX_ANSWER_BYTES = 64 * 1024, 1024 * 1024 * 1024
 
 
-def _headers(raw: str) -> tuple[tuple[str, str], ...]:
-    out = []
-    for item in filter(None, (p.strip() for p in raw.split(","))):
-        name, sep, value = item.partition("=")
+def _auth_default(name: str) -> Any:
+    """``PrometheusAuth``'s default for ``name``: declared there once."""
+    return next(f.default for f in dataclasses.fields(PrometheusAuth) if f.name == name)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (part.strip() for part in text.split(","))))
+
+
+def _items(value: object) -> object:
+    """A comma-separated list (text from a flag or variable) into its items; a sequence passes."""
+    return _split(value) if isinstance(value, str) else value
+
+
+def _header_pairs(value: object) -> object:
+    """``Name=value[,Name=value]`` into ``((name, value), ...)``; pairs pass as they are."""
+    if not isinstance(value, str):
+        return value
+    pairs = []
+    for item in _split(value):
+        name, sep, header = item.partition("=")
         if not sep or not name.strip():
-            raise argparse.ArgumentTypeError(f"expected Name=value[,Name=value], got {item!r}")
-        out.append((name.strip(), value.strip()))
-    return tuple(out)
+            raise ValueError(f"expected Name=value[,Name=value], got {item[:40]!r}")
+        pairs.append((name.strip(), header.strip()))
+    return tuple(pairs)
 
 
-def _names(raw: str) -> tuple[str, ...]:
-    names = tuple(filter(None, (p.strip() for p in raw.split(","))))
+def _latin1(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    for name, value in pairs:
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(f"the value of {name[:40]} is not Latin-1") from None
+    return pairs
+
+
+def _allowable_header_names(names: tuple[str, ...]) -> tuple[str, ...]:
     for name in names:
-        if not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
-            raise argparse.ArgumentTypeError(f"expected header names separated by commas, got {name[:64]!r}")
+        if not name.isascii() or not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"expected header names separated by commas, got {name[:40]!r}")
+        if header_forbidden(name):
+            raise ValueError(
+                f"{name} can never come from metadata (credentials, cookies, framing and forwarding "
+                "headers are refused)"
+            )
     return names
 
 
-def _bool(raw: str) -> bool:
-    if raw.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if raw.lower() in {"0", "false", "no", "off", ""}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+def _answer_bytes(value: int) -> int:
+    if not MIN_ANSWER_BYTES <= value <= MAX_ANSWER_BYTES:
+        raise ValueError("must be in [64 KiB, 1 GiB] (65536..1073741824)")
+    return value
 
 
-_FLAGS: list[tuple[str, type | object, object, str]] = [
-    ("listen-address", str, "0.0.0.0", "gRPC listen address"),
-    ("port", int, 6000, "gRPC port (0 picks a free one)"),
-    ("metrics-address", str, "0.0.0.0", "address of the scaler's own /metrics"),
-    ("metrics-port", int, 9103, "port of the scaler's own /metrics (0 picks a free one)"),
-    (
-        "health-port",
-        int,
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _empty_is_none(value: object) -> object:
+    return None if value == "" else value
+
+
+HeaderPairs = Annotated[tuple[tuple[str, str], ...], BeforeValidator(_header_pairs), AfterValidator(_latin1)]
+HeaderNames = Annotated[tuple[str, ...], BeforeValidator(_items), AfterValidator(_allowable_header_names)]
+OptionalPort = Annotated[Port | None, BeforeValidator(_empty_is_none)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)]
+
+
+class ScalerSettings(BinarySettings):
+    """Everything ``eo-scaler`` takes. Each flag ``--some-flag`` is also ``EO_SOME_FLAG``."""
+
+    # -- serving ---------------------------------------------------------------------------------------
+    listen_address: str = setting("0.0.0.0", "gRPC listen address")
+    port: Port = setting(6000, "gRPC port (0 picks a free one)")
+    metrics_address: str = setting("0.0.0.0", "address of the scaler's own /metrics and /healthz")
+    metrics_port: Port = setting(9103, "port of the scaler's own /metrics and /healthz (0 picks a free one)")
+    health_port: OptionalPort = setting(
         None,
         "plaintext gRPC port serving only grpc.health.v1, for kubelet grpc probes when --port uses TLS "
         "(off when unset; 0 picks a free one)",
-    ),
-    ("tls-cert-file", Path, None, "PEM server certificate; enables TLS (set enableTLS in the trigger)"),
-    ("tls-key-file", Path, None, "PEM private key of --tls-cert-file"),
-    (
-        "tls-client-ca-file",
-        Path,
+    )
+    tls_cert_file: ExistingFile = setting(
+        None, "PEM server certificate; enables TLS (set enableTLS in the trigger)"
+    )
+    tls_key_file: ExistingFile = setting(None, "PEM private key of --tls-cert-file")
+    tls_client_ca_file: ExistingFile = setting(
         None,
         "PEM CA bundle; when set, clients must present a certificate it signed "
         "(mutual TLS: KEDA's tlsClientCert/tlsClientKey in a TriggerAuthentication)",
-    ),
-    (
-        "prometheus-url",
-        str,
-        None,
-        "default Prometheus (or Thanos/Mimir/Cortex/VictoriaMetrics) URL when a "
-        "trigger has no serverAddress; credentials below are sent only to this URL",
-    ),
-    ("prometheus-bearer-token-file", Path, None, "file holding a bearer token (re-read on each query)"),
-    ("prometheus-basic-auth-user", str, None, "basic auth user name"),
-    ("prometheus-basic-auth-password-file", Path, None, "file holding the basic auth password"),
-    ("prometheus-ca-file", Path, None, "PEM CA bundle to verify the Prometheus HTTPS certificate"),
-    ("prometheus-headers", _headers, (), "extra headers Name=value[,Name=value] (e.g. X-Scope-OrgID=tenant)"),
-    ("prometheus-timeout-seconds", float, 2.0, "per-query timeout, at most 2.5 (KEDA allows 3 s per poll)"),
-    (
-        "allow-any-server-address",
-        _bool,
+    )
+
+    # -- Prometheus ------------------------------------------------------------------------------------
+    prometheus_url: OptionalBaseUrl = setting(
+        _auth_default("url"),
+        "default Prometheus (or Thanos/Mimir/Cortex/VictoriaMetrics) URL when a trigger has no "
+        "serverAddress; credentials below are sent only to this URL",
+    )
+    prometheus_bearer_token_file: ExistingFile = setting(
+        _auth_default("bearer_token_file"), "file holding a bearer token (re-read on each query)"
+    )
+    prometheus_basic_auth_user: OptionalText = setting(
+        _auth_default("basic_auth_user"), "basic auth user name"
+    )
+    prometheus_basic_auth_password_file: ExistingFile = setting(
+        _auth_default("basic_auth_password_file"), "file holding the basic auth password"
+    )
+    prometheus_ca_file: ExistingFile = setting(
+        _auth_default("ca_file"), "PEM CA bundle to verify the Prometheus HTTPS certificate"
+    )
+    prometheus_headers: HeaderPairs = setting(
+        "", "extra headers Name=value[,Name=value] (e.g. X-Scope-OrgID=tenant); values Latin-1"
+    )
+    prometheus_timeout_s: float = setting(
+        _auth_default("timeout_s"),
+        f"deadline of all of one poll's queries, at most {MAX_PROMETHEUS_TIMEOUT_S} (KEDA allows 3 s per "
+        "poll)",
+        flag="--prometheus-timeout-seconds",
+        gt=0,
+        le=MAX_PROMETHEUS_TIMEOUT_S,
+        allow_inf_nan=False,
+    )
+    allow_any_server_address: Flag = setting(
         False,
         "let triggers point the scaler at any serverAddress (default: only --prometheus-url; credentials "
         "and --prometheus-headers still go only to --prometheus-url)",
-    ),
-    (
-        "restrict-server-address",
-        _bool,
-        True,
+    )
+    restrict_server_address: Flag = setting(
+        _auth_default("restrict_server_address"),
         "refuse triggers whose serverAddress is not --prometheus-url (the default; false is the same as "
         "--allow-any-server-address)",
-    ),
-    (
-        "allowed-metadata-headers",
-        _names,
-        (),
+    )
+    allowed_metadata_headers: HeaderNames = setting(
+        "",
         "header names a trigger's customHeaders may send, e.g. X-Scope-OrgID (default none; operator "
         "headers always win; Authorization, Cookie, Host, X-Forwarded-* and the like are always refused)",
-    ),
-    (
-        "prometheus-max-answer-bytes",
-        int,
-        DEFAULT_MAX_ANSWER_BYTES,
-        "largest Prometheus answer read, counted after decompression",
-    ),
-    (
-        "prometheus-max-in-flight",
-        int,
-        8,
+    )
+    prometheus_max_answer_bytes: Annotated[int, AfterValidator(_answer_bytes)] = setting(
+        _auth_default("max_answer_bytes"),
+        "largest Prometheus answer read, counted after decompression, in [64 KiB, 1 GiB]",
+    )
+    prometheus_max_in_flight: int = setting(
+        _auth_default("max_in_flight_per_server"),
         "most queries in flight to one Prometheus server at a time (a slow one holds no more workers)",
-    ),
-    (
-        "cache-ttl-seconds",
-        float,
+        ge=1,
+    )
+
+    # -- cache, streams, shutdown ----------------------------------------------------------------------
+    cache_ttl_s: Seconds = setting(
         10.0,
         "how long one Prometheus answer serves every ScaledObject of a workload",
-    ),
-    (
-        "cache-serve-stale-seconds",
-        float,
+        flag="--cache-ttl-seconds",
+    )
+    cache_serve_stale_s: NonNegative = setting(
         30.0,
         "serve an expired answer while one refresh runs, up to this age",
-    ),
-    ("grace-seconds", float, 5.0, "on SIGTERM: NOT_SERVING, then stop with this grace"),
-    ("max-workers", int, 64, "gRPC worker threads (each open stream holds one)"),
-    ("stream-interval-seconds", float, 15.0, "StreamIsActive send interval"),
-    ("log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    ("log-format", str, "text", "text or json"),
-]
-
-
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eo-scaler",
-        description="Energy Orchestrator's KEDA external scaler: desired replicas that hold the latency SLO "
-        "with the fewest, fullest replicas, under a power budget. Every flag also reads EO_<FLAG> "
-        "(e.g. --prometheus-url / EO_PROMETHEUS_URL); the flag wins.",
+        flag="--cache-serve-stale-seconds",
     )
-    for name, kind, default, help_text in _FLAGS:
-        env_name = "EO_" + name.upper().replace("-", "_")
-        raw = env.get(env_name)
-        value = default
-        if raw is not None:
-            try:
-                value = kind(raw)  # type: ignore[operator]
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                parser.error(f"{env_name}={raw!r}: {exc}")
-        kwargs: dict[str, object] = {"type": kind, "default": value, "help": f"{help_text} [env {env_name}]"}
-        if name == "log-format":
-            kwargs["choices"] = ["text", "json"]
-        parser.add_argument(f"--{name}", **kwargs)  # type: ignore[arg-type]
-    return parser
+    grace_s: NonNegative = setting(
+        5.0, "on SIGTERM: NOT_SERVING, then stop with this grace", flag="--grace-seconds"
+    )
+    max_workers: int = setting(64, "gRPC worker threads (each open stream holds one)", ge=1)
+    stream_interval_s: Seconds = setting(
+        15.0, "StreamIsActive send interval", flag="--stream-interval-seconds"
+    )
+
+    # -- logging ---------------------------------------------------------------------------------------
+    log_level: LogLevel = setting("info", "debug, info, warning, error or critical (any case)")
+    log_format: Literal["text", "json"] = setting("text", "log line format: text or json")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prometheus_auth_given(cls, data: Any) -> Any:
+        """``prometheus=PrometheusAuth(...)`` (in-process callers) spread over the flat fields."""
+        if not isinstance(data, dict) or "prometheus" not in data:
+            return data
+        values = dict(data)
+        auth = values.pop("prometheus")
+        if not isinstance(auth, PrometheusAuth):
+            raise ValueError("prometheus: expected a PrometheusAuth")
+        for name, field in _AUTH_FIELDS.items():
+            values[field] = getattr(auth, name)  # given in the call: over any EO_* variable
+        return values
+
+    @model_validator(mode="after")
+    def _tls_material_complete(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                f"{_flag('tls_cert_file')} and {_flag('tls_key_file')} go together "
+                f"{_variables('tls_cert_file', 'tls_key_file')}"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                f"{_flag('tls_client_ca_file')} needs {_flag('tls_cert_file')} and {_flag('tls_key_file')} "
+                f"{_variables('tls_client_ca_file', 'tls_cert_file', 'tls_key_file')}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _health_port_apart(self) -> Self:
+        if self.health_port not in (None, 0) and self.health_port == self.port:
+            raise ValueError(
+                f"{_flag('health_port')} must differ from {_flag('port')} {_variables('health_port', 'port')}"
+            )
+        return self
+
+    # -- derived ---------------------------------------------------------------------------------------
+    @property
+    def prometheus(self) -> PrometheusAuth:
+        """How the KPI source reaches Prometheus; ``--allow-any-server-address`` lifts the restriction."""
+        return PrometheusAuth(
+            url=self.prometheus_url,
+            bearer_token_file=self.prometheus_bearer_token_file,
+            basic_auth_user=self.prometheus_basic_auth_user,
+            basic_auth_password_file=self.prometheus_basic_auth_password_file,
+            ca_file=self.prometheus_ca_file,
+            headers=self.prometheus_headers,
+            timeout_s=self.prometheus_timeout_s,
+            restrict_server_address=self.restrict_server_address and not self.allow_any_server_address,
+            allowed_metadata_headers=self.allowed_metadata_headers,
+            max_answer_bytes=self.prometheus_max_answer_bytes,
+            max_in_flight_per_server=self.prometheus_max_in_flight,
+        )
+
+
+# PrometheusAuth field -> the ScalerSettings field that declares its flag.
+_AUTH_FIELDS = {
+    "url": "prometheus_url",
+    "bearer_token_file": "prometheus_bearer_token_file",
+    "basic_auth_user": "prometheus_basic_auth_user",
+    "basic_auth_password_file": "prometheus_basic_auth_password_file",
+    "ca_file": "prometheus_ca_file",
+    "headers": "prometheus_headers",
+    "timeout_s": "prometheus_timeout_s",
+    "restrict_server_address": "restrict_server_address",
+    "allowed_metadata_headers": "allowed_metadata_headers",
+    "max_answer_bytes": "prometheus_max_answer_bytes",
+    "max_in_flight_per_server": "prometheus_max_in_flight",
+}
+
+
+def _flag(field: str) -> str:
+    return flag_of(ScalerSettings.model_fields[field], field)
+
+
+def _variables(*fields: str) -> str:
+    return "(" + ", ".join(env_name(_flag(f), env_prefix(ScalerSettings)) for f in fields) + ")"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, derived from ``ScalerSettings`` (``--help`` lists every flag and its variable)."""
+    return settings_parser(ScalerSettings, PROG, DESCRIPTION, EPILOG)
+
+
+def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> ScalerSettings:
+    """Settings from ``argv`` over ``environ`` (default: the process's) over the defaults; a bad value
+    raises ``SettingsError`` naming the flag and its variable."""
+    return load(ScalerSettings, argv, prog=PROG, description=DESCRIPTION, epilog=EPILOG, environ=environ)
 
 
 def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ScalerSettings:
-    parser = build_parser(os.environ if env is None else env)
-    ns = parser.parse_args(argv)
+    """``load_settings`` for the command line: a bad value is printed and exits with status 2."""
     try:
-        auth = PrometheusAuth(
-            url=ns.prometheus_url.rstrip("/") if ns.prometheus_url else None,
-            bearer_token_file=ns.prometheus_bearer_token_file,
-            basic_auth_user=ns.prometheus_basic_auth_user,
-            basic_auth_password_file=ns.prometheus_basic_auth_password_file,
-            ca_file=ns.prometheus_ca_file,
-            headers=tuple(ns.prometheus_headers),
-            timeout_s=ns.prometheus_timeout_seconds,
-            restrict_server_address=ns.restrict_server_address and not ns.allow_any_server_address,
-            allowed_metadata_headers=tuple(ns.allowed_metadata_headers),
-            max_answer_bytes=ns.prometheus_max_answer_bytes,
-            max_in_flight_per_server=ns.prometheus_max_in_flight,
-        )
-        return ScalerSettings(
-            listen_address=ns.listen_address,
-            port=ns.port,
-            metrics_address=ns.metrics_address,
-            metrics_port=ns.metrics_port,
-            health_port=ns.health_port,
-            tls_cert_file=ns.tls_cert_file,
-            tls_key_file=ns.tls_key_file,
-            tls_client_ca_file=ns.tls_client_ca_file,
-            prometheus=auth,
-            cache_ttl_s=ns.cache_ttl_seconds,
-            cache_serve_stale_s=ns.cache_serve_stale_seconds,
-            grace_s=ns.grace_seconds,
-            max_workers=ns.max_workers,
-            stream_interval_s=ns.stream_interval_seconds,
-            log_level=ns.log_level.upper(),
-            log_format=ns.log_format,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+        return load_settings(argv, env)
+    except SettingsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

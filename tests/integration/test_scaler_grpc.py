@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,6 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.settings import from_values
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
 from scaler.metadata import KNOWN_KEYS, TriggerConfig
@@ -53,7 +55,7 @@ def _settings(**kw: object) -> ScalerSettings:
     base: dict[str, object] = {"listen_address": "127.0.0.1", "port": 0, "metrics_address": "127.0.0.1"}
     base["metrics_port"] = 0
     base.update(kw)
-    return ScalerSettings(**base)  # type: ignore[arg-type]
+    return from_values(ScalerSettings, base, environ={})
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +207,59 @@ def test_health_and_reflection(server: ScalerHandle) -> None:
         response = next(iter(refl.ServerReflectionInfo(iter([request]), timeout=5)))
         names = {s.name for s in response.list_services_response.service}
         assert {"externalscaler.ExternalScaler", "grpc.health.v1.Health"} <= names
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class BlockingKpis(FakeKpis):
+    """Holds every observe() until released: a poll in flight while the scaler stops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def observe(self, trigger: TriggerConfig) -> Observation:
+        self.entered.set()
+        self.release.wait(10)
+        return super().observe(trigger)
+
+
+def test_metrics_server_paths_and_healthz_follow_shutdown() -> None:
+    kpis = BlockingKpis()
+    handle = start_scaler(_settings(), kpi_source=kpis)
+    base = f"http://127.0.0.1:{handle.metrics_port}"
+    stopper = threading.Thread(target=handle.stop, args=(10.0,))
+    try:
+        assert _get(f"{base}/healthz") == (200, "ok\n")
+        status, text = _get(f"{base}/metrics")
+        assert status == 200 and "eo_scaler_request_duration_seconds" in text
+        assert _get(f"{base}/other")[0] == 404
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            ref = pb.ScaledObjectRef(name="x", namespace="inference", scalerMetadata=META)
+            call = pb_grpc.ExternalScalerStub(channel).GetMetrics.future(
+                pb.GetMetricsRequest(scaledObjectRef=ref), timeout=10
+            )
+            assert kpis.entered.wait(5)
+            stopper.start()  # NOT_SERVING first; the grace waits for the poll in flight
+            for _ in range(100):
+                if _get(f"{base}/healthz")[0] == 503:
+                    break
+                threading.Event().wait(0.05)
+            assert _get(f"{base}/healthz") == (503, "stopping\n")
+            kpis.release.set()
+            assert call.result().metricValues[0].metricValue == 2
+    finally:
+        kpis.release.set()
+        if stopper.ident is None:
+            handle.stop(0.5)
+        else:
+            stopper.join(15)
 
 
 _keys = st.one_of(st.sampled_from(sorted(KNOWN_KEYS)), st.text(max_size=20))

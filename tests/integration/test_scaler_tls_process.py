@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.settings import from_values
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
 from scaler.metadata import TriggerConfig
@@ -87,16 +89,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _settings(pki: Path, client_ca: bool) -> ScalerSettings:
-    return ScalerSettings(
-        listen_address="127.0.0.1",
-        port=0,
-        metrics_address="127.0.0.1",
-        metrics_port=0,
-        tls_cert_file=pki / "server.crt",
-        tls_key_file=pki / "server.key",
-        tls_client_ca_file=pki / "ca.crt" if client_ca else None,
-    )
+def _settings(pki: Path, client_ca: bool, **values: object) -> ScalerSettings:
+    base = {
+        "listen_address": "127.0.0.1",
+        "port": 0,
+        "metrics_address": "127.0.0.1",
+        "metrics_port": 0,
+        "tls_cert_file": pki / "server.crt",
+        "tls_key_file": pki / "server.key",
+        "tls_client_ca_file": pki / "ca.crt" if client_ca else None,
+    }
+    return from_values(ScalerSettings, {**base, **values}, environ={})
 
 
 def _call(port: int, creds: grpc.ChannelCredentials) -> float:
@@ -139,8 +142,7 @@ def test_mutual_tls_requires_a_client_certificate(pki: Path) -> None:
 
 
 def test_plaintext_health_port_serves_health_only(pki: Path) -> None:
-    settings = ScalerSettings(**{**_settings(pki, client_ca=True).__dict__, "health_port": 0})
-    handle = start_scaler(settings, kpi_source=StaticKpis())
+    handle = start_scaler(_settings(pki, client_ca=True, health_port=0), kpi_source=StaticKpis())
     try:
         assert handle.health_port is not None and handle.health_port != handle.port
         with grpc.insecure_channel(f"127.0.0.1:{handle.health_port}") as channel:
@@ -205,7 +207,10 @@ def _drive_and_terminate(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
     assert time.monotonic() - start < 5
-    assert '"msg": "received SIGTERM' in proc.stderr.read()
+    lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    # The one JSON layout of every binary (common.logs).
+    assert lines and all(set(line) >= {"time", "level", "logger", "message"} for line in lines)
+    assert any(line["message"].startswith("received SIGTERM") for line in lines)
 
 
 def test_cli_errors_are_messages_not_tracebacks() -> None:
