@@ -1,0 +1,305 @@
+"""The SLO-tracking clock governor: feedforward from the replica's state, feedback from its latency.
+
+Each interval the sidecar reads its inference server's running batch, waiting queue and KV-cache use
+(``ServerLoad``) and the observed TTFT and ITL quantiles; ``govern`` returns the SM clock to lock.
+
+Feedforward: the lowest settable clock at which the learned profile (``powercap.profile``) predicts an
+ITL quantile within ``headroom`` of the ITL target at the running batch, and at which the TTFT, scaled
+from what was observed at the clock in force (prefill is compute-bound: its time goes as 1 / clock),
+stays within ``headroom`` of the TTFT target. A waiting queue or a KV cache near full means the server
+is out of batch slots: the clock goes to the ceiling in the same interval (``queue_forming``).
+
+Feedback: the pure controller ``powercap.controller.step`` still runs on the worst of the observed
+latency / target ratios (ITL, TTFT): its safety rules win over the feedforward (stale data restores,
+the thermal guard lowers, a breach jumps to the ceiling and is remembered), and its ``headroom_low`` or
+``load_increase`` raises put a floor under the feedforward's choice. The profile learns the mean
+iteration time from each interval's observation, and the ratio of the observed ITL quantile to the
+observed mean (``tail_ratio``) corrects the profile's prediction of the quantile: that is the loop
+correcting the model's bias.
+
+Cold-start bridge: while the workload is scaling up (desired replicas above ready ones, as eo-scaler
+publishes them), every replica runs at its ceiling until the new ones serve (``scale_up_bridge``).
+
+Bad input never lowers a clock: server gauges that are missing, not numbers or negative
+(``state_unusable``), or frozen (every gauge identical for ``frozen_after_s`` while requests run,
+``state_frozen``), put the clock at the ceiling and say why. Steps down stay bounded by the
+controller's ``max_step_down``; raises are not bounded.
+
+Pure: time and readings arrive as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from powercap.controller import (
+    REASON_HEADROOM_LOW,
+    REASON_LOAD_INCREASE,
+    REASON_NO_DATA,
+    REASON_SLO_BREACH,
+    REASON_STALE,
+    REASON_THERMAL,
+    CapDecision,
+    ControllerConfig,
+    ControllerState,
+    Reading,
+    initial_state,
+    step,
+)
+from powercap.profile import IterationProfile
+
+REASON_FEEDFORWARD = "feedforward"
+"""A change toward the lowest clock that holds the targets at the replica's state."""
+REASON_FEEDFORWARD_HOLD = "feedforward_hold"
+REASON_QUEUE = "queue_forming"
+REASON_BRIDGE = "scale_up_bridge"
+REASON_STATE_UNUSABLE = "state_unusable"
+REASON_STATE_FROZEN = "state_frozen"
+
+GOVERNOR_REASONS: tuple[str, ...] = (
+    REASON_FEEDFORWARD,
+    REASON_FEEDFORWARD_HOLD,
+    REASON_QUEUE,
+    REASON_BRIDGE,
+    REASON_STATE_UNUSABLE,
+    REASON_STATE_FROZEN,
+)
+
+# The controller's rules that win over the feedforward whatever it predicts.
+_SAFETY = (REASON_STALE, REASON_THERMAL, REASON_SLO_BREACH, REASON_NO_DATA)
+_TAIL_WEIGHT = 0.2
+_TAIL_RANGE = (1.0, 8.0)
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """The inference server's gauges at one scrape (common.servers names them per server)."""
+
+    running: float | None
+    waiting: float | None
+    kv_usage: float | None = None
+    """KV cache in use, 0..1; None where the server publishes none (TGI)."""
+
+    def usable(self) -> bool:
+        """Running is a finite number >= 0; waiting and KV, where given, too (KV at most 1)."""
+        if self.running is None or not math.isfinite(self.running) or self.running < 0:
+            return False
+        if self.waiting is not None and not (math.isfinite(self.waiting) and self.waiting >= 0):
+            return False
+        return self.kv_usage is None or (math.isfinite(self.kv_usage) and 0 <= self.kv_usage <= 1.0)
+
+
+@dataclass(frozen=True)
+class GovernorConfig:
+    """The governor's tuning around one clock ``ControllerConfig`` (whose ``target_latency_s`` is 1:
+    the controller is fed the worst observed latency / target ratio)."""
+
+    controller: ControllerConfig
+    clocks_mhz: tuple[float, ...]
+    """Settable SM clocks within [floor, ceiling], ascending."""
+    itl_target_s: float | None
+    ttft_target_s: float | None
+    headroom: float = 0.85
+    """Predicted quantile / target the feedforward aims under."""
+    kv_high: float = 0.95
+    """KV-cache use at or above this counts as a forming queue (preemptions come next)."""
+    frozen_after_s: float = 60.0
+    initial_tail_ratio: float = 1.3
+    """Quantile / mean of the inter-token time before any is observed."""
+
+    def __post_init__(self) -> None:
+        c = self.controller
+        if c.actuator != "clocks":
+            raise ValueError("the governor moves SM clocks: its controller's actuator must be clocks")
+        if c.target_latency_s != 1.0:
+            raise ValueError("the governor's controller takes latency / target ratios: target_latency_s 1")
+        if not self.clocks_mhz or list(self.clocks_mhz) != sorted(self.clocks_mhz):
+            raise ValueError("clocks_mhz: need at least one clock, ascending")
+        if not any(c.floor <= x <= c.ceiling for x in self.clocks_mhz):
+            raise ValueError("clocks_mhz: no clock within [floor, ceiling]")
+        if self.itl_target_s is None and self.ttft_target_s is None:
+            raise ValueError("the governor needs an ITL or a TTFT target")
+        for name in ("itl_target_s", "ttft_target_s"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: must be a positive finite number, got {value}")
+        if not 0 < self.headroom <= 1:
+            raise ValueError(f"headroom: must be in (0, 1], got {self.headroom}")
+        if not 0 < self.kv_high <= 1:
+            raise ValueError(f"kv_high: must be in (0, 1], got {self.kv_high}")
+        if not (math.isfinite(self.frozen_after_s) and self.frozen_after_s > 0):
+            raise ValueError(f"frozen_after_s: must be a positive finite number, got {self.frozen_after_s}")
+        lo, hi = _TAIL_RANGE
+        if not lo <= self.initial_tail_ratio <= hi:
+            raise ValueError(f"initial_tail_ratio: must be in [{lo}, {hi}], got {self.initial_tail_ratio}")
+
+    @property
+    def settable(self) -> tuple[float, ...]:
+        c = self.controller
+        return tuple(x for x in self.clocks_mhz if c.floor <= x <= c.ceiling)
+
+
+@dataclass(frozen=True)
+class GovernorReading:
+    """What the sidecar observed at ``now_s``. Latencies are the configured quantile over the window,
+    None when no request finished (or none started, for TTFT) in it."""
+
+    now_s: float
+    age_s: float
+    """Seconds since the last usable latency (as for ``controller.Reading``)."""
+    itl_s: float | None
+    ttft_s: float | None
+    load: ServerLoad | None
+    """None when the server's gauges could not be read this interval."""
+    itl_mean_s: float | None = None
+    """Mean inter-token time over the last interval (ITL ``_sum``/``_count`` deltas)."""
+    scaling_up: bool | None = None
+    """Desired replicas above ready ones for this workload; None when unknown."""
+    load_rps: float | None = None
+    temperature_c: float | None = None
+    slowdown_temperature_c: float | None = None
+
+
+@dataclass(frozen=True)
+class GovernorState:
+    controller: ControllerState
+    profile: IterationProfile
+    tail_ratio: float
+    gauges: tuple[float | None, float | None, float | None] | None = None
+    gauges_since_s: float | None = None
+    previous_running: float | None = None
+
+
+def initial_governor_state(config: GovernorConfig, profile: IterationProfile) -> GovernorState:
+    ctrl = initial_state(config.controller.ceiling, config.controller)
+    return GovernorState(ctrl, profile, config.initial_tail_ratio)
+
+
+def worst_ratio(itl_s: float | None, ttft_s: float | None, config: GovernorConfig) -> float | None:
+    """The largest observed latency / target over the targets that have an observation."""
+    ratios = [
+        value / target
+        for value, target in ((itl_s, config.itl_target_s), (ttft_s, config.ttft_target_s))
+        if value is not None and target is not None and math.isfinite(value) and value >= 0
+    ]
+    return max(ratios) if ratios else None
+
+
+def feedforward_clock(
+    state: GovernorState, running: float, config: GovernorConfig, ttft_s: float | None, in_force: float
+) -> float:
+    """The lowest settable clock that holds the targets at ``running``; the highest when none does."""
+    clocks = config.settable
+    for clock in clocks:
+        if config.itl_target_s is not None:
+            predicted = state.profile.estimate_s(clock, running) * state.tail_ratio
+            if predicted > config.headroom * config.itl_target_s:
+                continue
+        ttft_target = config.ttft_target_s
+        if (
+            ttft_target is not None
+            and ttft_s is not None
+            and math.isfinite(ttft_s)
+            and ttft_s * in_force / clock > config.headroom * ttft_target
+        ):
+            continue
+        return clock
+    return clocks[-1]
+
+
+def _learn(state: GovernorState, reading: GovernorReading) -> GovernorState:
+    load, mean = reading.load, reading.itl_mean_s
+    if load is None or not load.usable() or mean is None or not math.isfinite(mean) or mean <= 0:
+        return state
+    assert load.running is not None
+    if load.running < 1:
+        return state
+    clock = state.controller.setpoint
+    profile = state.profile.observe(clock, load.running, mean)
+    tail = state.tail_ratio
+    if reading.itl_s is not None and math.isfinite(reading.itl_s) and reading.itl_s > 0:
+        lo, hi = _TAIL_RANGE
+        observed = min(hi, max(lo, reading.itl_s / mean))
+        tail += _TAIL_WEIGHT * (observed - tail)
+    return replace(state, profile=profile, tail_ratio=tail)
+
+
+def _track_gauges(state: GovernorState, load: ServerLoad | None, now: float) -> GovernorState:
+    gauges = None if load is None else (load.running, load.waiting, load.kv_usage)
+    if gauges is not None and gauges == state.gauges:
+        return state
+    return replace(state, gauges=gauges, gauges_since_s=now)
+
+
+def govern(
+    state: GovernorState, reading: GovernorReading, config: GovernorConfig
+) -> tuple[GovernorState, CapDecision]:
+    """One interval. Pure: the same inputs always give the same outputs."""
+    now = reading.now_s
+    ctrl_cfg = config.controller
+    current = state.controller.setpoint
+    state = _track_gauges(_learn(state, reading), reading.load, now)
+    ratio = worst_ratio(reading.itl_s, reading.ttft_s, config)
+    fb_state, fb = step(
+        state.controller,
+        Reading(
+            now_s=now,
+            latency_s=ratio,
+            age_s=reading.age_s,
+            load_rps=reading.load_rps,
+            temperature_c=reading.temperature_c,
+            slowdown_temperature_c=reading.slowdown_temperature_c,
+        ),
+        ctrl_cfg,
+    )
+    previous = state.previous_running
+    running = reading.load.running if reading.load is not None else None
+    state = replace(state, controller=fb_state, previous_running=running)
+    hot = (
+        reading.temperature_c is not None
+        and reading.slowdown_temperature_c is not None
+        and reading.temperature_c >= reading.slowdown_temperature_c - ctrl_cfg.thermal_margin_c
+    )
+    breach = ratio is not None and ratio > 1.0
+    if fb.reason in _SAFETY or fb_state.mode == "restored" or breach or hot:
+        # The controller's safety rules (including its hold at the floor while hot) are final.
+        return state, fb
+
+    def to(target: float, reason: str) -> tuple[GovernorState, CapDecision]:
+        target = ctrl_cfg.clamp(target)
+        if target == current:
+            held = replace(fb_state, setpoint=target)
+            return replace(state, controller=held), CapDecision("hold", target, reason, current)
+        moved = replace(fb_state, setpoint=target, last_change_s=now)
+        return replace(state, controller=moved), CapDecision("set", target, reason, current)
+
+    if reading.scaling_up:
+        return to(ctrl_cfg.ceiling, REASON_BRIDGE)
+    load = reading.load
+    if load is None or not load.usable():
+        return to(ctrl_cfg.ceiling, REASON_STATE_UNUSABLE)
+    assert load.running is not None
+    since = state.gauges_since_s if state.gauges_since_s is not None else now
+    if load.running > 0 and now - since >= config.frozen_after_s:
+        return to(ctrl_cfg.ceiling, REASON_STATE_FROZEN)
+    if (load.waiting is not None and load.waiting > 0) or (
+        load.kv_usage is not None and load.kv_usage >= config.kv_high
+    ):
+        return to(ctrl_cfg.ceiling, REASON_QUEUE)
+
+    # A batch that grew since the last interval keeps growing for a while: plan for the larger one.
+    planned = max(load.running, previous) if previous is not None else load.running
+    target = feedforward_clock(state, planned, config, reading.ttft_s, current)
+    if fb.reason in (REASON_HEADROOM_LOW, REASON_LOAD_INCREASE):
+        target = max(target, fb.setpoint)  # the feedback says the model is optimistic: raise
+    remembering = (
+        fb_state.breach_s is not None
+        and fb_state.breach_setpoint is not None
+        and now - fb_state.breach_s < ctrl_cfg.breach_memory_s
+    )
+    if remembering and fb_state.breach_setpoint is not None:
+        target = max(target, min(fb_state.breach_setpoint + ctrl_cfg.max_step_down, ctrl_cfg.ceiling))
+    target = max(target, current - ctrl_cfg.max_step_down)  # bounded steps down
+    reason = REASON_FEEDFORWARD if ctrl_cfg.clamp(target) != current else REASON_FEEDFORWARD_HOLD
+    return to(target, reason)
