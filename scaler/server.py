@@ -1,7 +1,8 @@
 """Build and run the gRPC server in-process: ``start_scaler(settings, kpi_source=...) -> ScalerHandle``.
 
-The handle has ``.port`` (gRPC), ``.metrics_port`` (HTTP ``/metrics``) and ``.stop(grace_s)``, which
-flips gRPC health to NOT_SERVING before stopping so load balancers and probes drain first. Health
+The handle has ``.port`` (gRPC), ``.metrics_port`` (HTTP ``/metrics`` and ``/healthz``, served by
+``common.metrics_server``) and ``.stop(grace_s)``, which flips gRPC health to NOT_SERVING (and
+``/healthz`` to 503) before stopping so load balancers and probes drain first. Health
 (``grpc.health.v1``) and reflection are registered. TLS is on when a certificate and key are given;
 with a client CA, clients must present a certificate it signed (mutual TLS).
 """

@@ -97,7 +97,7 @@ def _allowable_header_names(names: tuple[str, ...]) -> tuple[str, ...]:
             raise ValueError(f"expected header names separated by commas, got {name[:40]!r}")
         if header_forbidden(name):
             raise ValueError(
-                f"{name} can never come from metadata (credentials, cookies, framing and forwarding "
+                f"{name[:40]} can never come from metadata (credentials, cookies, framing and forwarding "
                 "headers are refused)"
             )
     return names
