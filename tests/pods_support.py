@@ -235,6 +235,7 @@ class KubeReplay:
         self.list_error: dict[str, Any] | None = None
         self.requests: list[str] = []
         self._cond = threading.Condition()
+        self._closing = threading.Event()
         replay = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -289,7 +290,7 @@ class KubeReplay:
                     for start in range(0, len(raw), 64 * 1024):
                         self._chunk(raw[start : start + 64 * 1024])
                     deadline = time.monotonic() + replay.watch_hold_s
-                    while time.monotonic() < deadline:
+                    while time.monotonic() < deadline and not replay._closing.is_set():
                         with replay._cond:
                             events, replay.watch_events = replay.watch_events, []
                             if not events:
@@ -318,6 +319,7 @@ class KubeReplay:
             self._cond.notify_all()
 
     def stop(self) -> None:
+        self._closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.kube import KubeClient, KubeConfig
+from common.kube import KubeClient, KubeConfig, KubeError
 from exporter.podresources.gen import PACKAGE_DIR, REPO, generate
 from exporter.pods.accounting import PodKey
 from exporter.pods.devices import Allocation
@@ -129,3 +129,58 @@ def test_api_down_then_up_syncs(replay: KubeReplay) -> None:
         t0 = time.monotonic()
         pods.stop()
     assert time.monotonic() - t0 < 5
+
+
+def test_the_watch_starts_at_the_list_version_and_an_expired_watch_relists(
+    cache: KubePodCache, replay: KubeReplay
+) -> None:
+    assert wait_until(lambda: any("watch=true" in r for r in replay.requests))
+    watch = next(r for r in replay.requests if "watch=true" in r)
+    assert "resourceVersion=1000" in watch and "fieldSelector=spec.nodeName%3Dgpu-node-1" in watch
+    lists = sum(1 for r in replay.requests if "watch=true" not in r and r.startswith("/api/v1/pods"))
+    # The pod appears in the list only: the cache can know it only by listing again.
+    added = load_fixture("pod_added.json")
+    replay.pod_list = {**replay.pod_list, "items": [*replay.pod_list["items"], added]}
+    replay.push("ERROR", load_fixture("status_expired.json"))
+    key = PodKey("ml", added["metadata"]["name"])
+    assert wait_until(lambda: cache.get(key) is not None), "410 Gone: relisted"
+    relists = sum(1 for r in replay.requests if "watch=true" not in r and r.startswith("/api/v1/pods"))
+    assert relists == lists + 1
+
+
+def test_a_forbidden_list_is_retried_and_logged_with_its_reason(
+    replay: KubeReplay, caplog: pytest.LogCaptureFixture
+) -> None:
+    replay.list_error = load_fixture("status_forbidden.json")
+    pods = KubePodCache(replay_client(replay.port), "gpu-node-1", retry_s=0.1).start()
+    try:
+        assert not pods.wait_synced(0.5)
+        replay.list_error = None
+        assert pods.wait_synced(5), "synced once the API allows the list"
+    finally:
+        pods.stop()
+    assert "HTTP 403 Forbidden: pods is forbidden" in caplog.text
+    assert '"kind"' not in caplog.text
+
+
+def test_malformed_pods_cost_only_their_own_fields(replay: KubeReplay) -> None:
+    odd = load_fixture("pod_added.json")
+    odd["metadata"]["ownerReferences"] = {"not": "a list"}
+    odd["metadata"]["annotations"] = {"ok": "kept", "bad": 7}
+    odd["spec"]["containers"] = [{"name": "server", "ports": [{"containerPort": "8000"}, "junk"]}]
+    odd["status"] = "Running"
+    nameless = {"kind": "Pod", "metadata": {"namespace": "ml"}}
+    replay.pod_list = {**replay.pod_list, "items": [*replay.pod_list["items"], odd, nameless, 42]}
+    with pytest.raises(KubeError):  # a list whose items are not all objects is refused whole
+        replay_client(replay.port).list("/api/v1/pods")
+    replay.pod_list["items"].pop()
+    pods = KubePodCache(replay_client(replay.port), "gpu-node-1", retry_s=0.1).start()
+    try:
+        assert pods.wait_synced(5)
+        meta = pods.get(PodKey("ml", odd["metadata"]["name"]))
+        assert meta is not None
+        assert meta.workload == Workload("Pod", odd["metadata"]["name"])
+        assert meta.ip is None and meta.container_ports == {} and meta.annotations == {"ok": "kept"}
+        assert pods.get(PodKey("ml", "debug")) is not None, "the other pods are unaffected"
+    finally:
+        pods.stop()

@@ -149,3 +149,50 @@ def test_a_trickling_api_server_costs_one_post_its_deadline_and_close_stays_boun
         started = time.monotonic()
         sink.close(timeout_s=1.0)
         assert time.monotonic() - started < 1.0 + 0.5
+
+
+def test_a_refusal_is_logged_with_the_api_reason_and_a_short_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    status = {
+        "kind": "Status",
+        "code": 403,
+        "reason": "Forbidden",
+        "message": 'events is forbidden: User "system:serviceaccount:inference:vllm" cannot create '
+        + "x" * 5000,
+    }
+    refused = Behaviour(mode="status", status=403, body=json.dumps(status).encode())
+    with hostile_server(refused) as (url, _):
+        sink = KubernetesEventSink(url, POD, token_file=None, ca_file=None)
+        sink.emit(CapEvent("PowerCapLowered", "x"))
+        wait_for(lambda: sink.dropped == 1)
+        sink.close()
+    assert "HTTP 403 Forbidden: events is forbidden" in caplog.text
+    assert "x" * 300 not in caplog.text, "a short message, never the whole body"
+
+
+def test_an_unreadable_ca_costs_the_events_not_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not a certificate\n")
+    sink = KubernetesEventSink("https://127.0.0.1:9", POD, token_file=None, ca_file=ca)
+    sink.emit(CapEvent("PowerCapLowered", "x"))
+    wait_for(lambda: sink.dropped == 1)
+    sink.close()
+    assert "cannot load its TLS certificates" in caplog.text
+
+
+def test_the_token_is_re_read_when_it_rotates(api: FakeApiServer, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    sink = KubernetesEventSink(api.url, POD, token_file=token, ca_file=None)
+    sink.emit(CapEvent("PowerCapLowered", "x"))
+    wait_for(lambda: sink.posted == 1)
+    replacement = tmp_path / "token.new"
+    replacement.write_text("second\n")
+    replacement.replace(token)  # as the kubelet swaps a projected token
+    sink.emit(CapEvent("PowerCapRestored", "y"))
+    wait_for(lambda: sink.posted == 2)
+    sink.close()
+    assert [auth for _, _, auth in api.posts] == ["Bearer first", "Bearer second"]
