@@ -53,6 +53,7 @@ MESSAGE_MAX_CHARS = 200
 _ERROR_BODY_MAX_BYTES = 64 * 1024
 _TOKEN_MAX_BYTES = 64 * 1024
 _KUBECONFIG_MAX_BYTES = 4 * 1024 * 1024
+_IN_CLUSTER = "the in-cluster service account"
 
 
 class KubeError(Exception):
@@ -122,15 +123,15 @@ def in_cluster_config(
     server = in_cluster_server(environ)
     if server is None:
         raise KubeConfigError(
-            "not in a cluster: KUBERNETES_SERVICE_HOST / KUBERNETES_SERVICE_PORT are not set"
+            f"{_IN_CLUSTER}: KUBERNETES_SERVICE_HOST / KUBERNETES_SERVICE_PORT are not set (not in a cluster)"
         )
     token_file = service_account_dir / "token"
     if not token_file.is_file():
-        raise KubeConfigError(f"no service-account token at {token_file} (automountServiceAccountToken?)")
+        raise KubeConfigError(f"{_IN_CLUSTER}: no token at {token_file} (automountServiceAccountToken?)")
     ca_file = service_account_dir / "ca.crt"
     return KubeConfig(
         server=server,
-        source="the in-cluster service account",
+        source=_IN_CLUSTER,
         token_file=token_file,
         ca_file=ca_file if ca_file.is_file() else None,
     )

@@ -246,7 +246,7 @@ def test_in_cluster_configuration(tmp_path: Path) -> None:
     assert v6.server == "https://[fd00::1]:443"
     with pytest.raises(KubeConfigError, match="KUBERNETES_SERVICE_HOST"):
         in_cluster_config({}, sa)
-    with pytest.raises(KubeConfigError, match=r"no service-account token at .*absent/token"):
+    with pytest.raises(KubeConfigError, match=r"in-cluster service account: no token at .*absent/token"):
         in_cluster_config(env, tmp_path / "absent")
 
 
