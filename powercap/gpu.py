@@ -33,6 +33,7 @@ class ControlledGpu:
         pod: str,
         dry_run: bool,
         lock: GpuLock | None,
+        original_from_default: bool = False,
     ) -> None:
         self.device = device
         self.uuid = device.uuid
@@ -41,6 +42,7 @@ class ControlledGpu:
         self._pod = pod
         self.dry_run = dry_run
         self._lock = lock
+        self._original_from_default = original_from_default
         self.status: Status = "restored"
         self.error_since_s: float | None = None
         self.restore_pending = False
@@ -68,8 +70,8 @@ class ControlledGpu:
         if previous is not None and previous.status == "controlling":
             if self.dry_run:
                 log.warning(
-                    "GPU %s: a previous sidecar left it under control (original %.0f W); dry-run does not "
-                    "restore it",
+                    "GPU %s: a previous sidecar left it under control (original %.0f W); a sidecar that sets "
+                    "nothing (dry-run, or --apply-via agent) does not restore it",
                     self.uuid,
                     previous.original_power_limit_mw / 1000,
                 )
@@ -90,11 +92,20 @@ class ControlledGpu:
         return GpuRecord(
             uuid=self.uuid,
             actuator=self.actuator,
-            original_power_limit_mw=self.device.power_management_limit_mw(),
+            original_power_limit_mw=self._original_mw(),
             original_clocks="unlocked",
             status="restored",
             pod=self._pod,
         )
+
+    def _original_mw(self) -> int:
+        """The limit to take as how the GPU was found. Through the node agent the limit in force may be
+        the agent's cap (a restarted sidecar would take it for the original and could never ask above
+        it), so that sidecar takes the board's default limit; the agent itself never sets more than the
+        original it recorded, so asking for the default means "no cap"."""
+        if self._original_from_default:
+            return min(self.device.power_limit_default_mw(), self.device.power_limit_constraints_mw()[1])
+        return self.device.power_management_limit_mw()
 
     def check_permission(self) -> None:
         """Prove we may set limits: a true no-op, the management limit written back as it is (NVML checks
@@ -186,9 +197,16 @@ class ControlledGpu:
 
 
 def open_gpus(
-    devices: Sequence[GpuDevice], actuator: str, store: StateStore, lock_dir: Path, pod: str, dry_run: bool
+    devices: Sequence[GpuDevice],
+    actuator: str,
+    store: StateStore,
+    lock_dir: Path,
+    pod: str,
+    dry_run: bool,
+    original_from_default: bool = False,
 ) -> list[ControlledGpu]:
-    """Lock (unless dry-run), recover and, unless dry-run, permission-check every GPU; all or nothing."""
+    """Lock (unless dry-run), recover and, unless dry-run, permission-check every GPU; all or nothing.
+    ``dry_run``: this process sets nothing (dry-run, or the node agent applies)."""
     opened: list[ControlledGpu] = []
     try:
         for device in devices:
@@ -202,7 +220,7 @@ def open_gpus(
                         "or node agent, or run this one with --dry-run"
                     ) from exc
             try:
-                gpu = ControlledGpu(device, actuator, store, pod, dry_run, lock)
+                gpu = ControlledGpu(device, actuator, store, pod, dry_run, lock, original_from_default)
             except BaseException:
                 if lock is not None:
                     lock.release()

@@ -130,7 +130,7 @@ def run(argv: Sequence[str] | None = None, stop: threading.Event | None = None) 
             signal.signal(signal.SIGINT, on_signal)
         log.info(
             "eo-powercap %son %s, serving :%d, state in %s",
-            "(dry-run) " if settings.dry_run else "",
+            "(dry-run) " if settings.dry_run else "(through the node agent) " if settings.via_agent else "",
             ", ".join(d.uuid for d in devices),
             handle.port,
             settings.state_dir,

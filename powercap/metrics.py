@@ -2,6 +2,10 @@
 
 Per-GPU series carry ``uuid``; pod-level ones (latency, target latency, dry-run) carry none; namespace
 and pod come from the PodMonitor's target labels.
+
+With ``--apply-via agent`` the same page carries the request the node agent reads
+(``REQUEST_WATTS``/``REQUEST_CLOCK`` per GPU, ``REQUEST_TIMESTAMP`` once): these names are the wire
+contract between the sidecar and ``eo-node-agent`` (``nodeagent.requests`` parses them).
 """
 
 from __future__ import annotations
@@ -9,11 +13,17 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 STATES: tuple[str, ...] = ("controlling", "holding", "restored", "dry_run", "error")
+REQUEST_WATTS = "eo_powercap_requested_watts"
+REQUEST_CLOCK = "eo_powercap_requested_sm_clock_hertz"
+REQUEST_TIMESTAMP = "eo_powercap_request_timestamp_seconds"
 
 
 class PowercapMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, requests: bool = False) -> None:
+        """``requests``: publish the node agent's request (``--apply-via agent``, not dry-run); otherwise
+        those families are absent, so the agent never mistakes another mode's page for a request."""
         self.registry = registry
+        self.requests = requests
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ("uuid",)) -> Gauge:
             return Gauge(name, doc, labels, registry=registry)
@@ -46,6 +56,25 @@ class PowercapMetrics:
         self.state = gauge("eo_powercap_state", "1 for the GPU's current state.", ("uuid", "state"))
         self.latency = Gauge(
             "eo_powercap_latency_seconds", "Observed latency quantile over the window (s).", registry=registry
+        )
+        request_registry = registry if requests else None
+        self.requested_watts = Gauge(
+            REQUEST_WATTS,
+            "Power limit this sidecar asks the node agent to put in force (W).",
+            ("uuid",),
+            registry=request_registry,
+        )
+        self.requested_clock = Gauge(
+            REQUEST_CLOCK,
+            "Highest SM clock this sidecar asks the node agent to allow (Hz).",
+            ("uuid",),
+            registry=request_registry,
+        )
+        self.request_timestamp = Gauge(
+            REQUEST_TIMESTAMP,
+            "Unix time this sidecar last decided its request; the node agent refuses one that goes back "
+            "and restores the GPU when it stops moving (s).",
+            registry=request_registry,
         )
         self.latency_target = Gauge(
             "eo_powercap_latency_target_seconds", "Latency the controller holds under (s).", registry=registry

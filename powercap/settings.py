@@ -106,6 +106,12 @@ class Settings(BinarySettings):
     simulated_unprivileged: Flag = setting(False, "simulated GPUs refuse setters as without CAP_SYS_ADMIN")
     actuator: Actuator = setting("power", "power (the power limit), or clocks (locked SM clocks)")
     dry_run: Flag = setting(False, "compute and publish what would be set; set nothing")
+    apply_via: Literal["direct", "agent"] = setting(
+        "direct",
+        "who puts the setpoint on the GPU: direct (this sidecar, needing root with CAP_SYS_ADMIN and the "
+        "node's state directory), or agent (the node agent eo-node-agent reads the request this sidecar "
+        "publishes on /metrics; the sidecar sets nothing and needs no privilege)",
+    )
 
     # -- latency ---------------------------------------------------------------------------------------
     latency_target_s: Seconds = setting(
@@ -262,6 +268,17 @@ class Settings(BinarySettings):
         return self
 
     # -- derived ---------------------------------------------------------------------------------------
+    @property
+    def via_agent(self) -> bool:
+        """The node agent applies: this sidecar publishes its request and never writes to the GPU."""
+        return self.apply_via == "agent"
+
+    @property
+    def sets_nothing(self) -> bool:
+        """No GPU write from this process: dry-run, or the node agent applies (no lock, no state file,
+        no permission check, nothing to restore)."""
+        return self.dry_run or self.via_agent
+
     @property
     def locks(self) -> Path:
         return self.lock_dir if self.lock_dir is not None else self.state_dir / "locks"

@@ -58,6 +58,7 @@ class Sidecar:
         events: EventSink | None = None,
         registry: CollectorRegistry | None = None,
         pod: str = "",
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not devices:
             raise StartupRefused(
@@ -67,11 +68,24 @@ class Sidecar:
         self.settings = settings
         self._source = source
         self._clock = clock
+        # The request's timestamp is wall-clock time: the node agent runs on the same node, so it can
+        # tell a live request from a replayed or frozen one by comparing it with its own clock.
+        self._wall_clock = wall_clock
         self._events = events or NullEventSink()
-        self.metrics = PowercapMetrics(registry or CollectorRegistry())
+        # Through the node agent this process writes nothing to the GPU: no lock, no state file, no
+        # permission check; it only reads the GPU (no privilege needed) and publishes its request.
+        self._sets_nothing = settings.sets_nothing
+        self._publishes_request = settings.via_agent and not settings.dry_run
+        self.metrics = PowercapMetrics(registry or CollectorRegistry(), requests=self._publishes_request)
         store = StateStore(settings.state_dir)
         self.gpus: list[ControlledGpu] = open_gpus(
-            devices, settings.actuator, store, settings.locks, pod, settings.dry_run
+            devices,
+            settings.actuator,
+            store,
+            settings.locks,
+            pod,
+            self._sets_nothing,
+            original_from_default=settings.via_agent,
         )
         try:
             self.config, original = self._controller_config()
@@ -226,7 +240,7 @@ class Sidecar:
         return [g for g in self.gpus if g.status in ("controlling", "restored")]
 
     def _put_in_force(self, g: ControlledGpu, decision: CapDecision, now: float) -> None:
-        if self.settings.dry_run:
+        if self._sets_nothing:
             return
         try:
             foreign = g.foreign_write(g.device.power_management_limit_mw())
@@ -253,7 +267,7 @@ class Sidecar:
         log.error("GPU %s: %s; restoring its original setting and pausing control", g.uuid, exc)
         g.status = "error"
         g.error_since_s = now
-        g.restore_pending = not self.settings.dry_run and g.record.status == "controlling"
+        g.restore_pending = not self._sets_nothing and g.record.status == "controlling"
         message = f"GPU {g.uuid}: {exc}; restoring its original setting"
         self._events.emit(CapEvent("PowerCapError", message, warning=True))
         self._try_restore(g)
@@ -303,13 +317,35 @@ class Sidecar:
             # A failing read was handled as an error this tick; the last value stays.
             with contextlib.suppress(GpuError):
                 m.applied_watts.labels(uuid=g.uuid).set(g.device.power_limit_mw() / 1000)
-            applied_mhz = g.locked_max_mhz if g.locked_max_mhz is not None else g.clock_range_mhz[1]
-            m.applied_clock.labels(uuid=g.uuid).set(applied_mhz * 1e6)
+            if self._sets_nothing:
+                # Another writer (the node agent) may hold a clock lock NVML cannot read back.
+                m.applied_clock.labels(uuid=g.uuid).set(g.device.max_sm_clock_mhz() * 1e6)
+            else:
+                applied_mhz = g.locked_max_mhz if g.locked_max_mhz is not None else g.clock_range_mhz[1]
+                m.applied_clock.labels(uuid=g.uuid).set(applied_mhz * 1e6)
             m.set_state(g.uuid, self._state_name(g, decision))
+        if self._publishes_request:
+            self._publish_request(decision)
+
+    def _publish_request(self, decision: CapDecision) -> None:
+        """The request the node agent reads: the controller's setpoint on every GPU (a restore asks for
+        the ceiling, which the agent takes as "no cap"), stamped with the time it was decided."""
+        m = self.metrics
+        for g in self.gpus:
+            if self.config.actuator == "power":
+                m.requested_watts.labels(uuid=g.uuid).set(decision.setpoint)
+            else:
+                m.requested_clock.labels(uuid=g.uuid).set(decision.setpoint * 1e6)
+        m.request_timestamp.set(self._wall_clock())
 
     def _state_name(self, g: ControlledGpu, decision: CapDecision) -> str:
         if self.settings.dry_run:
             return "dry_run"
+        if self.settings.via_agent:
+            # The GPU is the agent's to write: the state is what this sidecar asks for.
+            if self.state.mode == "restored":
+                return "restored"
+            return "controlling" if decision.action == "set" else "holding"
         if g.status in ("error", "released"):
             return "error"
         if self.state.mode == "restored" or (g.status == "restored" and decision.action != "set"):
@@ -320,9 +356,15 @@ class Sidecar:
         what = "power limit" if self.config.actuator == "power" else "max SM clock"
         unit = "W" if self.config.actuator == "power" else "MHz"
         verb = "restored" if d.action == "restore" else "lowered" if d.setpoint < d.previous else "raised"
-        prefix = "dry-run: would have " if self.settings.dry_run else ""
+        prefix = (
+            "dry-run: would have "
+            if self.settings.dry_run
+            else "asked the node agent to have "
+            if self.settings.via_agent
+            else ""
+        )
         for g in self.gpus:
-            if g.status in ("controlling", "restored") or self.settings.dry_run:
+            if g.status in ("controlling", "restored") or self._sets_nothing:
                 self.metrics.changes.labels(uuid=g.uuid, reason=d.reason).inc()
         message = (
             f"{prefix}{verb} {what} {d.previous:.0f} -> {d.setpoint:.0f} {unit} ({d.reason}); "
@@ -332,6 +374,8 @@ class Sidecar:
         name = ("PowerCap" if self.config.actuator == "power" else "SmClockLimit") + verb.capitalize()
         if self.settings.dry_run:
             name += "DryRun"
+        elif self.settings.via_agent:
+            name += "Requested"
         self._events.emit(CapEvent(name, message, warning=d.reason in _WARNING_REASONS))
 
     def healthy(self) -> bool:
@@ -363,7 +407,7 @@ class Sidecar:
     def _restore_every_gpu(self) -> bool:
         ok = True
         for g in self.gpus:
-            if self.settings.dry_run or g.record.status != "controlling":
+            if self._sets_nothing or g.record.status != "controlling":
                 continue
             try:
                 g.restore()
@@ -434,12 +478,13 @@ def start_powercap(
     registry: CollectorRegistry | None = None,
     pod: str = "",
     run_loop: bool = True,
+    wall_clock: Callable[[], float] = time.time,
 ) -> PowercapHandle:
     """Start the sidecar in-process. ``run_loop=False`` leaves ticking (and ``enforce_staleness``) to the
     caller (tests, simulators); otherwise a loop thread ticks every interval and a watchdog thread
     enforces staleness every min(interval, ``WATCHDOG_MAX_PERIOD_S``)."""
     sink = events or NullEventSink()
-    sidecar = Sidecar(settings, devices, latency_source, clock, sink, registry, pod)
+    sidecar = Sidecar(settings, devices, latency_source, clock, sink, registry, pod, wall_clock)
     try:
         server = serve_metrics(
             registry_renderer(sidecar.metrics.registry),

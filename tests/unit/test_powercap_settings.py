@@ -28,6 +28,7 @@ PUBLISHED_DEFAULTS: dict[str, object] = {
     "--simulated-unprivileged": False,
     "--actuator": "power",
     "--dry-run": False,
+    "--apply-via": "direct",
     "--latency-quantile": 0.95,
     "--latency-window-seconds": 60.0,
     "--latency-source": "metrics",
