@@ -1,4 +1,4 @@
-"""A simulated vLLM server's ``/metrics``: the counters and histograms a real vLLM publishes.
+"""A simulated vLLM server's ``/metrics``: the counters, histograms and gauges a real vLLM publishes.
 
 The demo's replicas are modelled by ``sim.server`` (the simulator's continuous-batching model); each
 ready replica gets one of these real HTTP endpoints, so the exporter's pod attribution and the sidecar's
@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from sim.observe import LATENCY_BUCKETS_S
+from sim.observe import ITL_BUCKETS_S, LATENCY_BUCKETS_S
 
 # vLLM's bucket boundaries for vllm:time_to_first_token_seconds.
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -104,22 +104,45 @@ class SimulatedVllmServer(MetricsEndpoint):
             buckets=TTFT_BUCKETS_S,
             registry=self.registry,
         ).labels(**labels)
+        self._itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            ["model_name"],
+            buckets=ITL_BUCKETS_S,
+            registry=self.registry,
+        ).labels(**labels)
         self._running = Gauge(
             "vllm:num_requests_running", "Number of requests in model execution batches.", ["model_name"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self._waiting = Gauge(
+            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", ["model_name"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self._kv_cache = Gauge(
+            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", ["model_name"],
             registry=self.registry,
         ).labels(**labels)  # fmt: skip
         self._serve()
 
     def record(self, prompt_tokens: int, output_tokens: int, ttft_s: float, e2e_s: float) -> None:
-        """One finished request."""
+        """One finished request. Its inter-token latency is observed once, as its mean over its output
+        tokens after the first (vLLM observes every token; once per request keeps the demo cheap)."""
         self._success.inc()
         self._prompt.inc(prompt_tokens)
         self._generation.inc(output_tokens)
         self._ttft.observe(ttft_s)
         self._e2e.observe(e2e_s)
+        if output_tokens > 1:
+            self._itl.observe(max(e2e_s - ttft_s, 0.0) / (output_tokens - 1))
 
-    def set_running(self, batch: int) -> None:
+    def set_running(self, batch: int, waiting: int = 0, kv_cache_usage: float | None = None) -> None:
+        """The queue and saturation gauges: requests in the batch, requests waiting, and KV-cache use
+        (0..1; left as it was when not given)."""
         self._running.set(batch)
+        self._waiting.set(waiting)
+        if kv_cache_usage is not None:
+            self._kv_cache.set(kv_cache_usage)
 
 
 def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from demo.inference import SimulatedVllmServer
 from tests.pods_support import RIG_G0 as G0
 from tests.pods_support import RIG_G1 as G1
 from tests.pods_support import SGLANG, VLLM, PodRig, ServerNames, pod_rig, set_value
@@ -115,3 +116,18 @@ def test_annotations_name_the_gauges(rig: PodRig) -> None:
     rig.sample()
     assert rig.value("eo_pod_requests_waiting", "a") == 9
     assert rig.value("eo_pod_inter_token_latency_seconds_bucket", "a", le="0.1") == 3
+
+
+def test_the_demo_server_feeds_the_new_signals(rig: PodRig) -> None:
+    # make demo's simulated vLLM endpoint (the demo under test, not a harness), read as a real pod.
+    server = SimulatedVllmServer("m")
+    try:
+        rig.add_pod("d", [G0], port=server.port)
+        server.record(prompt_tokens=100, output_tokens=11, ttft_s=0.2, e2e_s=1.2)  # ITL 0.1 s
+        server.set_running(12, waiting=3, kv_cache_usage=0.4)
+        rig.sample()
+        assert rig.value("eo_pod_inter_token_latency_seconds_bucket", "d", le="0.1") == 1
+        assert rig.value("eo_pod_inter_token_latency_seconds_bucket", "d", le="0.075") == 0
+        assert gauges(rig, "d") == (3, 12, 0.4)
+    finally:
+        server.stop()
