@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_DEADLINE_S = 10.0
-# One answer (one page of a list): a node's pods with their managedFields fit many times over.
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-DEFAULT_PAGE_SIZE = 500
+# One answer (one page of a list). A page of 100 pods is 0.5-2 MB with their managedFields; the cap
+# also bounds what one json.loads may cost (about ten times the text).
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_PAGE_SIZE = 100
 DEFAULT_MAX_ITEMS = 50_000
 # etcd refuses objects over 1.5 MiB; one watch event is one object plus its envelope.
 DEFAULT_WATCH_EVENT_MAX_BYTES = 4 * 1024 * 1024

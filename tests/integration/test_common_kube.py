@@ -57,7 +57,7 @@ def test_get_and_list_answer_the_recorded_objects(replay: KubeReplay) -> None:
     pods = api.list("/api/v1/pods", {"fieldSelector": "spec.nodeName=gpu-node-1"})
     assert pods.resource_version == "1000"
     assert len(pods.items) == len(load_fixture("pods.json")["items"])
-    assert any("fieldSelector=spec.nodeName%3Dgpu-node-1" in r and "limit=500" in r for r in replay.requests)
+    assert any("fieldSelector=spec.nodeName%3Dgpu-node-1" in r and "limit=100" in r for r in replay.requests)
     api.close()
 
 
