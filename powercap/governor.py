@@ -3,19 +3,27 @@
 Each interval the sidecar reads its inference server's running batch, waiting queue and KV-cache use
 (``ServerLoad``) and the observed TTFT and ITL quantiles; ``govern`` returns the SM clock to lock.
 
-Feedforward: the lowest settable clock at which the learned profile (``powercap.profile``) predicts an
-ITL quantile within ``headroom`` of the ITL target at the running batch, and at which the TTFT, scaled
-from what was observed at the clock in force (prefill is compute-bound: its time goes as 1 / clock),
-stays within ``headroom`` of the TTFT target. A waiting queue or a KV cache near full means the server
-is out of batch slots: the clock goes to the ceiling in the same interval (``queue_forming``).
+Feedforward: the lowest settable clock at which the learned profile (``powercap.profile``) predicts a
+per-request ITL (the mean inter-token time times ``itl_spread``) within ``headroom`` of the ITL target
+at the running batch, and at which the TTFT misses stay within ``headroom`` of the miss budget: the
+window's TTFT histogram, every request's TTFT scaled from the clock in force to the candidate (prefill
+is compute-bound: its time goes as 1 / clock), must keep the ``quantile`` share within the target.
 
-Feedback: the pure controller ``powercap.controller.step`` still runs on the worst of the observed
-latency / target ratios (ITL, TTFT): its safety rules win over the feedforward (stale data restores,
-the thermal guard lowers, a breach jumps to the ceiling and is remembered), and its ``headroom_low`` or
-``load_increase`` raises put a floor under the feedforward's choice. The profile learns the mean
-iteration time from each interval's observation, and the ratio of the observed ITL quantile to the
-observed mean (``tail_ratio``) corrects the profile's prediction of the quantile: that is the loop
-correcting the model's bias.
+Signals the SLOs measure, not interpolations: the ITL SLO is each request's mean time per output token,
+so the sidecar reads the mean inter-token time over its window (the ITL histogram's ``_sum`` over
+``_count``; the histogram's quantile is over tokens, dominated by the iterations that carry a prefill
+chunk). TTFT is judged by the share of requests over the target, read at a bucket bound (targets on a
+bound are exact; vLLM's TTFT buckets jump 0.1 -> 0.25 s, where an interpolated p99 reads 0.24 s for a
+true 0.17 s). Its ratio is misses over the budget ``1 - quantile``: above 1 the SLO is breached.
+
+A waiting queue or a KV cache near full means the server is out of batch slots: the clock goes to the
+ceiling in the same interval (``queue_forming``).
+
+Feedback: the pure controller ``powercap.controller.step`` still runs on the worst of the two ratios
+(ITL, TTFT): its safety rules win over the feedforward (stale data restores, the thermal guard lowers,
+a breach jumps to the ceiling and is remembered), and its ``headroom_low`` or ``load_increase`` raises
+put a floor under the feedforward's choice. The profile learns the mean iteration time from each
+interval's observation at the clock in force: that is the loop correcting the prior's bias.
 
 Cold-start bridge: while the workload is scaling up (desired replicas above ready ones, as eo-scaler
 publishes them), every replica runs at its ceiling until the new ones serve (``scale_up_bridge``).
@@ -68,8 +76,6 @@ GOVERNOR_REASONS: tuple[str, ...] = (
 
 # The controller's rules that win over the feedforward whatever it predicts.
 _SAFETY = (REASON_STALE, REASON_THERMAL, REASON_SLO_BREACH, REASON_NO_DATA)
-_TAIL_WEIGHT = 0.2
-_TAIL_RANGE = (1.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -99,14 +105,18 @@ class GovernorConfig:
     clocks_mhz: tuple[float, ...]
     """Settable SM clocks within [floor, ceiling], ascending."""
     itl_target_s: float | None
+    """Each request's mean time per output token, held at ``quantile`` of the requests."""
     ttft_target_s: float | None
+    quantile: float = 0.99
+    """Share of requests held within the targets."""
     headroom: float = 0.85
-    """Predicted quantile / target the feedforward aims under."""
+    """The feedforward aims at this share of the ITL target and of the TTFT miss budget."""
+    itl_spread: float = 1.5
+    """Per-request ITL at ``quantile`` over the mean inter-token time (requests that share iterations
+    with prefill chunks run slower than the mean; a token histogram cannot tell this, so it is set)."""
     kv_high: float = 0.95
     """KV-cache use at or above this counts as a forming queue (preemptions come next)."""
     frozen_after_s: float = 60.0
-    initial_tail_ratio: float = 1.3
-    """Quantile / mean of the inter-token time before any is observed."""
 
     def __post_init__(self) -> None:
         c = self.controller
@@ -130,9 +140,10 @@ class GovernorConfig:
             raise ValueError(f"kv_high: must be in (0, 1], got {self.kv_high}")
         if not (math.isfinite(self.frozen_after_s) and self.frozen_after_s > 0):
             raise ValueError(f"frozen_after_s: must be a positive finite number, got {self.frozen_after_s}")
-        lo, hi = _TAIL_RANGE
-        if not lo <= self.initial_tail_ratio <= hi:
-            raise ValueError(f"initial_tail_ratio: must be in [{lo}, {hi}], got {self.initial_tail_ratio}")
+        if not 0 < self.quantile < 1:
+            raise ValueError(f"quantile: must be in (0, 1), got {self.quantile}")
+        if not (math.isfinite(self.itl_spread) and self.itl_spread >= 1):
+            raise ValueError(f"itl_spread: must be a finite number >= 1, got {self.itl_spread}")
 
     @property
     def settable(self) -> tuple[float, ...]:
@@ -142,14 +153,16 @@ class GovernorConfig:
 
 @dataclass(frozen=True)
 class GovernorReading:
-    """What the sidecar observed at ``now_s``. Latencies are the configured quantile over the window,
-    None when no request finished (or none started, for TTFT) in it."""
+    """What the sidecar observed at ``now_s`` over its window; None where nothing was observed."""
 
     now_s: float
     age_s: float
     """Seconds since the last usable latency (as for ``controller.Reading``)."""
     itl_s: float | None
-    ttft_s: float | None
+    """Mean inter-token time over the window (ITL ``_sum`` / ``_count`` deltas)."""
+    ttft_buckets: tuple[tuple[float, float], ...] | None
+    """TTFT histogram over the window: (upper bound s, requests in that bucket), ascending, the last
+    bound +Inf; None (or no request) when no first token came in the window."""
     load: ServerLoad | None
     """None when the server's gauges could not be read this interval."""
     itl_mean_s: float | None = None
@@ -165,7 +178,6 @@ class GovernorReading:
 class GovernorState:
     controller: ControllerState
     profile: IterationProfile
-    tail_ratio: float
     gauges: tuple[float | None, float | None, float | None] | None = None
     gauges_since_s: float | None = None
     previous_running: float | None = None
@@ -173,36 +185,68 @@ class GovernorState:
 
 def initial_governor_state(config: GovernorConfig, profile: IterationProfile) -> GovernorState:
     ctrl = initial_state(config.controller.ceiling, config.controller)
-    return GovernorState(ctrl, profile, config.initial_tail_ratio)
+    return GovernorState(ctrl, profile)
 
 
-def worst_ratio(itl_s: float | None, ttft_s: float | None, config: GovernorConfig) -> float | None:
-    """The largest observed latency / target over the targets that have an observation."""
-    ratios = [
-        value / target
-        for value, target in ((itl_s, config.itl_target_s), (ttft_s, config.ttft_target_s))
-        if value is not None and target is not None and math.isfinite(value) and value >= 0
-    ]
+def share_within(buckets: tuple[tuple[float, float], ...], bound_s: float) -> float | None:
+    """Share of the observations at or under ``bound_s``: exact at a bucket bound, interpolated
+    linearly inside a bucket (the +Inf bucket counts as over any finite bound); None with none."""
+    total = sum(count for _, count in buckets)
+    if not total > 0:
+        return None
+    within, lower = 0.0, 0.0
+    for upper, count in buckets:
+        if bound_s >= upper:
+            within += count
+        elif bound_s > lower and math.isfinite(upper):
+            within += count * (bound_s - lower) / (upper - lower)
+            break
+        else:
+            break
+        lower = upper
+    return within / total
+
+
+def ttft_ratio(
+    buckets: tuple[tuple[float, float], ...] | None, config: GovernorConfig, scale: float = 1.0
+) -> float | None:
+    """TTFT misses over the miss budget (``1 - quantile``), every TTFT multiplied by ``scale`` (the
+    clock in force over a candidate clock); None without a target or an observation."""
+    if config.ttft_target_s is None or not buckets:
+        return None
+    share = share_within(buckets, config.ttft_target_s / scale)
+    return None if share is None else (1.0 - share) / (1.0 - config.quantile)
+
+
+def worst_ratio(reading: GovernorReading, config: GovernorConfig) -> float | None:
+    """The larger of the ITL ratio (mean inter-token time x spread / target) and the TTFT ratio, over
+    the targets that have an observation; None with neither (nothing to judge)."""
+    ratios = []
+    itl = reading.itl_s
+    if config.itl_target_s is not None and itl is not None and math.isfinite(itl) and itl >= 0:
+        ratios.append(itl * config.itl_spread / config.itl_target_s)
+    ttft = ttft_ratio(reading.ttft_buckets, config)
+    if ttft is not None:
+        ratios.append(ttft)
     return max(ratios) if ratios else None
 
 
 def feedforward_clock(
-    state: GovernorState, running: float, config: GovernorConfig, ttft_s: float | None, in_force: float
+    state: GovernorState,
+    running: float,
+    config: GovernorConfig,
+    ttft_buckets: tuple[tuple[float, float], ...] | None,
+    in_force: float,
 ) -> float:
     """The lowest settable clock that holds the targets at ``running``; the highest when none does."""
     clocks = config.settable
     for clock in clocks:
         if config.itl_target_s is not None:
-            predicted = state.profile.estimate_s(clock, running) * state.tail_ratio
+            predicted = state.profile.estimate_s(clock, running) * config.itl_spread
             if predicted > config.headroom * config.itl_target_s:
                 continue
-        ttft_target = config.ttft_target_s
-        if (
-            ttft_target is not None
-            and ttft_s is not None
-            and math.isfinite(ttft_s)
-            and ttft_s * in_force / clock > config.headroom * ttft_target
-        ):
+        ttft = ttft_ratio(ttft_buckets, config, in_force / clock)
+        if ttft is not None and ttft > config.headroom:
             continue
         return clock
     return clocks[-1]
@@ -215,14 +259,7 @@ def _learn(state: GovernorState, reading: GovernorReading) -> GovernorState:
     assert load.running is not None
     if load.running < 1:
         return state
-    clock = state.controller.setpoint
-    profile = state.profile.observe(clock, load.running, mean)
-    tail = state.tail_ratio
-    if reading.itl_s is not None and math.isfinite(reading.itl_s) and reading.itl_s > 0:
-        lo, hi = _TAIL_RANGE
-        observed = min(hi, max(lo, reading.itl_s / mean))
-        tail += _TAIL_WEIGHT * (observed - tail)
-    return replace(state, profile=profile, tail_ratio=tail)
+    return replace(state, profile=state.profile.observe(state.controller.setpoint, load.running, mean))
 
 
 def _track_gauges(state: GovernorState, load: ServerLoad | None, now: float) -> GovernorState:
@@ -240,7 +277,7 @@ def govern(
     ctrl_cfg = config.controller
     current = state.controller.setpoint
     state = _track_gauges(_learn(state, reading), reading.load, now)
-    ratio = worst_ratio(reading.itl_s, reading.ttft_s, config)
+    ratio = worst_ratio(reading, config)
     fb_state, fb = step(
         state.controller,
         Reading(
@@ -290,7 +327,7 @@ def govern(
 
     # A batch that grew since the last interval keeps growing for a while: plan for the larger one.
     planned = max(load.running, previous) if previous is not None else load.running
-    target = feedforward_clock(state, planned, config, reading.ttft_s, current)
+    target = feedforward_clock(state, planned, config, reading.ttft_buckets, current)
     if fb.reason in (REASON_HEADROOM_LOW, REASON_LOAD_INCREASE):
         target = max(target, fb.setpoint)  # the feedback says the model is optimistic: raise
     remembering = (

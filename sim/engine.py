@@ -21,6 +21,7 @@ from sim.policies import (
     CapSetting,
     ReplicaController,
     ReplicaSchedule,
+    ReplicaScrape,
     ScalerAnswer,
 )
 from sim.server import Cluster, ServerConfig
@@ -184,7 +185,9 @@ def simulate(
                 cluster.scale_to(autoscaler.replicas, t)
 
         if caps is not None:
-            _run_caps(caps, cluster, windows, capped, t, tick=k % cap_every == 0)
+            # Scaling up: the Deployment wants more replicas than are ready (new pods cold-starting).
+            scaling_up = None if autoscaler is None else autoscaler.replicas > cluster.ready_count(t)
+            _run_caps(caps, cluster, windows, capped, t, tick=k % cap_every == 0, scaling_up=scaling_up)
 
         if k % sample_every == 0:
             _sample(series, cluster, prom, t, cfg.sample_s, sample_energy)
@@ -223,6 +226,7 @@ def _run_caps(
     started: set[int],
     now_s: float,
     tick: bool,
+    scaling_up: bool | None = None,
 ) -> None:
     """Each ready replica's sidecar: start it once the pod is ready, then one step per interval."""
     for r in cluster.replicas:
@@ -236,7 +240,11 @@ def _run_caps(
         elif tick:
             window = windows[r.id]
             reading_latency = window.quantile(caps.quantile, now_s)
-            setting = caps.control(r.id, CapReading(now_s, reading_latency, window.rate(now_s)))
+            scrape = ReplicaScrape(r.running, r.waiting, tuple(r.ttft_counts_total),
+                                   tuple(r.itl_counts_total), r.itl_sum_s, r.locked_clock_mhz)  # fmt: skip
+            setting = caps.control(
+                r.id, CapReading(now_s, reading_latency, window.rate(now_s), scrape, scaling_up)
+            )
         if setting is not None:
             r.power_cap_w = setting.power_cap_w
             r.locked_clock_mhz = setting.locked_clock_mhz

@@ -56,12 +56,30 @@ class ReplicaSchedule(Protocol):
 
 
 @dataclass(frozen=True)
+class ReplicaScrape:
+    """What the replica's own /metrics shows at one instant (cumulative histograms, current gauges)."""
+
+    running: int
+    waiting: int
+    ttft_counts: tuple[float, ...]
+    """Cumulative TTFT bucket counts (``sim.observe.TTFT_BUCKETS_S``, last: +Inf)."""
+    itl_counts: tuple[float, ...]
+    """Cumulative output tokens per ITL bucket (``sim.observe.ITL_BUCKETS_S``)."""
+    itl_sum_s: float
+    clock_mhz: float | None
+    """The SM clock lock in force (None: unlocked)."""
+
+
+@dataclass(frozen=True)
 class CapReading:
-    """What one sidecar sees at ``now_s``: its pod's latency quantile and request rate over its window."""
+    """What one sidecar sees at ``now_s``: its pod's latency quantile and request rate over its window,
+    its server's scrape, and whether its workload is scaling up (desired replicas above ready ones)."""
 
     now_s: float
     latency_s: float | None
     load_rps: float
+    scrape: ReplicaScrape | None = None
+    scaling_up: bool | None = None
 
 
 @dataclass(frozen=True)

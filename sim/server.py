@@ -34,7 +34,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from gpumodel.model import ServerProfile, operating_point, prefill_point
-from sim.observe import LATENCY_BUCKETS_S, N_ITL_BUCKETS, bucket_index, itl_bucket_index, ttft_bucket_index
+from sim.observe import (
+    LATENCY_BUCKETS_S,
+    N_ITL_BUCKETS,
+    N_TTFT_BUCKETS,
+    bucket_index,
+    itl_bucket_index,
+    ttft_bucket_index,
+)
 from sim.trace import Request
 
 _EPS = 1e-9
@@ -137,6 +144,11 @@ class Replica:
         self.first_token_buckets: list[int] = []
         self.itl_tokens: list[float] = [0.0] * N_ITL_BUCKETS
         self._itl_seen = False
+        # What the replica's own /metrics would show, cumulative since it started (the governor's
+        # scrape): TTFT and ITL bucket counts and the ITL histogram's sum (seconds over tokens).
+        self.ttft_counts_total: list[float] = [0.0] * N_TTFT_BUCKETS
+        self.itl_counts_total: list[float] = [0.0] * N_ITL_BUCKETS
+        self.itl_sum_s = 0.0
 
     def is_ready(self, now_s: float) -> bool:
         return now_s >= self.ready_s - _EPS
@@ -148,6 +160,16 @@ class Replica:
     @property
     def batch(self) -> int:
         return len(self._decoding)
+
+    @property
+    def running(self) -> int:
+        """Requests in the batch (prefill or decode): vLLM's ``num_requests_running``."""
+        return len(self._decoding) + len(self._prefill)
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted to the replica but not to its batch: vLLM's ``num_requests_waiting``."""
+        return len(self._waiting)
 
     def assign(self, request: int, available_s: float) -> None:
         self._incoming.append((available_s, request))
@@ -207,6 +229,7 @@ class Replica:
                 self._g += dt / tau
                 if dt > 0:
                     self.itl_tokens[itl_bucket_index(tau)] += b * dt / tau
+                    self.itl_sum_s += b * dt
                     self._itl_seen = True
             t += dt
             if prefill:
@@ -234,9 +257,13 @@ class Replica:
     def take_slot_tokens(self) -> tuple[list[int], list[float] | None]:
         """This slot's TTFT buckets and ITL token counts (None when no token was decoded); resets both."""
         firsts, self.first_token_buckets = self.first_token_buckets, []
+        for bucket in firsts:
+            self.ttft_counts_total[bucket] += 1
         if not self._itl_seen:
             return firsts, None
         itl, self.itl_tokens, self._itl_seen = self.itl_tokens, [0.0] * N_ITL_BUCKETS, False
+        for i, tokens in enumerate(itl):
+            self.itl_counts_total[i] += tokens
         return firsts, itl
 
     def _finish(self, req: int, t: float, arrivals: list[float], log: RequestLog) -> None:

@@ -1,0 +1,117 @@
+"""The clock governor in eo-sim: per-replica scrapes, the cold-start bridge, against the old loop."""
+
+from __future__ import annotations
+
+import random
+
+from gpumodel.model import H100_LLAMA_8B
+from sim.engine import Policy, SimConfig, simulate
+from sim.governor import EoGovernorController, GovernorOptions
+from sim.keda import HpaConfig
+from sim.policies import CapReading, CapSetting, ReplicaScrape, StaticSchedule, ThresholdTrigger
+from sim.server import ServerConfig
+from sim.trace import Request, Trace
+
+SERVER = ServerConfig(H100_LLAMA_8B, cold_start_s=60.0)
+OPTIONS = GovernorOptions(itl_target_s=0.025, ttft_target_s=0.25, quantile=0.99)
+
+
+def poisson(rate_rps: float, start_s: float, end_s: float, rng: random.Random) -> list[Request]:
+    out: list[Request] = []
+    t = start_s
+    while True:
+        t += rng.expovariate(rate_rps)
+        if t >= end_s:
+            return out
+        out.append(Request(t, 300, 120))
+
+
+def step_trace() -> Trace:
+    rng = random.Random(3)
+    reqs = [Request(0.0, 300, 120), *poisson(2.0, 0.0, 300.0, rng), *poisson(16.0, 300.0, 600.0, rng)]
+    return Trace("step", tuple(sorted(reqs, key=lambda r: r.arrival_s)))
+
+
+class Recorder:
+    """Wraps the governor and records what each control call saw and answered."""
+
+    def __init__(self, inner: EoGovernorController) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.interval_s = inner.interval_s
+        self.window_s = inner.window_s
+        self.quantile = inner.quantile
+        self.calls: list[tuple[CapReading, CapSetting]] = []
+
+    def start(self, replica_id: int, now_s: float) -> CapSetting:
+        return self.inner.start(replica_id, now_s)
+
+    def control(self, replica_id: int, reading: CapReading) -> CapSetting:
+        setting = self.inner.control(replica_id, reading)
+        self.calls.append((reading, setting))
+        return setting
+
+
+def test_governor_lowers_clocks_at_light_load_from_the_replicas_own_scrape() -> None:
+    rng = random.Random(1)
+    trace = Trace("light", tuple([Request(0.0, 300, 120), *poisson(2.0, 0.0, 400.0, rng)]))
+    rec = Recorder(EoGovernorController(OPTIONS, SERVER.profile))
+    simulate(trace, SERVER, Policy("gov", schedule=StaticSchedule(1), caps=rec), SimConfig())
+    scrapes = [r.scrape for r, _ in rec.calls]
+    assert all(s is not None for s in scrapes)
+    assert max(s.running for s in scrapes if s is not None) >= 1
+    late = [s.locked_clock_mhz for r, s in rec.calls if r.now_s > 200]
+    assert late and all(c is not None and c < 1500 for c in late)
+    assert rec.inner.reasons["feedforward"] > 0
+
+
+def run_step(bridge: bool) -> Recorder:
+    rec = Recorder(EoGovernorController(GovernorOptions(0.025, 0.25, bridge=bridge), SERVER.profile))
+    policy = Policy(
+        "eo-like",
+        trigger=ThresholdTrigger(threshold_rps=6.0),
+        caps=rec,
+        hpa=HpaConfig(min_replicas=1, max_replicas=8),
+        initial_replicas=1,
+    )
+    simulate(step_trace(), SERVER, policy, SimConfig())
+    return rec
+
+
+def test_bridge_holds_the_ceiling_while_new_replicas_start_and_releases_after() -> None:
+    rec = run_step(bridge=True)
+    up = [(r, s) for r, s in rec.calls if r.scaling_up]
+    assert up, "the load step must start new replicas"
+    assert all(s.locked_clock_mhz is None for _, s in up)  # unlocked: the ceiling
+    assert rec.inner.reasons["scale_up_bridge"] > 0
+    # Once every replica serves, clocks come down again.
+    last_up = max(r.now_s for r, _ in up)
+    after = [s.locked_clock_mhz for r, s in rec.calls if r.now_s > last_up + 120 and not r.scaling_up]
+    assert any(c is not None for c in after)
+
+
+def test_without_the_bridge_replicas_run_below_the_ceiling_while_scaling_up() -> None:
+    rec = run_step(bridge=False)
+    up = [(r, s) for r, s in rec.calls if r.scaling_up]
+    assert up
+    assert rec.inner.reasons["scale_up_bridge"] == 0
+    assert any(s.locked_clock_mhz is not None for _, s in up)
+
+
+def test_controller_reads_a_scrape_window() -> None:
+    ctl = EoGovernorController(OPTIONS, SERVER.profile)
+    ctl.start(0, 0.0)
+    zeros_t = (0.0,) * 23
+    zeros_i = (0.0,) * 20
+    first = ReplicaScrape(4, 0, zeros_t, zeros_i, 0.0, None)
+    ctl.control(0, CapReading(5.0, None, 1.0, first, False))
+    ttft = list(zeros_t)
+    ttft[3] = 20.0  # 20 first tokens under 20 ms
+    itl = list(zeros_i)
+    itl[0] = 400.0
+    second = ReplicaScrape(4, 0, tuple(ttft), tuple(itl), 400 * 0.008, None)
+    setting = ctl.control(0, CapReading(10.0, None, 1.0, second, False))
+    assert setting.locked_clock_mhz is not None and setting.locked_clock_mhz < 1980
+    # A queue raises at once.
+    queued = ReplicaScrape(256, 9, tuple(ttft), tuple(itl), 400 * 0.008, None)
+    assert ctl.control(0, CapReading(15.0, None, 1.0, queued, False)).locked_clock_mhz is None
