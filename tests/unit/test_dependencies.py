@@ -1,5 +1,5 @@
 """pyproject's runtime dependencies are exactly what the binaries' packages import; the extras hold the
-rest (plotting, the demo, code generation and tests), and the four binaries start without any extra."""
+rest (plotting, the demo, code generation and tests), and the binaries start without any extra."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ RUNTIME_PACKAGES = (
     "exporter",
     "scaler",
     "powercap",
+    "nodeagent",
     "gpumodel",
     "sim",
     "recording_rules",
@@ -105,9 +106,9 @@ def test_heavy_and_build_only_packages_are_not_runtime_dependencies() -> None:
     assert {"matplotlib", "grpcio-tools", "numpy", "kubernetes"}.isdisjoint(RUNTIME)
 
 
-def test_the_four_binaries_start_without_any_extra() -> None:
+def test_the_binaries_start_without_any_extra() -> None:
     scripts = PROJECT["scripts"]
-    assert set(scripts) == {"eo-exporter", "eo-scaler", "eo-powercap", "eo-sim"}
+    assert set(scripts) == {"eo-exporter", "eo-scaler", "eo-powercap", "eo-node-agent", "eo-sim"}
     blocked = ["matplotlib", "grpc_tools", "numpy", "PIL", "kubernetes", "requests"]
     modules = sorted({target.split(":")[0] for target in scripts.values()})
     code = (
