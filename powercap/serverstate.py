@@ -1,0 +1,180 @@
+"""The governor's reader: its inference server's gauges and TTFT/ITL histograms from one /metrics scrape.
+
+One bounded read per interval through ``common.http.BoundedHttpClient`` (total deadline, decompressed
+size cap, no redirects), names from the one registry ``common.servers``: requests running and waiting,
+KV-cache use, the TTFT histogram's buckets and the ITL histogram's ``_sum`` and ``_count``. Successive
+scrapes are kept for the window (at most ``MAX_SNAPSHOTS``), from which ``read`` returns what
+``powercap.governor.GovernorReading`` takes: the window's TTFT buckets, the window's mean inter-token
+time, the last interval's mean inter-token time, and the current gauges.
+
+Missing data is never a number: a gauge the page lacks, or whose value is NaN, infinite or negative,
+makes ``load`` None (the governor then runs at the ceiling, ``state_unusable``); an unreadable page
+raises ``ServerStateError``; a counter that went backwards (a server restart) restarts the window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from common import servers
+from common.http import BoundedHttpClient, HttpError
+from common.prometheus import truncate
+from powercap.governor import ServerLoad
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_SNAPSHOTS = 512
+
+
+class ServerStateError(Exception):
+    """The page could not be read or parsed."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at_s: float
+    ttft: tuple[tuple[float, float], ...]
+    """Cumulative TTFT bucket counts by upper bound (ascending, last +Inf); empty without one."""
+    itl_sum_s: float | None
+    itl_count: float | None
+
+
+@dataclass(frozen=True)
+class ServerSample:
+    load: ServerLoad | None
+    ttft_buckets: tuple[tuple[float, float], ...] | None
+    """Per bucket (upper bound, first tokens in the window); None when none came."""
+    itl_window_mean_s: float | None
+    itl_interval_mean_s: float | None
+
+
+def _first(values: dict[str, float], metric: servers.Metric | None) -> float | None:
+    if metric is None:
+        return None
+    for name in metric.names:
+        if name in values:
+            return values[name]
+    return None
+
+
+class ServerStateSource:
+    def __init__(
+        self,
+        url: str,
+        server: str,
+        window_s: float,
+        timeout_s: float = 2.0,
+        http: BoundedHttpClient | None = None,
+    ) -> None:
+        if timeout_s <= 0 or window_s <= 0:
+            raise ValueError("timeout_s and window_s must be > 0")
+        self._url = url
+        self._server = servers.server(server)
+        self._window_s = window_s
+        self._deadline_s = timeout_s
+        self._http = http or BoundedHttpClient(
+            deadline_s=timeout_s, max_body_bytes=MAX_BODY_BYTES, num_pools=2
+        )
+        self._snapshots: deque[Snapshot] = deque(maxlen=MAX_SNAPSHOTS)
+
+    def read(self, now_s: float) -> ServerSample:
+        try:
+            resp = self._http.get(self._url, deadline_s=self._deadline_s, max_body_bytes=MAX_BODY_BYTES)
+        except HttpError as exc:
+            raise ServerStateError(f"scraping {self._url}: {exc}") from exc
+        if resp.status != 200:
+            raise ServerStateError(f"scraping {self._url}: HTTP {resp.status}")
+        load, snap = self._parse(resp.text(), now_s)
+        previous = self._snapshots[-1] if self._snapshots else None
+        if previous is not None and _went_back(previous, snap):
+            self._snapshots.clear()
+            previous = None
+        self._snapshots.append(snap)
+        while len(self._snapshots) > 1 and self._snapshots[0].at_s < now_s - self._window_s:
+            self._snapshots.popleft()
+        oldest = self._snapshots[0]
+        return ServerSample(load, _ttft_delta(oldest, snap), _mean(oldest, snap), _mean(previous, snap))
+
+    def _parse(self, text: str, now_s: float) -> tuple[ServerLoad | None, Snapshot]:
+        s = self._server
+        gauges = {m.name: m for m in (s.requests_running, s.requests_waiting, s.kv_cache_usage) if m}
+        wanted = {n for m in gauges.values() for n in m.names}
+        ttft_names = s.ttft.names if s.ttft else ()
+        itl_names = s.itl.names if s.itl else ()
+        values: dict[str, float] = {}
+        ttft: dict[str, dict[float, float]] = {}
+        itl: dict[str, list[float]] = {}
+        try:
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    name = sample.name
+                    if name in wanted:
+                        metric = next(m for m in gauges.values() if name in m.names)
+                        if all(sample.labels.get(k) == v for k, v in metric.labels):
+                            values[name] = values.get(name, 0.0) + sample.value
+                    elif name.endswith("_bucket") and name[:-7] in ttft_names:
+                        le = float(sample.labels["le"])
+                        per = ttft.setdefault(name[:-7], {})
+                        per[le] = per.get(le, 0.0) + sample.value
+                    elif name.endswith(("_sum", "_count")) and name.rsplit("_", 1)[0] in itl_names:
+                        base, kind = name.rsplit("_", 1)
+                        pair = itl.setdefault(base, [0.0, 0.0])
+                        pair[0 if kind == "sum" else 1] += sample.value
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ServerStateError(f"malformed metrics from {self._url}: {truncate(str(exc))}") from exc
+        running = _first(values, s.requests_running)
+        waiting = _first(values, s.requests_waiting)
+        kv = _first(values, s.kv_cache_usage)
+        load = ServerLoad(running, waiting, kv) if running is not None else None
+        if load is not None and (not load.usable() or (s.requests_waiting is not None and waiting is None)):
+            load = None
+        ttft_scale = s.ttft.to_seconds if s.ttft else 1.0
+        buckets: tuple[tuple[float, float], ...] = ()
+        for name in ttft_names:
+            if name in ttft:
+                per = ttft[name]
+                if math.inf in per and all(math.isfinite(c) and c >= 0 for c in per.values()):
+                    buckets = tuple((le * ttft_scale, per[le]) for le in sorted(per))
+                break
+        itl_sum = itl_count = None
+        itl_scale = s.itl.to_seconds if s.itl else 1.0
+        for name in itl_names:
+            if name in itl:
+                total, count = itl[name]
+                if math.isfinite(total) and math.isfinite(count) and total >= 0 and count >= 0:
+                    itl_sum, itl_count = total * itl_scale, count
+                break
+        return load, Snapshot(now_s, buckets, itl_sum, itl_count)
+
+
+def _went_back(a: Snapshot, b: Snapshot) -> bool:
+    if a.itl_count is not None and b.itl_count is not None and b.itl_count < a.itl_count:
+        return True
+    return bool(a.ttft and b.ttft and b.ttft[-1][1] < a.ttft[-1][1])
+
+
+def _ttft_delta(a: Snapshot, b: Snapshot) -> tuple[tuple[float, float], ...] | None:
+    """Non-cumulative bucket counts between two snapshots; None when no first token came."""
+    if not b.ttft or [le for le, _ in a.ttft] != [le for le, _ in b.ttft]:
+        return None
+    cumulative = (
+        [max(0.0, y - x) for (_, x), (_, y) in zip(a.ttft, b.ttft, strict=True)] if a is not b else []
+    )
+    if not cumulative or cumulative[-1] <= 0:
+        return None
+    counts = [cumulative[0]] + [
+        max(0.0, cumulative[i] - cumulative[i - 1]) for i in range(1, len(cumulative))
+    ]
+    return tuple((le, c) for (le, _), c in zip(b.ttft, counts, strict=True))
+
+
+def _mean(a: Snapshot | None, b: Snapshot) -> float | None:
+    if a is None or a is b or a.itl_count is None or b.itl_count is None:
+        return None
+    if a.itl_sum_s is None or b.itl_sum_s is None:
+        return None
+    tokens = b.itl_count - a.itl_count
+    return (b.itl_sum_s - a.itl_sum_s) / tokens if tokens > 0 else None
