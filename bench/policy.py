@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from gpumodel.model import H100_LLAMA_8B
-from sim.eo import CapOptions, caps_only_policy, eo_policy
+from sim.eo import CapOptions, caps_only_policy
 from sim.report import ATTRIBUTION, Summary, summarize
 from sim.scenario import (
     PROVISION_UTILIZATION,
@@ -73,10 +73,6 @@ def traces() -> list[tuple[str, Trace]]:
 
 
 def run_all(sc: Scenario) -> tuple[int, int, dict[str, Summary]]:
-    profile = sc.server.profile
-    first = sc.first_minute_replicas()
-    slo = sc.policy_slo_s
-    caps = CapOptions(slo * sc.cap_target_ratio, sc.cap_actuator, sc.quantile)
     n_static, static = static_peak(sc)
     n_min, static_min = static_replicas(sc)
     replica_only = tuned_optimum(sc)
@@ -87,10 +83,9 @@ def run_all(sc: Scenario) -> tuple[int, int, dict[str, Summary]]:
         "threshold-tuned": tuned_threshold(sc),
         "optimum-replicas": replica_only,
         "optimum": joint_optimum(sc, replica_only),
-        "eo": sc.run(eo_policy("eo", slo, sc.quantile, sc.capacity_rps, profile, first, caps)),
-        "eo-replicas": sc.run(eo_policy("eo-replicas", slo, sc.quantile, sc.capacity_rps, profile, first,
-                                        None)),
-        "eo-learned": sc.run(eo_policy("eo-learned", slo, sc.quantile, None, profile, first, None)),
+        "eo": sc.run(sc.eo_policy("eo", sidecar=True)),
+        "eo-replicas": sc.run(sc.eo_policy("eo-replicas")),
+        "eo-learned": sc.run(sc.eo_policy("eo-learned", learned=True)),
     }  # fmt: skip
     return n_static, n_min, {k: summarize(r, sc.slos) for k, r in runs.items()}
 

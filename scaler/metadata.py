@@ -75,6 +75,9 @@ MAX_QUERY_TIMEOUT_S = 2.5  # KEDA's HPA path gives GetMetricSpec + GetMetrics + 
 # between the two is the hysteresis that keeps a constant load from flapping.
 DEFAULT_TARGET_UTILIZATION = 0.9
 DEFAULT_SCALE_DOWN_SHARE = 8 / 9
+# TTFT and ITL held at P90 by default, as llm-d's SLO-aware autoscaling recipe does (P90 beat the mean);
+# the ITL histogram counts tokens, so a high token quantile over-states the per-request tail.
+DEFAULT_LLM_QUANTILE = 0.9
 
 
 class Mode(StrEnum):
@@ -109,9 +112,13 @@ class TriggerConfig:
 
     namespace: str
     workload: str
-    latency_slo_s: float
+    latency_slo_s: float | None = None
     server_address: str | None = None
     latency_quantile: float = 0.95
+    ttft_slo_s: float | None = None
+    ttft_quantile: float = DEFAULT_LLM_QUANTILE
+    itl_slo_s: float | None = None
+    itl_quantile: float = DEFAULT_LLM_QUANTILE
     latency_query: str | None = None
     activation_query: str | None = None
     target_joules_per_request: float | None = None
@@ -131,6 +138,18 @@ class TriggerConfig:
     capacity_lookback_s: float = 3600.0
     custom_headers: tuple[tuple[str, str], ...] = ()
     query_timeout_s: float | None = None
+    cold_start_s: float = 60.0
+    season_s: float | None = 86400.0
+    kv_saturation_ratio: float = 0.9
+
+    def slos(self) -> list[tuple[str, float, float]]:
+        """``(kind, SLO seconds, quantile)`` of every SLO given: ``ttft``, ``itl``, ``e2e``."""
+        given = [
+            ("ttft", self.ttft_slo_s, self.ttft_quantile),
+            ("itl", self.itl_slo_s, self.itl_quantile),
+            ("e2e", self.latency_slo_s, self.latency_quantile),
+        ]
+        return [(kind, slo, q) for kind, slo, q in given if slo is not None]
 
     @property
     def metric_name(self) -> str:
@@ -142,6 +161,8 @@ class TriggerConfig:
             min_replicas=self.min_replicas,
             max_replicas=self.max_replicas,
             latency_slo_s=self.latency_slo_s,
+            ttft_slo_s=self.ttft_slo_s,
+            itl_slo_s=self.itl_slo_s,
             target_utilization=self.target_utilization,
             scale_down_utilization=self.scale_down_utilization,
             replica_capacity_rps=self.replica_capacity_rps,
@@ -150,6 +171,7 @@ class TriggerConfig:
             target_joules_per_request=self.target_joules_per_request,
             idle_before_zero_s=self.idle_before_zero_s,
             activation_rps=self.activation_rps,
+            kv_saturation_ratio=self.kv_saturation_ratio,
         )
 
 
@@ -159,6 +181,10 @@ _FIELDS: dict[str, str] = {
     "workload": "workload",
     "latencySloSeconds": "latency_slo_s",
     "latencyQuantile": "latency_quantile",
+    "ttftSloSeconds": "ttft_slo_s",
+    "ttftQuantile": "ttft_quantile",
+    "itlSloSeconds": "itl_slo_s",
+    "itlQuantile": "itl_quantile",
     "latencyQuery": "latency_query",
     "activationQuery": "activation_query",
     "targetJoulesPerRequest": "target_joules_per_request",
@@ -179,6 +205,15 @@ _FIELDS: dict[str, str] = {
     "capacityLookbackSeconds": "capacity_lookback_s",
     "customHeaders": "custom_headers",
     "queryTimeoutSeconds": "query_timeout_s",
+    "coldStartSeconds": "cold_start_s",
+    "seasonSeconds": "season_s",
+    "kvSaturationRatio": "kv_saturation_ratio",
+}
+# The SLO keys with their quantile keys: at least one SLO is required, a quantile needs its SLO.
+SLO_KEYS = {
+    "ttftSloSeconds": "ttftQuantile",
+    "itlSloSeconds": "itlQuantile",
+    "latencySloSeconds": "latencyQuantile",
 }
 KNOWN_KEYS = frozenset(_FIELDS) | KEDA_KEYS
 
@@ -296,9 +331,26 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
     if not _WORKLOAD_RE.fullmatch(workload):
         raise MetadataError("workload", f"{echo(workload)} is not a Kubernetes object name")
     kw["workload"] = workload
-    if "latencySloSeconds" not in m:
-        raise MetadataError("latencySloSeconds", "required: the latency SLO in seconds, e.g. '2.5'")
-    kw["latency_slo_s"] = _float("latencySloSeconds", m["latencySloSeconds"], low=0, high=3600, low_open=True)
+    given = [key for key in SLO_KEYS if key in m]
+    if not given:
+        raise MetadataError(
+            "ttftSloSeconds",
+            "required: at least one SLO: ttftSloSeconds (time to first token), itlSloSeconds (inter-token "
+            "latency) or latencySloSeconds (end to end), in seconds, e.g. '0.5'",
+        )
+    for key, quantile_key in SLO_KEYS.items():
+        if key in m:
+            kw[_FIELDS[key]] = _float(key, m[key], low=0, high=3600, low_open=True)
+            if quantile_key in m:
+                kw[_FIELDS[quantile_key]] = _float(
+                    quantile_key, m[quantile_key], low=0, high=0.9999, low_open=True
+                )
+        elif quantile_key in m:
+            raise MetadataError(quantile_key, f"given without {key}: a quantile of which SLO?")
+    if "latencyQuery" in m and "latencySloSeconds" not in m:
+        raise MetadataError(
+            "latencyQuery", "replaces the end-to-end latency quantile: give latencySloSeconds"
+        )
 
     if "serverAddress" in m:
         address = m["serverAddress"].strip().rstrip("/")
@@ -307,10 +359,6 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
                 "serverAddress", f"expected http(s)://host[:port][/path], got {echo(address)}"
             )
         kw["server_address"] = address
-    if "latencyQuantile" in m:
-        kw["latency_quantile"] = _float(
-            "latencyQuantile", m["latencyQuantile"], low=0, high=0.9999, low_open=True
-        )
     for key in ("latencyQuery", "activationQuery"):
         if key in m:
             kw[_FIELDS[key]] = _query(key, m[key])
@@ -341,6 +389,17 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
         )
     if "customHeaders" in m:
         kw["custom_headers"] = _headers("customHeaders", m["customHeaders"])
+    if "coldStartSeconds" in m:
+        kw["cold_start_s"] = _float("coldStartSeconds", m["coldStartSeconds"], low=1, high=3600)
+    if "seasonSeconds" in m:
+        season = _float("seasonSeconds", m["seasonSeconds"], low=0, high=7 * 86400.0)
+        if 0 < season < 600:
+            raise MetadataError("seasonSeconds", f"{season} is neither 0 (off) nor in [600, 604800]")
+        kw["season_s"] = season or None
+    if "kvSaturationRatio" in m:
+        kw["kv_saturation_ratio"] = _float(
+            "kvSaturationRatio", m["kvSaturationRatio"], low=0, high=1, low_open=True
+        )
 
     min_r = _int("minReplicas", m["minReplicas"], low=0, high=100000) if "minReplicas" in m else 0
     max_r = _int("maxReplicas", m["maxReplicas"], low=1, high=100000) if "maxReplicas" in m else 100

@@ -1,36 +1,52 @@
 """The replica policy: one pure function from an observation to a replica decision.
 
 ``decide(observation, config)`` answers "how many replicas should this workload run now, and why".
-It is stateless on purpose: everything it must remember (the peak load over the stabilisation window,
-the capacity per replica learned while the SLO held, how long the workload has been idle) arrives
-inside the ``Observation``, derived by the caller from Prometheus history. Several scaler replicas
-therefore agree, a restart changes nothing, and the simulator (``sim/``) can drive the same code
-with observations it builds. No I/O and no clock: time comes in as numbers of seconds.
+It is stateless on purpose: everything it must remember (peak load over the stabilisation window, the
+capacity per replica learned while every SLO held, how far load rose within a cold start, the trend,
+how long the workload has been idle) arrives inside the ``Observation``, derived by the caller from
+Prometheus history (``scaler/signals.py`` declares those signals once, for Prometheus and for the
+simulator). Several scaler replicas therefore agree, a restart changes nothing, and the simulator
+(``sim/``) drives the same code. No I/O and no clock: time comes in as numbers of seconds.
+
+SLOs: any of time to first token (TTFT), inter-token latency (ITL) and end-to-end latency, each read at
+its own quantile; the policy holds every one given, through the worst ``reading / SLO`` ratio.
+
+Capacity: ``replicaCapacityRps`` when configured, else learned in tokens/s per replica (prompt plus
+generation, a unit that follows a change of request mix) and turned into requests/s at today's tokens
+per request. Until one minute with every SLO held has been seen, the policy only wakes, holds, and
+answers breaches and queues (the first minutes are handled on latency and queue, never on a guess).
 
 Order of precedence, from strongest to weakest:
 
 1. Idle: no requests for ``idle_before_zero_s`` (and no demand) with ``min_replicas == 0`` -> 0.
 2. Power budget: a hard ceiling, ``replicas * per_replica_watts <= budget``. When it conflicts with the
-   latency SLO the budget wins: a budget is usually a breaker, a rack or a contract limit that the
-   operator set knowing it may cost latency, and exceeding it has consequences outside this workload.
-   The decision says so (reason ``power_budget``). ``min_replicas``/``max_replicas`` still bound the
-   answer (KEDA's HPA enforces them anyway), reason ``power_budget_below_min`` flags the conflict.
-3. Latency SLO: a breach scales up at once, never down, in proportion to what it observes: to the
-   replicas the demand needs at ``target_utilization`` of the capacity, and to ``settled * latency/slo``
-   (capped at ``max_breach_step_ratio``), at least +1 and 10% + 1 (clearing the HPA's 10% tolerance).
-   ``settled`` is the fewest replicas serving over the last breach-settle window (a cold start plus
-   the latency window), not the current count: replicas started for this breach and now serving do
-   not count as "already tried", so repeated answers to one breach do not compound while its first
-   answer is still coming up.
-4. Load: the fewest replicas that carry the demand at ``target_utilization`` of the per-replica
-   capacity: ``ceil(demand / (capacity * target_utilization))``, scaled up to at once.
-5. Consolidation with hysteresis: scale down to ``ceil(peak / (capacity * scale_down_utilization))``
-   where ``peak`` is the highest load over the stabilisation window, and not while latency is near the
-   SLO (``near_slo_ratio``). Latency headroom lets it go further: with latency at most
-   ``roomy_latency_ratio`` of the SLO the replicas can take more, and consolidation goes to
-   ``target_utilization``. Scale-up (step 4) needs more than the target utilisation, so between the
-   two the current count holds and a constant load never flaps.
-6. Energy target: when joules per request exceed the target and latency has headroom, remove one
+   SLOs the budget wins: a budget is usually a breaker, a rack or a contract limit that the operator
+   set knowing it may cost latency, and exceeding it has consequences outside this workload. The
+   decision says so (reason ``power_budget``). ``min_replicas``/``max_replicas`` still bound the answer
+   (KEDA's HPA enforces them anyway), reason ``power_budget_below_min`` flags the conflict.
+3. SLO breach: any reading above its SLO scales up at once, never down, in proportion to what it
+   observes: to the replicas the demand needs at ``target_utilization`` of the capacity, else one more
+   than ``settled`` (a burst or backlog the settled replicas carry on average), or without a capacity
+   ``settled * worst ratio`` (capped at ``max_breach_step_ratio``), at least +1 and 10% + 1 (clearing the
+   HPA's 10% tolerance). ``settled`` is the fewest replicas serving over the last breach-settle window,
+   so the answers to one breach do not compound while its first answer is still starting.
+4. Leading signals, before latency breaks: a forming queue (waiting requests above zero for 30 s,
+   reason ``queue_forming``) or KV-cache saturation (``kv_saturation``) scale up from ``settled`` by
+   the queue's share of the running requests (at least one more, at most double).
+5. Load on the short window: the fewest replicas that carry the demand (1-minute rate) times the burst
+   headroom at ``target_utilization`` of the capacity: ``ceil(demand * headroom / (capacity * target))``.
+   The headroom is the workload's own: how far its rate rose within one cold start, at a high quantile
+   over the lookback (1 to ``max_burst_headroom``); reason ``burst_headroom`` when the demand alone
+   would not have scaled up. Scaled up to at once.
+6. Forecast floor: the replicas the forecast rate one cold start ahead needs (a trend fitted to the
+   last 10 minutes, and a seasonal forecast once a season of history exists), reason ``forecast``.
+7. Consolidation on longer evidence: scale down to ``ceil(peak * headroom / (capacity *
+   scale_down_utilization))`` where ``peak`` is the highest 1-minute rate over the stabilisation
+   window, never below the forecast floor, and not while a reading is near its SLO (``near_slo_ratio``),
+   a queue is forming or the KV cache is saturated. With every reading at most ``roomy_latency_ratio``
+   of its SLO consolidation goes to ``target_utilization``. Between scale-up and scale-down thresholds
+   the count holds, so a constant load never flaps.
+8. Energy target: when joules per request exceed the target and latency has headroom, remove one
    replica at a time down to the load threshold of the window's peak (fuller batches cost less energy).
 """
 
@@ -43,6 +59,7 @@ from enum import StrEnum
 # Capacity ratios are computed in floats; this keeps ceil(2.0000000001) from adding a replica.
 _EPS = 1e-9
 _HUGE = 10**6  # more replicas than any cluster runs; keeps int() away from inf
+_TINY_RPS = 0.05  # below this a tokens-per-request ratio is noise
 
 
 class Reason(StrEnum):
@@ -51,7 +68,11 @@ class Reason(StrEnum):
     IDLE_ZERO = "idle_zero"
     WAKE = "wake"
     SLO_BREACH = "slo_breach"
+    QUEUE_FORMING = "queue_forming"
+    KV_SATURATION = "kv_saturation"
     SCALE_UP_LOAD = "scale_up_load"
+    BURST_HEADROOM = "burst_headroom"
+    FORECAST = "forecast"
     CONSOLIDATE = "consolidate"
     ENERGY_TARGET = "energy_target"
     HOLD = "hold"
@@ -65,16 +86,27 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True)
 class Observation:
-    """What the world looked like, with the memory the policy needs derived from history.
+    """What the world looked like, with the memory the policy needs derived from history. None is "no
+    reading", never zero.
 
     current_replicas: pods of the workload serving now.
-    load_rps: requests per second served now (all replicas together).
-    peak_load_rps: highest load over the stabilisation window (>= load_rps; the policy takes the max).
-    latency_s: the SLO quantile of request latency, None when there were no requests to measure.
+    load_rps: requests per second served over the short window (all replicas together).
+    peak_load_rps: highest short-window load over the stabilisation window (the policy takes the max).
+    latency_s: the end-to-end latency quantile, None without a reading (no requests, or no such SLO).
+    ttft_s, itl_s: the time-to-first-token and inter-token-latency quantiles, None without a reading.
     idle_for_s: how long no request was served (0 when requests are flowing). A source that can only
         tell "none in the last W seconds" reports W.
     demand_rps: demand seen upstream of the pods (gateway, queue), the only signal at zero replicas.
-    learned_capacity_rps: highest per-replica load observed while latency held the SLO, or None.
+    learned_capacity_rps: a per-replica capacity in requests/s learned elsewhere, or None.
+    learned_capacity_tps: the per-replica capacity in tokens/s (prompt + generation) learned while
+        every SLO held, or None.
+    load_tps, peak_load_tps: tokens per second over the short window, and its peak over the
+        stabilisation window (they give today's tokens per request).
+    waiting_requests: the fewest requests waiting over the last 30 s (sustained queue), None unknown.
+    running_requests: requests running now, None unknown.
+    kv_usage_ratio: the fullest pod's KV-cache use (0..1), None unknown.
+    burst_rise: how far the rate rose within one cold start, at a high quantile over the lookback.
+    forecast_rps: the forecast rate one cold start ahead (None: forecasting off or history too short).
     workload_power_watts: power drawn by all replicas together, or None when unknown.
     historical_replica_power_watts: the highest power per replica seen over the lookback, so the budget
         ceiling is known at zero replicas too (else the policy would start one, learn it does not fit,
@@ -96,18 +128,28 @@ class Observation:
     joules_per_request: float | None = None
     historical_replica_power_watts: float | None = None
     settled_replicas: int | None = None
+    ttft_s: float | None = None
+    itl_s: float | None = None
+    load_tps: float | None = None
+    peak_load_tps: float | None = None
+    learned_capacity_tps: float | None = None
+    waiting_requests: float | None = None
+    running_requests: float | None = None
+    kv_usage_ratio: float | None = None
+    burst_rise: float | None = None
+    forecast_rps: float | None = None
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Tunables of the policy, units in the names."""
+    """Tunables of the policy, units in the names. At least one SLO (TTFT, ITL, end-to-end)."""
 
     min_replicas: int
     max_replicas: int
-    latency_slo_s: float
+    latency_slo_s: float | None = None
     target_utilization: float = 0.9
     scale_down_utilization: float = 0.8
-    # Latency above this fraction of the SLO blocks scale-down (the SLO has little room left).
+    # A reading above this fraction of its SLO blocks scale-down (the SLO has little room left).
     near_slo_ratio: float = 0.85
     replica_capacity_rps: float | None = None
     power_budget_watts: float | None = None
@@ -116,8 +158,12 @@ class PolicyConfig:
     idle_before_zero_s: float = 300.0
     activation_rps: float = 0.05
     max_breach_step_ratio: float = 2.0
-    # Latency at or below this fraction of the SLO lets consolidation reach target_utilization.
+    # Every reading at or below this fraction of its SLO lets consolidation reach target_utilization.
     roomy_latency_ratio: float = 0.5
+    ttft_slo_s: float | None = None
+    itl_slo_s: float | None = None
+    kv_saturation_ratio: float = 0.9
+    max_burst_headroom: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -126,12 +172,22 @@ class PolicyConfig:
             raise ValueError("max_replicas must be >= 1")
         if not 0 < self.scale_down_utilization <= self.target_utilization <= 1:
             raise ValueError("need 0 < scale_down_utilization <= target_utilization <= 1")
-        if self.latency_slo_s <= 0:
-            raise ValueError("latency_slo_s must be > 0")
+        slos = self.slos()
+        if not slos:
+            raise ValueError("give at least one SLO: ttft_slo_s, itl_slo_s or latency_slo_s")
+        if any(not slo > 0 for _, slo in slos):
+            raise ValueError("every SLO must be > 0 seconds")
         if not 0 <= self.roomy_latency_ratio <= self.near_slo_ratio:
             raise ValueError("need 0 <= roomy_latency_ratio <= near_slo_ratio")
         if self.max_breach_step_ratio < 1:
             raise ValueError("max_breach_step_ratio must be >= 1")
+        if self.max_burst_headroom < 1:
+            raise ValueError("max_burst_headroom must be >= 1")
+
+    def slos(self) -> list[tuple[str, float]]:
+        """``(kind, seconds)`` of the SLOs given: ``ttft``, ``itl``, ``e2e``."""
+        given = (("ttft", self.ttft_slo_s), ("itl", self.itl_slo_s), ("e2e", self.latency_slo_s))
+        return [(kind, slo) for kind, slo in given if slo is not None]
 
 
 @dataclass(frozen=True)
@@ -183,11 +239,68 @@ def budget_ceiling(observation: Observation, config: PolicyConfig) -> int | None
     return _bounded_int(config.power_budget_watts / watts, "floor")
 
 
-def _breach(obs: Observation, cfg: PolicyConfig, demand: float, capacity: float | None) -> int:
-    """Replicas an SLO breach asks for (step 3 of the module docstring); never below the current count."""
+def slo_ratios(observation: Observation, config: PolicyConfig) -> dict[str, float]:
+    """``reading / SLO`` of every SLO with a reading now (a NaN reading is no reading)."""
+    readings = {"ttft": observation.ttft_s, "itl": observation.itl_s, "e2e": observation.latency_s}
+    out: dict[str, float] = {}
+    for kind, slo in config.slos():
+        value = readings[kind]
+        if value is not None and not math.isnan(value):
+            out[kind] = value / slo
+    return out
+
+
+@dataclass(frozen=True)
+class _Work:
+    """Demand, peak, forecast and per-replica capacity in one unit: requests/s with a configured (or
+    externally learned) capacity, tokens/s with the capacity learned in tokens."""
+
+    demand: float
+    peak: float
+    forecast: float | None
+    capacity: float | None
+    unit: str
+    source: str
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _work(obs: Observation, cfg: PolicyConfig) -> _Work:
+    demand = max(obs.load_rps, obs.demand_rps or 0.0)
+    peak = max(obs.peak_load_rps, demand)
+    forecast = _finite(obs.forecast_rps)
+    if cfg.replica_capacity_rps is not None and cfg.replica_capacity_rps > 0:
+        return _Work(demand, peak, forecast, cfg.replica_capacity_rps, "rps", "configured")
+    if obs.learned_capacity_rps is not None and obs.learned_capacity_rps > 0:
+        return _Work(demand, peak, forecast, obs.learned_capacity_rps, "rps", "learned")
+    tps = _finite(obs.learned_capacity_tps)
+    # Today's tokens per request: the short window's, else the stabilisation window's peaks.
+    per_request = None
+    for tokens, requests in ((obs.load_tps, obs.load_rps), (obs.peak_load_tps, obs.peak_load_rps)):
+        if tokens is not None and tokens > 0 and requests >= _TINY_RPS:
+            per_request = tokens / requests
+            break
+    if tps is None or not tps > 0 or per_request is None:
+        return _Work(demand, peak, forecast, None, "rps", "")
+    demand_t = max(obs.load_tps or 0.0, (obs.demand_rps or 0.0) * per_request)
+    peak_t = max(obs.peak_load_tps or 0.0, demand_t)
+    forecast_t = forecast * per_request if forecast is not None else None
+    source = f"learned, {per_request:.0f} tokens/request now"
+    return _Work(demand_t, peak_t, forecast_t, tps, "tokens/s", source)
+
+
+def _settled(obs: Observation) -> int:
     cur = obs.current_replicas
     settled = cur if obs.settled_replicas is None else max(0, min(obs.settled_replicas, cur))
-    settled = max(settled, 1)
+    return max(settled, 1)
+
+
+def _breach(obs: Observation, cfg: PolicyConfig, demand: float, capacity: float | None, worst: float) -> int:
+    """Replicas an SLO breach asks for (step 3 of the module docstring); never below the current count."""
+    cur = obs.current_replicas
+    settled = _settled(obs)
     need = _replicas_for(demand, capacity, cfg.target_utilization) if capacity is not None else None
     if need is not None and need <= settled:
         # The settled replicas carry the demand at the target utilisation: the breach is not a
@@ -198,58 +311,117 @@ def _breach(obs: Observation, cfg: PolicyConfig, demand: float, capacity: float 
     if need is not None:
         # A shortfall: exactly what the demand needs at the target utilisation.
         return max(need, cur)
-    # No capacity known: the latency ratio is the only measure of the shortfall.
-    ratio = min((obs.latency_s or 0.0) / cfg.latency_slo_s, cfg.max_breach_step_ratio)
+    # No capacity known: the worst latency ratio is the only measure of the shortfall.
+    ratio = min(worst, cfg.max_breach_step_ratio)
     step = max(settled + 1, math.floor(settled * 1.1) + 1, math.ceil(settled * ratio - _EPS))
     return max(step, cur)
 
 
-def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Reason, str]:
-    """Steps 3-6 of the module docstring: the count the SLO and the load ask for."""
+def _leading(obs: Observation, cfg: PolicyConfig) -> tuple[Reason, str, int] | None:
+    """A forming queue or a saturated KV cache (step 4): the reason, its detail and the step."""
     cur = obs.current_replicas
-    demand = max(obs.load_rps, obs.demand_rps or 0.0)
-    peak = max(obs.peak_load_rps, demand)
-    floor_active = 1 if active else 0
-    capacity = cfg.replica_capacity_rps or obs.learned_capacity_rps
-    capacity = capacity if capacity is not None and capacity > 0 else None
-    latency = obs.latency_s
-    slo = cfg.latency_slo_s
+    if cur <= 0:
+        return None
+    settled = _settled(obs)
+    waiting, running = obs.waiting_requests, obs.running_requests
+    if waiting is not None and waiting > 0:
+        share = waiting / max(running or 0.0, 1.0)
+        step = min(max(settled + 1, math.ceil(settled * (1 + share) - _EPS)), 2 * settled)
+        detail = f"{waiting:.0f} requests waiting for 30 s ({running or 0:.0f} running) at {cur} replicas"
+        return Reason.QUEUE_FORMING, detail, max(step, cur)
+    kv = obs.kv_usage_ratio
+    if kv is not None and kv >= cfg.kv_saturation_ratio:
+        detail = f"KV cache {kv:.0%} used (>= {cfg.kv_saturation_ratio:.0%}) at {cur} replicas"
+        return Reason.KV_SATURATION, detail, max(settled + 1, cur)
+    return None
 
-    if cur > 0 and latency is not None and latency > slo:
-        step = _breach(obs, cfg, demand, capacity)
+
+def _headroom(obs: Observation, cfg: PolicyConfig) -> float:
+    rise = obs.burst_rise
+    if rise is None or not math.isfinite(rise):
+        return 1.0
+    return min(max(rise, 1.0), cfg.max_burst_headroom)
+
+
+def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Reason, str]:
+    """Steps 3-8 of the module docstring: the count the SLOs, the leading signals and the load ask for."""
+    cur = obs.current_replicas
+    work = _work(obs, cfg)
+    floor_active = 1 if active else 0
+    capacity = work.capacity
+    ratios = slo_ratios(obs, cfg)
+    worst_kind, worst = max(ratios.items(), key=lambda kv: kv[1]) if ratios else ("", 0.0)
+
+    if cur > 0 and worst > 1:
+        step = _breach(obs, cfg, work.demand, capacity, worst)
         settled = "" if obs.settled_replicas is None else f" (settled {obs.settled_replicas})"
-        return step, Reason.SLO_BREACH, f"latency {latency:.3f}s > SLO {slo:.3f}s at {cur} replicas{settled}"
+        detail = f"{_describe(ratios)}: {worst_kind} above its SLO at {cur} replicas{settled}"
+        return step, Reason.SLO_BREACH, detail
+
+    leading = _leading(obs, cfg)
+    if leading is not None and leading[2] > cur:
+        reason, detail, step = leading
+        return step, reason, detail
 
     if capacity is None:
         if cur < floor_active:
-            return floor_active, Reason.WAKE, f"demand {demand:.3f} rps at zero replicas"
+            return floor_active, Reason.WAKE, f"demand {work.demand:.3f} rps at zero replicas"
         return cur, Reason.CAPACITY_UNKNOWN, "no per-replica capacity configured or learned yet: hold"
 
-    need_now = max(_replicas_for(demand, capacity, cfg.target_utilization), floor_active)
-    need_peak = max(_replicas_for(peak, capacity, cfg.target_utilization), floor_active)
-    # Latency well under the SLO at today's per-replica load: the replicas can take more, so
+    headroom = _headroom(obs, cfg)
+    target, demand, peak = cfg.target_utilization, work.demand, work.peak
+    need_plain = max(_replicas_for(demand, capacity, target), floor_active)
+    need_now = max(_replicas_for(demand * headroom, capacity, target), floor_active)
+    forecast = work.forecast
+    need_forecast = 0
+    if active and forecast is not None and forecast > 0:
+        need_forecast = max(_replicas_for(forecast, capacity, target), floor_active)
+    # Every reading well under its SLO at today's per-replica load: the replicas can take more, so
     # consolidation may go all the way to the target utilisation instead of stopping at the
     # scale-down threshold.
-    roomy = latency is not None and latency <= cfg.roomy_latency_ratio * slo
-    down_utilization = cfg.target_utilization if roomy else cfg.scale_down_utilization
-    keep_for_peak = max(_replicas_for(peak, capacity, down_utilization), floor_active)
-    near_slo = latency is not None and latency > cfg.near_slo_ratio * slo
-    load_txt = f"load {demand:.3f} rps (window peak {peak:.3f}), capacity {capacity:.3f} rps/replica"
+    roomy = bool(ratios) and worst <= cfg.roomy_latency_ratio
+    down_utilization = target if roomy else cfg.scale_down_utilization
+    keep_for_peak = max(
+        _replicas_for(peak * headroom, capacity, down_utilization), floor_active, need_forecast
+    )
+    need_peak = max(_replicas_for(peak, capacity, target), floor_active)
+    near_slo = worst > cfg.near_slo_ratio
+    unit = work.unit
+    load_txt = (
+        f"load {demand:.3f} {unit} (window peak {peak:.3f}), headroom x{headroom:.2f}, capacity "
+        f"{capacity:.3f} {unit}/replica ({work.source})"
+    )
+    if forecast is not None:
+        load_txt += f", forecast {forecast:.3f} {unit}"
+    if ratios:
+        load_txt += f", {_describe(ratios)}"
     if roomy:
-        load_txt += f", latency {latency:.3f}s <= {cfg.roomy_latency_ratio:g} x SLO"
+        load_txt += f" (all <= {cfg.roomy_latency_ratio:g} x SLO)"
 
     if cur < need_now:
-        reason = Reason.WAKE if cur == 0 else Reason.SCALE_UP_LOAD
-        return need_now, reason, load_txt
-    if cur > keep_for_peak and not near_slo:
+        if cur == 0:
+            return need_now, Reason.WAKE, load_txt
+        return need_now, Reason.SCALE_UP_LOAD if cur < need_plain else Reason.BURST_HEADROOM, load_txt
+    if cur < need_forecast:
+        return need_forecast, Reason.FORECAST, load_txt
+    blocked = near_slo or leading is not None
+    if cur > keep_for_peak and not blocked:
         return keep_for_peak, Reason.CONSOLIDATE, load_txt
     jpr, target_jpr = obs.joules_per_request, cfg.target_joules_per_request
-    if target_jpr is not None and jpr is not None and jpr > target_jpr and not near_slo and cur > need_peak:
+    if target_jpr is not None and jpr is not None and jpr > target_jpr and not blocked and cur > need_peak:
         detail = f"{jpr:.2f} J/request > target {target_jpr:.2f}; {load_txt}"
-        return max(need_peak, cur - 1), Reason.ENERGY_TARGET, detail
+        return max(need_peak, need_forecast, cur - 1), Reason.ENERGY_TARGET, detail
     if cur > keep_for_peak:
-        return cur, Reason.HOLD_NEAR_SLO, f"latency {latency}s near SLO {slo}s blocks scale-down"
+        why = leading[1] if leading is not None else f"{_describe(ratios)}, near the SLOs,"
+        return cur, Reason.HOLD_NEAR_SLO, f"{why} blocks scale-down"
     return cur, Reason.HOLD, load_txt
+
+
+def _describe(ratios: dict[str, float]) -> str:
+    return (
+        ", ".join(f"{kind} at {ratio:.0%} of its SLO" for kind, ratio in ratios.items())
+        or "no latency reading"
+    )
 
 
 def decide(observation: Observation, config: PolicyConfig) -> ReplicaDecision:
@@ -257,7 +429,7 @@ def decide(observation: Observation, config: PolicyConfig) -> ReplicaDecision:
     obs, cfg = observation, config
     demand = max(obs.load_rps, obs.demand_rps or 0.0)
     # A latency reading means requests were served: a breach must never be answered with zero.
-    recently_busy = obs.idle_for_s < cfg.idle_before_zero_s or obs.latency_s is not None
+    recently_busy = obs.idle_for_s < cfg.idle_before_zero_s or bool(slo_ratios(obs, cfg))
     active = demand >= cfg.activation_rps or (recently_busy and obs.current_replicas > 0)
 
     if not active and cfg.min_replicas == 0:

@@ -1,5 +1,10 @@
 """PromQL for one trigger, and the answers turned into a policy ``Observation``. Pure code.
 
+The signals (rates, latency quantiles, queue and KV gauges, learned capacity, burst headroom, forecasts)
+are declared once in ``scaler/signals.py``, which renders them here and evaluates them in the
+simulator; this module adds the pod-evidence, power and custom parts, and turns the values of all
+parts into an ``Observation`` (``observation_from_values``, shared with the simulator).
+
 Every signal the policy needs from the exporter's series is one part of a single instant query
 (``part_a or part_b or ...``), each part tagged with an ``eo_part`` label by ``label_replace``: one HTTP
 request per workload per refresh, evaluated at one instant, so the parts are consistent with each other.
@@ -31,6 +36,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from scaler import signals as sig
 from scaler.metadata import TriggerConfig
 from scaler.policy import Observation
 
@@ -39,19 +45,17 @@ HEARTBEAT = f'{HEARTBEAT_METRIC}{{collector="pods"}}'
 POD_INFO = "eo_gpu_pod_info"
 POD_METRICS_UP = "eo_pod_metrics_up"
 NODE_LABEL = "instance"
-REQUESTS_COUNTER = "eo_pod_requests_total"
-LATENCY_BUCKETS = "eo_pod_request_latency_seconds_bucket"
-LATENCY_COUNT = "eo_pod_request_latency_seconds_count"
-LOAD_KPI = "namespace_workload:eo_pod_requests:rate5m"
+REQUESTS_COUNTER = sig.REQUESTS
 POWER_KPI = "namespace_workload:eo_pod_energy_joules:rate5m"
 JPR_KPI = "namespace_workload:eo_joules_per_request:ratio_rate5m"
-LATENCY_RATE_WINDOW = "1m"
 PART_LABEL = "eo_part"
-# Learned capacity extrapolates each minute's per-replica load along the latency headroom
-# (load/replica * slo/latency, a straight line through the origin) by at most this factor.
-LEARNED_CAPACITY_MAX_EXTRAPOLATION = 3.0
-# Resolution of the subquery that finds the fewest replicas serving over the breach-settle window.
-SETTLED_REPLICAS_STEP = "15s"
+LEARNED_CAPACITY_MAX_EXTRAPOLATION = sig.LEARNED_CAPACITY_MAX_EXTRAPOLATION
+# The SLO parts: Observation field -> (part name, histogram). ``latency`` is the end-to-end one.
+SLO_PARTS = {
+    "ttft": (sig.SLO_PART_NAMES["ttft"], sig.TTFT_HISTOGRAM),
+    "itl": (sig.SLO_PART_NAMES["itl"], sig.ITL_HISTOGRAM),
+    "e2e": (sig.SLO_PART_NAMES["e2e"], sig.E2E_HISTOGRAM),
+}
 # More pods or nodes than any workload runs: a larger count is not an answer but a broken one.
 MAX_COUNT = 1_000_000
 # Larger rates, watts or seconds than any real workload has: such a value is a broken answer.
@@ -83,15 +87,25 @@ def _seconds(value: float) -> str:
     return f"{max(1, int(value))}s"
 
 
+def slo_signals(trigger: TriggerConfig) -> list[sig.SloSignal]:
+    """The SLOs the trigger holds, each with its quantile part (``latencyQuery`` replaces the
+    end-to-end one)."""
+    out = []
+    for kind, slo, q in trigger.slos():
+        histogram = SLO_PARTS[kind][1]
+        quantile: sig.Expr = sig.Quantile(histogram, q)
+        if kind == "e2e" and trigger.latency_query:
+            quantile = sig.Raw(trigger.latency_query)
+        out.append(sig.SloSignal(kind, slo, quantile))
+    return out
+
+
 def latency_expr(trigger: TriggerConfig) -> str:
-    """The SLO quantile of request latency in seconds (custom ``latencyQuery`` when given)."""
+    """The end-to-end latency quantile in seconds (custom ``latencyQuery`` when given)."""
     if trigger.latency_query:
         return f"max(({trigger.latency_query}))"
-    sel = selector(trigger.namespace, trigger.workload)
-    return (
-        f"histogram_quantile({trigger.latency_quantile!r}, "
-        f"sum by (le) (rate({LATENCY_BUCKETS}{sel}[{LATENCY_RATE_WINDOW}])))"
-    )
+    q = trigger.latency_quantile
+    return sig.Quantile(sig.E2E_HISTOGRAM, q).promql(selector(trigger.namespace, trigger.workload))
 
 
 def _fresh(age_expr: str, staleness_s: float) -> str:
@@ -114,23 +128,25 @@ def placement_lookback_s(trigger: TriggerConfig) -> float:
     return max(trigger.idle_before_zero_s, trigger.staleness_s)
 
 
-def capacity_sample_expr(trigger: TriggerConfig) -> str:
-    """One sample of the learned per-replica capacity: while latency holds the SLO, the per-replica load
-    extrapolated along the latency headroom, ``load/replicas * min(slo/latency, 3)``
-    (``LEARNED_CAPACITY_MAX_EXTRAPOLATION``); empty otherwise.
+def signals_for(trigger: TriggerConfig) -> sig.Signals:
+    """The trigger's signal parts, as declared in ``scaler/signals.py``."""
+    return sig.build_signals(
+        slos=slo_signals(trigger),
+        replicas=sig.Replicas(replicas_expr(trigger)),
+        stabilization_window_s=trigger.stabilization_window_s,
+        breach_settle_s=trigger.breach_settle_s,
+        lookback_s=trigger.capacity_lookback_s,
+        idle_window_s=trigger.idle_before_zero_s,
+        cold_start_s=trigger.cold_start_s,
+        season_s=trigger.season_s,
+        learn_capacity=trigger.replica_capacity_rps is None,
+    )
 
-    Under continuous batching latency grows with the batch, i.e. with the per-replica load; the straight
-    line through the origin and today's point reaches the SLO at ``load/replica * slo/latency``. It
-    under-estimates while the unloaded latency is a large part of today's (long outputs), and the bound
-    keeps a quiet minute from promising more than three times what was served. Without the extrapolation the
-    first observation would stick: the policy scales out before the per-replica load exceeds it, so it
-    would never see more.
-    """
-    per_replica = f"sum({LOAD_KPI}{selector(trigger.namespace, trigger.workload)}) / {replicas_expr(trigger)}"
-    latency = latency_expr(trigger)
-    slo = repr(trigger.latency_slo_s)
-    headroom = f"clamp_max({slo} / {latency}, {LEARNED_CAPACITY_MAX_EXTRAPOLATION!r})"
-    return f"({per_replica}) * {headroom} and on() ({latency} <= {slo})"
+
+def capacity_sample_expr(trigger: TriggerConfig) -> str:
+    """One minute's sample of the learned per-replica capacity in tokens/s (``signals.capacity_sample``)."""
+    sample = sig.capacity_sample(slo_signals(trigger), sig.Replicas(replicas_expr(trigger)))
+    return sample.promql(selector(trigger.namespace, trigger.workload))
 
 
 def all_parts(trigger: TriggerConfig) -> dict[str, str]:
@@ -151,19 +167,16 @@ def all_parts(trigger: TriggerConfig) -> dict[str, str]:
             f"count(group by ({NODE_LABEL}) (last_over_time({POD_INFO}{sel}[{placement}]))"
             f" unless on ({NODE_LABEL}) {watched}) or vector(0)"
         ),
-        "load": f"sum({LOAD_KPI}{sel})",
-        "peak": f"max(max_over_time({LOAD_KPI}{sel}[{_seconds(trigger.stabilization_window_s)}]))",
-        "latency": latency_expr(trigger),
-        "recent_requests": f"sum(increase({REQUESTS_COUNTER}{sel}[{_seconds(trigger.idle_before_zero_s)}]))",
-        # Fewest pods serving over the breach-settle window: replicas an SLO breach started are not
-        # counted until the window has passed, so one breach is answered once (policy step 3).
-        "settled_replicas": (
-            f"min_over_time({replicas}[{_seconds(trigger.breach_settle_s)}:{SETTLED_REPLICAS_STEP}])"
-        ),
     }
-    if not trigger.latency_query:
-        # Requests measured by the latency histogram: a NaN quantile while these flow is broken data.
-        out["latency_rate"] = f"sum(rate({LATENCY_COUNT}{sel}[{LATENCY_RATE_WINDOW}]))"
+    signals = signals_for(trigger)
+    out.update({name: expr.promql(sel) for name, expr in signals.parts.items()})
+    for s in signals.slos:
+        if not isinstance(s.quantile, sig.Raw):
+            # Observations behind a quantile: a NaN quantile while these flow is broken data.
+            histogram = SLO_PARTS[s.kind][1]
+            out[f"{SLO_PARTS[s.kind][0]}_rate"] = sig.Rate(f"{histogram}_count", sig.SHORT_WINDOW_S).promql(
+                sel
+            )
     lookback = _seconds(trigger.capacity_lookback_s)
     if trigger.power_budget_watts is not None and trigger.replica_power_watts is None:
         out["power"] = f"sum({POWER_KPI}{sel})"
@@ -171,9 +184,6 @@ def all_parts(trigger: TriggerConfig) -> dict[str, str]:
         out["replica_power"] = f"max_over_time((sum({POWER_KPI}{sel}) / {replicas})[{lookback}:1m])"
     if trigger.target_joules_per_request is not None:
         out["jpr"] = f"sum({JPR_KPI}{sel})"
-    if trigger.replica_capacity_rps is None:
-        # Learned capacity, from history: the best of the minutes' capacity samples.
-        out["capacity"] = f"max_over_time(({capacity_sample_expr(trigger)})[{lookback}:1m])"
     if trigger.activation_query:
         out["demand"] = f"max(({trigger.activation_query}))"
     return out
@@ -182,7 +192,7 @@ def all_parts(trigger: TriggerConfig) -> dict[str, str]:
 def custom_parts(trigger: TriggerConfig) -> dict[str, str]:
     """The parts that contain the trigger's own PromQL, each sent as a query of its own."""
     custom = {"latency": trigger.latency_query is not None, "demand": trigger.activation_query is not None}
-    custom["capacity"] = custom["latency"]
+    custom["capacity"] = custom["latency"] and trigger.replica_capacity_rps is None
     return {name: expr for name, expr in all_parts(trigger).items() if custom.get(name, False)}
 
 
@@ -276,14 +286,18 @@ def _amount(v: dict[str, float], name: str, *, infinite_is_none: bool = False) -
     return value
 
 
-def _latency(v: dict[str, float], trigger: TriggerConfig, where: str) -> float | None:
-    value = v.get("latency")
+def _reading(v: dict[str, float], trigger: TriggerConfig, kind: str, where: str) -> float | None:
+    """The quantile reading of one SLO: +Inf (above the highest bucket) is a breach, never "no reading";
+    NaN while its histogram counts observations is a broken histogram."""
+    name = SLO_PARTS[kind][0]
+    value = v.get(name)
     if value is not None and math.isinf(value) and value > 0:
-        return value  # above the highest bucket: a breach, never "no latency"
-    latency = _amount(v, "latency")
-    if latency is None and not trigger.latency_query and (_amount(v, "latency_rate") or 0.0) > 0:
-        raise KpiUnavailable(f"latency of {where} is NaN while requests are measured (broken histogram)")
-    return latency
+        return value
+    reading = _amount(v, name)
+    custom = kind == "e2e" and trigger.latency_query
+    if reading is None and not custom and (_amount(v, f"{name}_rate") or 0.0) > 0:
+        raise KpiUnavailable(f"{name} of {where} is NaN while requests are measured (broken histogram)")
+    return reading
 
 
 def _heartbeat(v: dict[str, float], trigger: TriggerConfig) -> None:
@@ -308,6 +322,12 @@ def to_observation(
     for name, value in (custom or {}).items():
         if name in custom_parts(trigger) and value is not None:
             v[name] = value
+    return observation_from_values(trigger, v)
+
+
+def observation_from_values(trigger: TriggerConfig, v: dict[str, float]) -> Observation:
+    """The Observation from every part's value (absent parts left out): the one place where the
+    evidence rules and ranges are applied, for Prometheus' answers and for the simulator's."""
     where = f"{trigger.namespace}/{trigger.workload}"
     _heartbeat(v, trigger)
 
@@ -315,11 +335,14 @@ def to_observation(
     visible = _count(v, "visible_pods")
     unwatched = _count(v, "unwatched_nodes")
     demand = _amount(v, "demand")
-    latency = _latency(v, trigger, where)
     capacity = _amount(v, "capacity")
     replica_power = _amount(v, "replica_power")
     recent = _amount(v, "recent_requests") or 0.0
     peak = _amount(v, "peak") or 0.0
+    peak_tokens = _amount(v, "peak_tokens")
+    rise = _amount(v, "burst_rise")
+    forecasts = [f for f in (_amount(v, "forecast_trend"), _amount(v, "forecast_season")) if f is not None]
+    forecast = max(forecasts) if forecasts else None
     settled = _count(v, "settled_replicas") if "settled_replicas" in v else None
     if replicas == 0:
         if visible > 0:
@@ -340,28 +363,46 @@ def to_observation(
             latency_s=None,
             idle_for_s=trigger.idle_before_zero_s if not recent else 0.0,
             demand_rps=demand,
-            learned_capacity_rps=capacity,
             historical_replica_power_watts=replica_power,
             settled_replicas=0,
+            peak_load_tps=peak_tokens,
+            learned_capacity_tps=capacity,
+            burst_rise=rise,
+            forecast_rps=forecast,
         )
     load = _amount(v, "load")
     if load is None:
-        raise KpiUnavailable(f"{LOAD_KPI} for {where} is absent while {replicas} pods report")
+        raise KpiUnavailable(
+            f"the request rate ({REQUESTS_COUNTER}) of {where} is absent while {replicas} pods report"
+        )
     power = None
     if "power" in parts(trigger):
         power = _amount(v, "power")
         if power is None:
             raise KpiUnavailable(f"{POWER_KPI} for {where} is absent and powerBudgetWatts needs it")
+    kv = _amount(v, "kv_usage")
+    if kv is not None and kv > 1:
+        raise KpiUnavailable(f"KV-cache usage {kv:g} of {where} is above 1 (the contract is a ratio)")
+    readings = {kind: _reading(v, trigger, kind, where) for kind, _, _ in trigger.slos()}
     return Observation(
         current_replicas=replicas,
         load_rps=load,
         peak_load_rps=max(load, peak),
-        latency_s=latency,
+        latency_s=readings.get("e2e"),
         idle_for_s=0.0 if recent > 0 else trigger.idle_before_zero_s,
         demand_rps=demand,
-        learned_capacity_rps=capacity,
         workload_power_watts=power,
         joules_per_request=_amount(v, "jpr", infinite_is_none=True),
         historical_replica_power_watts=replica_power,
         settled_replicas=settled,
+        ttft_s=readings.get("ttft"),
+        itl_s=readings.get("itl"),
+        load_tps=_amount(v, "tokens"),
+        peak_load_tps=peak_tokens,
+        learned_capacity_tps=capacity,
+        waiting_requests=_amount(v, "waiting"),
+        running_requests=_amount(v, "running"),
+        kv_usage_ratio=kv,
+        burst_rise=rise,
+        forecast_rps=forecast,
     )

@@ -151,7 +151,8 @@ class ScalerMetrics:
         self.desired_replicas.labels(ns, wl).set(decision.replicas)
         self.current_replicas.labels(ns, wl).set(current_replicas)
         self.decisions.labels(ns, wl, decision.reason.value).inc()
-        self.latency_slo.labels(ns, wl).set(trigger.latency_slo_s)
+        if trigger.latency_slo_s is not None:  # the end-to-end SLO is optional next to TTFT/ITL ones
+            self.latency_slo.labels(ns, wl).set(trigger.latency_slo_s)
         if trigger.power_budget_watts is not None:
             self.power_budget.labels(ns, wl).set(trigger.power_budget_watts)
         for mode in MODES:

@@ -17,7 +17,7 @@ from common.settings import BinarySettings, Flag, OptionalPath, Seconds, Setting
 from common.settings import build_parser as settings_parser
 from gpumodel.model import PROFILES
 from sim.engine import Policy, RunResult, SimConfig
-from sim.eo import CapOptions, caps_only_policy, eo_policy
+from sim.eo import CapOptions, caps_only_policy
 from sim.keda import HpaConfig
 from sim.plot import plot, pyplot
 from sim.policies import StaticSchedule, ThresholdTrigger
@@ -224,15 +224,11 @@ def run_policies(
 
 
 def _eo_policy(name: str, sc: Scenario, args: SimSettings, static_n: int | None) -> Policy:
-    q = args.latency_quantile
-    profile = sc.server.profile
-    slo = sc.policy_slo_s
     if name == "caps-only":
         n = static_n if static_n is not None else peak_replicas(sc)
-        return caps_only_policy(n, CapOptions(slo, args.cap_actuator, q), profile)
-    caps = CapOptions(slo * sc.cap_target_ratio, sc.cap_actuator, q) if name == "eo" else None
-    capacity = None if name == "eo-learned" else sc.capacity_rps
-    return eo_policy(name, slo, q, capacity, profile, sc.first_minute_replicas(), caps)
+        caps = CapOptions(sc.policy_slo_s, args.cap_actuator, args.latency_quantile)
+        return caps_only_policy(n, caps, sc.server.profile)
+    return sc.eo_policy(name, learned=name == "eo-learned", sidecar=name == "eo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,9 +291,9 @@ def _main(args: SimSettings) -> int:
     print(f"trace {trace.name}: {len(trace.requests)} requests over {trace.span_s / 60:.1f} min; "
           f"profile {server.profile.name}; SLOs {slos.describe(args.latency_quantile)}; "
           f"replica capacity at the SLOs {capacity:.2f} req/s")  # fmt: skip
-    if slos.e2e_s is None and any(n.startswith(("eo", "caps")) for n in names):
-        print(f"Energy Orchestrator's policies and the sidecar are given the end-to-end SLO {policy_slo:g} s "
-              "(today's scaler policy holds one latency)")  # fmt: skip
+    if slos.e2e_s is None and any(n in ("eo", "caps-only") for n in names):
+        print(f"The clock sidecar (eo, caps-only) holds end-to-end latency {sc.sidecar_target_s():g} s "
+              "(it reads end-to-end latency only); the scaler holds the SLOs above")  # fmt: skip
     print(table(summaries))
     print(ATTRIBUTION)
     meta = {

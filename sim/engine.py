@@ -163,7 +163,8 @@ def simulate(
         t = k * dt
         sample_energy += outcome.energy_j
         prom.record_slot([b for _, _, b in outcome.finished], outcome.arrivals, cluster.ready_count(t),
-                         outcome.first_token_buckets, outcome.itl_tokens)  # fmt: skip
+                         outcome.first_token_buckets, outcome.itl_tokens, outcome.tokens, outcome.waiting,
+                         outcome.running)  # fmt: skip
         if caps is not None:
             for rid, done in outcome.per_replica.items():
                 window = windows.get(rid)

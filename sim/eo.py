@@ -1,11 +1,11 @@
 """Energy Orchestrator's own decision code behind the simulator's adapter interface. No re-implementation:
 
-* ``EoTrigger`` builds the ``scaler.policy.Observation`` the way ``scaler/queries.py`` builds it from
-  Prometheus (same parts, same windows, same PromQL semantics, evaluated on ``SimPrometheus``) and calls
-  the real ``scaler.policy.decide``; KEDA trigger metadata is parsed by the real
-  ``scaler.metadata.parse_metadata``, so the simulator takes exactly what a ScaledObject holds. The
-  simulated Prometheus also holds the TTFT and inter-token-latency histograms the exporter mirrors
-  (``_ttft``, ``_itl``), for a trigger that holds those SLOs; today's trigger holds end-to-end latency.
+* ``EoTrigger`` evaluates the trigger's signals as declared in ``scaler/signals.py`` (the same parts,
+  windows and subquery steps that ``scaler/queries.py`` renders as PromQL) over ``SimPrometheus``
+  (``SimSeries``, the simulator's side of ``signals.SeriesView``), turns them into the
+  ``scaler.policy.Observation`` with the scaler's own ``scaler.queries.observation_from_values`` and
+  calls the real ``scaler.policy.decide``; KEDA trigger metadata is parsed by the real
+  ``scaler.metadata.parse_metadata``, so the simulator takes exactly what a ScaledObject holds.
 * ``EoCapController`` runs the real ``powercap.controller.step`` per replica with the
   ``ControllerConfig`` the sidecar derives from its settings (``powercap.settings.Settings``
   defaults, bounds intersected with the GPU's range as ``sidecar.py`` does).
@@ -20,23 +20,67 @@ from dataclasses import dataclass
 from gpumodel.model import ServerProfile
 from powercap.controller import ControllerConfig, ControllerState, Reading, initial_state, step
 from powercap.settings import Settings
+from scaler import signals as sig
 from scaler.metadata import TriggerConfig, parse_metadata
 from scaler.policy import Observation, decide
-from scaler.queries import LEARNED_CAPACITY_MAX_EXTRAPOLATION, SETTLED_REPLICAS_STEP
+from scaler.queries import observation_from_values, signals_for
 from sim.engine import Policy
 from sim.keda import HpaConfig
 from sim.observe import SimPrometheus
 from sim.policies import CapReading, CapSetting, ScalerAnswer, StaticSchedule
+from sim.slo import Slos
 
-# scaler/queries.py: the load KPI is a rate over 5 minutes, the latency quantile a rate over 1 minute,
-# the learned capacity a 1-minute subquery, the settled replicas a 15-s subquery, and recording rules
-# are evaluated every 15 s.
-LOAD_WINDOW_S = 300.0
-LATENCY_WINDOW_S = 60.0
-SUBQUERY_STEP_S = 60.0
-SETTLED_STEP_S = float(SETTLED_REPLICAS_STEP.removesuffix("s"))
-RULE_INTERVAL_S = 15.0
+# The gateway's arrival rate over this window is the demand (the activationQuery a scale-from-zero
+# deployment needs: at zero replicas nothing else sees demand).
 DEMAND_WINDOW_S = 60.0
+_HISTOGRAMS = {sig.E2E_HISTOGRAM: "e2e", sig.TTFT_HISTOGRAM: "ttft", sig.ITL_HISTOGRAM: "itl"}
+
+
+class SimSeries:
+    """``signals.SeriesView`` over the simulator's Prometheus: what the exporter's mirrored series
+    would hold for the workload. Before the trace starts there is no series (the evaluators see what a
+    Prometheus with no older history sees); the KV cache is not modelled, so its gauge is absent."""
+
+    def __init__(self, prom: SimPrometheus) -> None:
+        self.prom = prom
+
+    def counter_rate(self, metric: str, window_s: float, at_s: float) -> float | None:
+        if at_s <= 0:
+            return None  # a rate needs two samples; the first is at the end of the first slot
+        if metric == sig.REQUESTS:
+            return self.prom.rate(window_s, at_s)
+        if metric == sig.TOKENS:
+            return self.prom.token_rate(window_s, at_s)
+        histogram = _HISTOGRAMS.get(metric.removesuffix("_count"))
+        if histogram is not None and metric.endswith("_count"):
+            return self.prom.count_rate(histogram, window_s, at_s)
+        return None
+
+    def quantile(self, metric: str, q: float, window_s: float, at_s: float) -> float | None:
+        if at_s < 0:
+            return None
+        kind = _HISTOGRAMS.get(metric)
+        if kind is None:
+            return None
+        read = {
+            "e2e": self.prom.latency_quantile,
+            "ttft": self.prom.ttft_quantile,
+            "itl": self.prom.itl_quantile,
+        }
+        value = read[kind](q, window_s, at_s)
+        return math.nan if value is None else value  # PromQL: NaN over empty buckets
+
+    def gauge(self, metric: str, aggregation: str, at_s: float) -> float | None:
+        if at_s < 0 or self.prom.replicas(at_s) <= 0:
+            return None
+        if metric == sig.WAITING:
+            return float(self.prom.waiting(at_s))
+        if metric == sig.RUNNING:
+            return float(self.prom.running(at_s))
+        return None
+
+    def replicas(self, at_s: float) -> int:
+        return self.prom.replicas(at_s) if at_s >= 0 else 0
 
 
 class EoTrigger:
@@ -48,96 +92,35 @@ class EoTrigger:
         self.config = self.trigger.policy_config()
         self.supply_demand = supply_demand
         self.name = name
-        self._capacity_samples: dict[int, float | None] = {}
+        self.signals = signals_for(self.trigger)
+        # Values of subquery points already evaluated in one run: its simulated history only grows.
+        self._memo: sig.Memo = {}
+        self._memo_of: SimPrometheus | None = None
 
-    # Each helper is one part of scaler.queries.parts(), evaluated at ``at_s``.
-    def _load(self, prom: SimPrometheus, at_s: float) -> float:
-        return prom.rate(LOAD_WINDOW_S, at_s)
-
-    def _latency(self, prom: SimPrometheus, at_s: float) -> float | None:
-        return prom.latency_quantile(self.trigger.latency_quantile, LATENCY_WINDOW_S, at_s)
-
-    def _ttft(self, prom: SimPrometheus, at_s: float, quantile: float) -> float | None:
-        """``histogram_quantile(q, sum by (le) (rate(ttft_bucket[1m])))``: the TTFT quantile input, over
-        the mirrored ``vllm:time_to_first_token_seconds`` (for a trigger that takes a TTFT SLO)."""
-        return prom.ttft_quantile(quantile, LATENCY_WINDOW_S, at_s)
-
-    def _itl(self, prom: SimPrometheus, at_s: float, quantile: float) -> float | None:
-        """The same over the mirrored inter-token-latency histogram (a quantile over tokens)."""
-        return prom.itl_quantile(quantile, LATENCY_WINDOW_S, at_s)
-
-    def _peak(self, prom: SimPrometheus, now_s: float) -> float:
-        """``max_over_time(load_kpi[stabilization])`` over the rule's evaluations."""
-        window = self.trigger.stabilization_window_s
-        n = max(1, int(window // RULE_INTERVAL_S))
-        last = math.floor(now_s / RULE_INTERVAL_S) * RULE_INTERVAL_S
-        times = [last - i * RULE_INTERVAL_S for i in range(n)]
-        return max(self._load(prom, t) for t in times if t >= 0) if last >= 0 else 0.0
-
-    def _settled(self, prom: SimPrometheus, now_s: float) -> int | None:
-        """``min_over_time(replicas[breach_settle:15s])`` (instants with no pod series are absent)."""
-        n = max(1, int(self.trigger.breach_settle_s // SETTLED_STEP_S))
-        last = math.floor(now_s / SETTLED_STEP_S) * SETTLED_STEP_S
-        times = [last - i * SETTLED_STEP_S for i in range(n)]
-        present = [c for c in (prom.replicas(t) for t in times if t >= 0) if c > 0]
-        return min(present) if present else None
-
-    def _capacity(self, prom: SimPrometheus, now_s: float) -> float | None:
-        """``max_over_time((load / replicas * clamp_max(slo / latency, 3) and on() latency <= slo)
-        [lookback:1m])``."""
-        if self.trigger.replica_capacity_rps is not None:
-            return None
-        last = int(now_s // SUBQUERY_STEP_S)
-        first = max(0, last - int(self.trigger.capacity_lookback_s // SUBQUERY_STEP_S) + 1)
-        best: float | None = None
-        for m in range(first, last + 1):
-            if m not in self._capacity_samples or m == last:
-                self._capacity_samples[m] = self._capacity_at(prom, m * SUBQUERY_STEP_S)
-            v = self._capacity_samples[m]
-            if v is not None and (best is None or v > best):
-                best = v
-        return best
-
-    def _capacity_at(self, prom: SimPrometheus, at_s: float) -> float | None:
-        replicas = prom.replicas(at_s)
-        latency = self._latency(prom, at_s)
-        slo = self.trigger.latency_slo_s
-        if replicas <= 0 or latency is None or latency > slo:
-            return None
-        most = LEARNED_CAPACITY_MAX_EXTRAPOLATION
-        headroom = min(slo / latency, most) if latency > 0 else most
-        return self._load(prom, at_s) / replicas * headroom
+    def values(self, prom: SimPrometheus, now_s: float) -> dict[str, float]:
+        """Every part of the trigger's query at ``now_s``: the signals as declared, and the pod
+        evidence a healthy exporter pipeline gives (fresh heartbeat, every pod seen and serving)."""
+        view = SimSeries(prom)
+        if self._memo_of is not prom:
+            self._memo, self._memo_of = {}, prom
+        replicas = prom.replicas(now_s)
+        values = sig.evaluate(self.signals.parts, view, now_s, self._memo)
+        values.update(heartbeat_age=0.0, visible_pods=float(replicas), unwatched_nodes=0.0,
+                      replicas=float(replicas))  # fmt: skip
+        for s in self.signals.slos:
+            histogram = {"ttft": sig.TTFT_HISTOGRAM, "itl": sig.ITL_HISTOGRAM, "e2e": sig.E2E_HISTOGRAM}[
+                s.kind
+            ]
+            rate = view.counter_rate(f"{histogram}_count", sig.SHORT_WINDOW_S, now_s)
+            if rate is not None:
+                values[f"{sig.SLO_PART_NAMES[s.kind]}_rate"] = rate
+        if self.supply_demand:
+            values["demand"] = prom.arrival_rate(DEMAND_WINDOW_S, now_s)
+        return values
 
     def observe(self, prom: SimPrometheus, now_s: float) -> Observation:
-        """scaler.queries.to_observation on the parts evaluated at ``now_s``."""
-        trig = self.trigger
-        demand = prom.arrival_rate(DEMAND_WINDOW_S, now_s) if self.supply_demand else None
-        recent = prom.increase(trig.idle_before_zero_s, now_s)
-        replicas = prom.replicas(now_s)
-        capacity = self._capacity(prom, now_s)
-        peak = self._peak(prom, now_s)
-        if replicas == 0:
-            return Observation(
-                current_replicas=0,
-                load_rps=0.0,
-                peak_load_rps=max(0.0, peak),
-                latency_s=None,
-                idle_for_s=trig.idle_before_zero_s if not recent else 0.0,
-                demand_rps=demand,
-                learned_capacity_rps=capacity,
-                settled_replicas=0,
-            )
-        load = self._load(prom, now_s)
-        return Observation(
-            current_replicas=replicas,
-            load_rps=load,
-            peak_load_rps=max(load, peak),
-            latency_s=self._latency(prom, now_s),
-            idle_for_s=0.0 if recent > 0 else trig.idle_before_zero_s,
-            demand_rps=demand,
-            learned_capacity_rps=capacity,
-            settled_replicas=self._settled(prom, now_s),
-        )
+        """scaler.queries.observation_from_values on the parts evaluated at ``now_s``."""
+        return observation_from_values(self.trigger, self.values(prom, now_s))
 
     def answer(self, prom: SimPrometheus, now_s: float) -> ScalerAnswer:
         decision = decide(self.observe(prom, now_s), self.config)
@@ -227,33 +210,57 @@ class EoCapController:
 
 
 def eo_metadata(
-    slo_s: float, quantile: float, capacity_rps: float | None, max_replicas: int = 100
+    slo_s: float | None,
+    quantile: float,
+    capacity_rps: float | None,
+    max_replicas: int = 100,
+    slos: Slos | None = None,
+    cold_start_s: float | None = None,
 ) -> dict[str, str]:
-    """The ScaledObject trigger metadata the simulator gives the eo-scaler (as a user would write it)."""
-    md = {
-        "latencySloSeconds": f"{slo_s:g}",
-        "latencyQuantile": f"{quantile:g}",
-        "minReplicas": "0",
-        "maxReplicas": str(max_replicas),
-    }
+    """The ScaledObject trigger metadata the simulator gives the eo-scaler (as a user would write it).
+
+    With ``slos`` the trigger holds exactly those: TTFT (and end-to-end) at ``quantile``, read from
+    per-request histograms; ITL at the trigger's default quantile, because the inter-token-latency
+    histogram counts tokens and a high token quantile over-states the per-request tail the SLO is
+    about. Without, the end-to-end ``slo_s`` at ``quantile``.
+    """
+    md = {"minReplicas": "0", "maxReplicas": str(max_replicas)}
+    if slos is None:
+        if slo_s is None:
+            raise ValueError("give slo_s or slos")
+        md.update(latencySloSeconds=f"{slo_s:g}", latencyQuantile=f"{quantile:g}")
+    else:
+        if slos.ttft_s is not None:
+            md.update(ttftSloSeconds=f"{slos.ttft_s:g}", ttftQuantile=f"{quantile:g}")
+        if slos.itl_s is not None:
+            md["itlSloSeconds"] = f"{slos.itl_s:g}"
+        if slos.e2e_s is not None:
+            md.update(latencySloSeconds=f"{slos.e2e_s:g}", latencyQuantile=f"{quantile:g}")
     if capacity_rps is not None:
         md["replicaCapacityRps"] = f"{capacity_rps:.4g}"
+    if cold_start_s is not None:
+        md["coldStartSeconds"] = f"{cold_start_s:g}"
     return md
 
 
 def eo_policy(
     name: str,
-    slo_s: float,
+    slo_s: float | None,
     quantile: float,
     capacity_rps: float | None,
     profile: ServerProfile,
     initial_replicas: int,
     caps: CapOptions | None,
     metadata: Mapping[str, str] | None = None,
+    slos: Slos | None = None,
+    cold_start_s: float | None = None,
 ) -> Policy:
     """Energy Orchestrator as deployed: the eo-scaler trigger (minReplicaCount 0) and, optionally, the
     eo-powercap sidecar in every replica."""
-    md = {**eo_metadata(slo_s, quantile, capacity_rps), **(metadata or {})}
+    md = {
+        **eo_metadata(slo_s, quantile, capacity_rps, slos=slos, cold_start_s=cold_start_s),
+        **(metadata or {}),
+    }
     trigger = EoTrigger(md, name=name)
     return Policy(
         name,

@@ -78,6 +78,9 @@ class SimPrometheus:
         self._ttft: list[tuple[int, ...]] = [(0,) * N_TTFT_BUCKETS]
         self._itl: list[tuple[float, ...]] = [(0.0,) * N_ITL_BUCKETS]
         self._ready: list[int] = [0]  # pods reporting during each slot
+        self._tokens: list[float] = [0.0]  # prompt + generated tokens up to the end of each slot
+        self._waiting: list[int] = [0]  # requests waiting / running at the end of each slot
+        self._running: list[int] = [0]
 
     def record_slot(
         self,
@@ -86,9 +89,13 @@ class SimPrometheus:
         ready_replicas: int,
         ttft_buckets: Sequence[int] = (),
         itl_tokens: Sequence[float] | None = None,
+        tokens: float = 0.0,
+        waiting: int = 0,
+        running: int = 0,
     ) -> None:
         """One slot: the e2e bucket of each request finished, arrivals, pods reporting, the TTFT bucket
-        of each first token, and output tokens per ITL bucket (``N_ITL_BUCKETS`` long, or None)."""
+        of each first token, output tokens per ITL bucket (``N_ITL_BUCKETS`` long, or None), prompt and
+        generated tokens processed, and the requests waiting and running at its end."""
         self._buckets.append(_cumulate(self._buckets[-1], finished_buckets))
         self._ttft.append(_cumulate(self._ttft[-1], ttft_buckets))
         if itl_tokens is None or not any(itl_tokens):
@@ -98,6 +105,9 @@ class SimPrometheus:
         self._done.append(self._done[-1] + len(finished_buckets))
         self._arrived.append(self._arrived[-1] + arrivals)
         self._ready.append(ready_replicas)
+        self._tokens.append(self._tokens[-1] + tokens)
+        self._waiting.append(waiting)
+        self._running.append(running)
 
     def _slot(self, now_s: float) -> int:
         return min(len(self._done) - 1, max(0, round(now_s / self.step_s)))
@@ -145,6 +155,26 @@ class SimPrometheus:
     def replicas(self, now_s: float) -> int:
         """``count(count by (pod) (requests_total))``: pods reporting in the slot just ended."""
         return self._ready[self._slot(now_s)]
+
+    def token_rate(self, window_s: float, now_s: float) -> float:
+        """``sum(rate(tokens_total[window]))``: prompt and generated tokens per second (as ``rate``)."""
+        start, end = self._window(window_s, now_s)
+        return (self._tokens[end] - self._tokens[start]) / max(min(window_s, now_s), self.step_s)
+
+    def count_rate(self, histogram: str, window_s: float, now_s: float) -> float:
+        """``sum(rate(<histogram>_count[window]))`` of ``e2e``, ``ttft`` or ``itl`` (tokens)."""
+        series: list[tuple[int, ...]] | list[tuple[float, ...]]
+        series = {"e2e": self._buckets, "ttft": self._ttft}.get(histogram) or self._itl
+        start, end = self._window(window_s, now_s)
+        return (sum(series[end]) - sum(series[start])) / max(min(window_s, now_s), self.step_s)
+
+    def waiting(self, now_s: float) -> int:
+        """``sum(requests_waiting)`` at the end of the slot just ended."""
+        return self._waiting[self._slot(now_s)]
+
+    def running(self, now_s: float) -> int:
+        """``sum(requests_running)`` at the end of the slot just ended."""
+        return self._running[self._slot(now_s)]
 
 
 class SlidingWindow:

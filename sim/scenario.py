@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from gpumodel.model import prefill_point
 from sim.engine import Policy, RunResult, SimConfig, simulate
+from sim.eo import CapOptions, eo_policy
 from sim.keda import HpaConfig
 from sim.observe import ITL_BUCKETS_S, LATENCY_BUCKETS_S, TTFT_BUCKETS_S
 from sim.optimum import OptimumPlan, optimum
@@ -174,9 +175,9 @@ class Scenario:
     slos: Slos
     capacity_rps: float
     policy_slo_s: float
-    """The end-to-end latency SLO Energy Orchestrator's policies (and the sidecar) are given: today's
-    scaler policy holds one latency. The end-to-end SLO when one is among ``slos``, else the default
-    end-to-end SLO (2x the unloaded p99)."""
+    """The end-to-end latency the clock sidecar is given (it reads end-to-end latency only; the scaler
+    holds the scenario's SLOs themselves): the end-to-end SLO when one is among ``slos``, else the
+    default end-to-end SLO (2x the unloaded p99)."""
     quantile: float = 0.99
     target_attainment: float = 0.99
     """Share of requests within all SLOs the oracle-searched baselines must hold."""
@@ -188,6 +189,21 @@ class Scenario:
     cap_actuator: str = "clocks"
     """What the sidecar moves in the combined ``eo`` run: locked SM clocks save more than power caps at
     the small batches of these traces (the GPU draws well under its limit there)."""
+
+    def sidecar_target_s(self) -> float:
+        """The end-to-end latency target the clock sidecar holds in the ``eo`` run (it reads end-to-end
+        latency only): ``cap_target_ratio`` x the end-to-end SLO the policies fall back on."""
+        return self.policy_slo_s * self.cap_target_ratio
+
+    def eo_policy(self, name: str, learned: bool = False, sidecar: bool = False) -> Policy:
+        """Energy Orchestrator on this scenario, as its trigger metadata would be written: the scenario's
+        SLOs at its quantile, the load-tested capacity (none when ``learned``: learned online), the
+        server's cold start; the clock sidecar in every replica when ``sidecar``."""
+        caps = CapOptions(self.sidecar_target_s(), self.cap_actuator, self.quantile) if sidecar else None
+        capacity = None if learned else self.capacity_rps
+        first = self.first_minute_replicas()
+        return eo_policy(name, None, self.quantile, capacity, self.server.profile, first, caps,
+                         slos=self.slos, cold_start_s=self.server.cold_start)  # fmt: skip
 
     def first_minute_replicas(self) -> int:
         first = sum(1 for r in self.trace.requests if r.arrival_s < 60.0) / 60.0

@@ -144,6 +144,8 @@ class Replica:
         self.first_token_buckets: list[int] = []
         self.itl_tokens: list[float] = [0.0] * N_ITL_BUCKETS
         self._itl_seen = False
+        # Prompt and generated tokens processed this slot (vLLM's prompt/generation token counters).
+        self.slot_tokens = 0.0
         # What the replica's own /metrics would show, cumulative since it started (the governor's
         # scrape): TTFT and ITL bucket counts and the ITL histogram's sum (seconds over tokens).
         self.ttft_counts_total: list[float] = [0.0] * N_TTFT_BUCKETS
@@ -160,6 +162,13 @@ class Replica:
     @property
     def batch(self) -> int:
         return len(self._decoding)
+
+    @property
+    def not_started(self) -> int:
+        """Requests whose prefill has not started: behind the prefill in progress (chunked prefill serves
+        one prompt at a time here; vLLM V1 would keep them waiting for token budget), or not yet in
+        the batch. The workload-level waiting gauge of the Prometheus view (``SlotOutcome.waiting``)."""
+        return max(0, len(self._prefill) - 1) + len(self._waiting) + len(self._incoming)
 
     @property
     def running(self) -> int:
@@ -240,6 +249,7 @@ class Replica:
                     req = int(head[0])
                     log.first_token_s[req] = t
                     self.first_token_buckets.append(ttft_bucket_index(t - arrivals[req]))
+                    self.slot_tokens += requests[req].prompt_tokens + 1
                     left = requests[req].output_tokens - 1
                     if left > 0:
                         heapq.heappush(decoding, (self._g + left, req))
@@ -287,6 +297,12 @@ class SlotOutcome:
     """TTFT bucket (``sim.observe.TTFT_BUCKETS_S``) of each first token in the slot, all replicas."""
     itl_tokens: list[float] | None = None
     """Output tokens per ITL bucket (``sim.observe.ITL_BUCKETS_S``) in the slot; None when none."""
+    tokens: float = 0.0
+    """Prompt and generated tokens processed in the slot, all replicas."""
+    waiting: int = 0
+    """At the slot's end: requests whose prefill has not started (gateway and replicas)."""
+    running: int = 0
+    """At the slot's end: requests decoding or in prefill."""
 
 
 class Cluster:
@@ -359,15 +375,18 @@ class Cluster:
         finished_ids: dict[int, list[int]] = {}
         first_tokens: list[int] = []
         itl: list[float] | None = None
+        tokens = 0.0
         for r in self.replicas:
             before, idle_before = r.energy_j, r.idle_energy_j
             r.advance(t0, t1, requests, self.log)
             energy += r.energy_j - before
             self.idle_energy_j += r.idle_energy_j - idle_before
-            firsts, tokens = r.take_slot_tokens()
+            firsts, slot_itl = r.take_slot_tokens()
             first_tokens.extend(firsts)
-            if tokens is not None:
-                itl = tokens if itl is None else [a + b for a, b in zip(itl, tokens, strict=True)]
+            if slot_itl is not None:
+                itl = slot_itl if itl is None else [a + b for a, b in zip(itl, slot_itl, strict=True)]
+            tokens += r.slot_tokens
+            r.slot_tokens = 0.0
             if r.finished:
                 finished.extend(r.finished)
                 per_replica[r.id] = r.finished
@@ -378,7 +397,10 @@ class Cluster:
             self.replicas.remove(r)
             self.replica_seconds += t1 - r.created_s
         self.energy_j += energy
-        return SlotOutcome(finished, per_replica, energy, arrivals, finished_ids, first_tokens, itl)
+        waiting = len(self._gateway) + sum(r.not_started for r in self.replicas)
+        running = sum(r.load - r.not_started for r in self.replicas)
+        return SlotOutcome(finished, per_replica, energy, arrivals, finished_ids, first_tokens, itl, tokens,
+                           waiting, running)  # fmt: skip
 
     @property
     def pending(self) -> int:

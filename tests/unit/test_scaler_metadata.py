@@ -31,6 +31,28 @@ def test_minimal_metadata_gets_documented_defaults() -> None:
     assert parse_metadata({**BASE, "breachSettleSeconds": "240"}, "ns").breach_settle_s == 240
 
 
+def test_llm_native_slos_with_their_quantiles() -> None:
+    t = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.25", "itlSloSeconds": "0.025"}, "ns")
+    assert t.latency_slo_s is None and (t.ttft_slo_s, t.itl_slo_s) == (0.25, 0.025)
+    assert t.ttft_quantile == 0.9 and t.itl_quantile == 0.9  # llm-d's P90
+    assert t.slos() == [("ttft", 0.25, 0.9), ("itl", 0.025, 0.9)]
+    cfg = t.policy_config()
+    assert cfg.slos() == [("ttft", 0.25), ("itl", 0.025)]
+    every = parse_metadata(
+        {**BASE, "ttftSloSeconds": "1", "ttftQuantile": "0.99", "itlSloSeconds": "0.05"}, "ns"
+    )
+    assert [kind for kind, _, _ in every.slos()] == ["ttft", "itl", "e2e"]
+    assert every.ttft_quantile == 0.99 and every.latency_quantile == 0.95
+    assert (every.cold_start_s, every.season_s, every.kv_saturation_ratio) == (60.0, 86400.0, 0.9)
+    off = parse_metadata({**BASE, "seasonSeconds": "0", "coldStartSeconds": "180"}, "ns")
+    assert off.season_s is None and off.cold_start_s == 180
+    assert "forecast_season" not in parts(off) and "forecast_season" in parts(every)
+    # Each SLO has its quantile part over its own histogram, and only the SLOs given have one.
+    p = parts(t)
+    assert "eo_pod_time_to_first_token_seconds_bucket" in p["ttft"] and "histogram_quantile(0.9," in p["ttft"]
+    assert "eo_pod_inter_token_latency_seconds_bucket" in p["itl"] and "latency" not in p
+
+
 def test_full_metadata() -> None:
     t = parse_metadata(
         {
@@ -61,7 +83,16 @@ def test_full_metadata() -> None:
     ("metadata", "key"),
     [
         ({"latencySloSeconds": "1"}, "workload"),
-        ({"workload": "x"}, "latencySloSeconds"),
+        ({"workload": "x"}, "ttftSloSeconds"),  # no SLO at all: the message names all three
+        ({"workload": "x", "ttftSloSeconds": "0"}, "ttftSloSeconds"),
+        ({"workload": "x", "itlSloSeconds": "nan"}, "itlSloSeconds"),
+        ({"workload": "x", "itlSloSeconds": "0.05", "itlQuantile": "1"}, "itlQuantile"),
+        ({"workload": "x", "itlSloSeconds": "0.05", "ttftQuantile": "0.9"}, "ttftQuantile"),
+        ({"workload": "x", "ttftSloSeconds": "1", "latencyQuantile": "0.9"}, "latencyQuantile"),
+        ({"workload": "x", "ttftSloSeconds": "1", "latencyQuery": "my_latency"}, "latencyQuery"),
+        ({**BASE, "seasonSeconds": "100"}, "seasonSeconds"),
+        ({**BASE, "kvSaturationRatio": "1.5"}, "kvSaturationRatio"),
+        ({**BASE, "coldStartSeconds": "0"}, "coldStartSeconds"),
         ({**BASE, "latencySloSeconds": "fast"}, "latencySloSeconds"),
         ({**BASE, "latencySloSeconds": "-1"}, "latencySloSeconds"),
         ({**BASE, "latencySloSeconds": "nan"}, "latencySloSeconds"),
@@ -118,17 +149,24 @@ def test_query_has_one_tagged_part_per_signal() -> None:
         "jpr",
     } <= names
     q = build_query(t)
-    assert q.count("label_replace(") == len(names)
+    assert q.count(', "eo_part", ') == len(names)
     assert (
         'histogram_quantile(0.95, sum by (le) (rate(eo_pod_request_latency_seconds_bucket{namespace="ns"' in q
     )
     assert "capacity" not in parts(parse_metadata({**BASE, "replicaCapacityRps": "5"}, "ns"))
-    # Learned capacity extrapolates along the latency headroom, bounded, only over minutes that held.
+    # Learned capacity: tokens per replica while every SLO held and no queue formed, extrapolated along
+    # the SLO headroom by at most 1.5.
     capacity = parts(t)["capacity"]
-    assert "clamp_max(2.5 / histogram_quantile(" in capacity and ", 3.0)" in capacity
-    assert "and on() (histogram_quantile(" in capacity and "<= 2.5)" in capacity
-    assert parts(t)["settled_replicas"].startswith("min_over_time(count(group by (pod)")
+    assert capacity.startswith("max_over_time(") and capacity.endswith("[3600s:60s])")
+    assert "sum(rate(eo_pod_tokens_total{" in capacity and "1.0, 1.5)" in capacity
+    assert "(2.5)" in capacity and "<= 1.0" in capacity and "unless on() " in capacity
+    assert parts(t)["settled_replicas"].startswith("min_over_time((count(group by (pod)")
     assert parts(t)["settled_replicas"].endswith("[120s:15s])")
+    # The short window for scale-up, the stabilisation window for scale-down.
+    assert parts(t)["load"].endswith("[60s]))") and parts(t)["peak"].endswith("[300s:15s])")
+    assert parts(t)["waiting"] == (
+        'min_over_time((sum(eo_pod_requests_waiting{namespace="ns",workload="llama"}))[30s:15s])'
+    )
 
 
 # The count parts every answer carries (the combined query answers them with ``or vector(0)``).
@@ -156,7 +194,7 @@ def test_observation_from_result() -> None:
         ),
     )
     assert (o.current_replicas, o.load_rps, o.peak_load_rps, o.latency_s) == (3, 12, 20, 0.8)
-    assert o.idle_for_s == 0 and o.learned_capacity_rps is None and o.settled_replicas is None
+    assert o.idle_for_s == 0 and o.learned_capacity_tps is None and o.settled_replicas is None
     settled = to_observation(
         t,
         _series(heartbeat_age=3, replicas=5, load=12, peak=20, recent_requests=1, settled_replicas=2),
@@ -178,6 +216,29 @@ def test_observation_from_result() -> None:
 def test_missing_or_stale_data_is_unavailable(values: dict[str, float | str]) -> None:
     with pytest.raises(KpiUnavailable):
         to_observation(parse_metadata(BASE, "ns"), _series(**values))
+
+
+def test_llm_signals_in_the_observation() -> None:
+    t = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.25", "itlSloSeconds": "0.025"}, "ns")
+    base = {"heartbeat_age": 1, "replicas": 2, "visible_pods": 2, "load": 10, "recent_requests": 5}
+    o = to_observation(
+        t,
+        _series(**base, ttft=0.2, itl="+Inf", tokens=9000, peak_tokens=12000, waiting=3, running=40,
+                kv_usage=0.5, capacity=6000, burst_rise=1.3, forecast_trend=11, forecast_season=14),
+    )  # fmt: skip
+    assert (o.ttft_s, o.itl_s, o.latency_s) == (0.2, float("inf"), None)  # +Inf is a breach
+    assert (o.load_tps, o.peak_load_tps, o.learned_capacity_tps) == (9000, 12000, 6000)
+    assert (o.waiting_requests, o.running_requests, o.kv_usage_ratio) == (3, 40, 0.5)
+    assert o.burst_rise == 1.3 and o.forecast_rps == 14  # the larger of the two forecasts
+    # Absent leading signals are no reading, never zero.
+    bare = to_observation(t, _series(**base))
+    assert bare.waiting_requests is None and bare.kv_usage_ratio is None and bare.forecast_rps is None
+    # A NaN TTFT while first tokens are counted is a broken histogram; a KV ratio above 1 is not a ratio.
+    with pytest.raises(KpiUnavailable, match="ttft"):
+        to_observation(t, _series(**base, ttft="NaN", ttft_rate=3))
+    assert to_observation(t, _series(**base, ttft="NaN", ttft_rate=0)).ttft_s is None
+    with pytest.raises(KpiUnavailable, match="KV"):
+        to_observation(t, _series(**base, kv_usage=1.7))
 
 
 def test_budget_needs_power_while_pods_run() -> None:

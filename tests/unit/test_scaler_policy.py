@@ -33,7 +33,7 @@ def test_latency_headroom_lets_consolidation_reach_the_target_utilization() -> N
     roomy = obs(current_replicas=8, load_rps=25.0, peak_load_rps=25.0, latency_s=0.9)  # <= 0.5 x SLO
     d = decide(roomy, CFG)
     assert (d.replicas, d.reason) == (3, Reason.CONSOLIDATE)  # ceil(25/9), not ceil(25/8)
-    assert "0.5 x SLO" in d.detail
+    assert "0.5 x SLO" in d.detail and "e2e at 45% of its SLO" in d.detail
     # ... and the count it reaches is stable once latency rises above the roomy threshold.
     assert decide(replace(roomy, current_replicas=3, latency_s=1.5), CFG).replicas == 3
 
@@ -143,15 +143,121 @@ def test_bounds_and_advisory() -> None:
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="min_replicas"):
         PolicyConfig(min_replicas=5, max_replicas=2, latency_slo_s=1.0)
+    with pytest.raises(ValueError, match="at least one SLO"):
+        PolicyConfig(min_replicas=0, max_replicas=2)
+    with pytest.raises(ValueError, match="> 0"):
+        PolicyConfig(min_replicas=0, max_replicas=2, ttft_slo_s=0.0)
+
+
+# ---- LLM-native SLOs, leading signals, learned capacity, headroom, forecast -------------------------
+
+LLM = PolicyConfig(min_replicas=0, max_replicas=20, ttft_slo_s=0.5, itl_slo_s=0.05, replica_capacity_rps=10.0)
+
+
+def llm(**kw: object) -> Observation:
+    # 30 rps on 4 replicas of 10 rps: in the dead band; TTFT and ITL at 60% of their SLOs: neither
+    # roomy nor near.
+    base: dict[str, object] = {"current_replicas": 4, "load_rps": 30.0, "peak_load_rps": 30.0,
+                               "latency_s": None, "ttft_s": 0.3, "itl_s": 0.03}  # fmt: skip
+    base.update(kw)
+    return Observation(**base)  # type: ignore[arg-type]
+
+
+def test_every_slo_given_is_held() -> None:
+    assert decide(llm(), LLM).reason is Reason.HOLD
+    for breach in ({"ttft_s": 0.6}, {"itl_s": 0.08}, {"ttft_s": float("inf")}):
+        d = decide(llm(**breach), LLM)
+        kind = "ttft" if "ttft_s" in breach else "itl"
+        assert d.reason is Reason.SLO_BREACH and d.replicas == 5 and f"{kind} above its SLO" in d.detail
+    # An end-to-end reading without an end-to-end SLO is not held; a reading of NaN is no reading.
+    assert decide(llm(latency_s=100.0), LLM).reason is Reason.HOLD
+    assert decide(llm(ttft_s=math.nan, itl_s=math.nan), LLM).reason is Reason.HOLD
+    # Near one SLO blocks consolidation; roomy on all of them lets it reach the target utilisation.
+    assert decide(llm(current_replicas=8, itl_s=0.045), LLM).reason is Reason.HOLD_NEAR_SLO
+    roomy = decide(llm(current_replicas=8, load_rps=25.0, peak_load_rps=25.0, ttft_s=0.2, itl_s=0.02), LLM)
+    assert (roomy.replicas, roomy.reason) == (3, Reason.CONSOLIDATE)
+
+
+def test_a_forming_queue_scales_up_before_latency_breaks() -> None:
+    d = decide(llm(waiting_requests=20.0, running_requests=40.0, settled_replicas=4), LLM)
+    assert (d.replicas, d.reason) == (6, Reason.QUEUE_FORMING)  # 4 x (1 + 20/40)
+    assert "20 requests waiting" in d.detail
+    # At most double the settled count; at least one more.
+    assert decide(llm(waiting_requests=500.0, running_requests=10.0), LLM).replicas == 8
+    assert decide(llm(waiting_requests=0.5, running_requests=100.0), LLM).replicas == 5
+    # While the first answer comes up (settled still 4), the answer does not compound.
+    assert decide(llm(current_replicas=6, settled_replicas=4, waiting_requests=20.0, running_requests=40.0),
+                  LLM).replicas == 6  # fmt: skip
+    # No queue (0 sustained) or no reading: no step, and the queue blocks scale-down.
+    assert decide(llm(waiting_requests=0.0), LLM).reason is Reason.HOLD
+    held = decide(
+        llm(current_replicas=8, settled_replicas=8, waiting_requests=1.0, running_requests=90.0), LLM
+    )
+    assert (held.replicas, held.reason) == (9, Reason.QUEUE_FORMING)
+    assert decide(llm(current_replicas=10, settled_replicas=5, waiting_requests=2.0), LLM).reason is (
+        Reason.HOLD_NEAR_SLO
+    )
+
+
+def test_kv_saturation_scales_up() -> None:
+    d = decide(llm(kv_usage_ratio=0.95), LLM)
+    assert (d.replicas, d.reason) == (5, Reason.KV_SATURATION)
+    assert decide(llm(kv_usage_ratio=0.5), LLM).reason is Reason.HOLD
+    assert decide(llm(kv_usage_ratio=0.95), replace(LLM, kv_saturation_ratio=0.99)).reason is Reason.HOLD
+
+
+def test_capacity_learned_in_tokens_follows_a_change_of_mix() -> None:
+    learn = replace(LLM, replica_capacity_rps=None)
+    # 6,000 tokens/s per replica at 600 tokens/request = 10 rps per replica: 20 rps fits 3 at 0.9.
+    short = llm(current_replicas=8, load_rps=20.0, peak_load_rps=20.0, load_tps=12_000.0, peak_load_tps=12_000.0,
+                learned_capacity_tps=6000.0)  # fmt: skip
+    d = decide(short, learn)
+    assert (d.replicas, d.reason) == (3, Reason.CONSOLIDATE) and "tokens/s" in d.detail
+    # The same requests with twice the tokens each: the replicas of twice the load.
+    long = replace(short, load_tps=24_000.0, peak_load_tps=24_000.0)
+    assert decide(long, learn).replicas == 5  # ceil(24,000 / (6,000 x 0.8))
+    # Nothing learned yet (first minutes): hold, wake from zero, breaches and queues still answered.
+    blind = llm(current_replicas=3)
+    assert decide(blind, learn).reason is Reason.CAPACITY_UNKNOWN and decide(blind, learn).replicas == 3
+    zero = llm(current_replicas=0, load_rps=0.0, peak_load_rps=0.0, demand_rps=2.0, ttft_s=None, itl_s=None)
+    assert (decide(zero, learn).replicas, decide(zero, learn).reason) == (1, Reason.WAKE)
+    assert decide(llm(current_replicas=3, ttft_s=0.9), learn).reason is Reason.SLO_BREACH
+    assert decide(llm(current_replicas=3, waiting_requests=5.0), learn).reason is Reason.QUEUE_FORMING
+    # The configured capacity overrides what was learned.
+    assert decide(short, replace(learn, replica_capacity_rps=5.0)).replicas == 5  # ceil(20 / 4.5)
+
+
+def test_burst_headroom_from_history_holds_replicas_for_the_next_cold_start() -> None:
+    # 20 rps fits 3 replicas at 10 x 0.9; the workload's rate has risen x1.5 within a cold start.
+    at = {"load_rps": 20.0, "peak_load_rps": 20.0}
+    d = decide(llm(current_replicas=3, burst_rise=1.5, **at), LLM)
+    assert (d.replicas, d.reason) == (4, Reason.BURST_HEADROOM)  # ceil(30 / 9)
+    assert "headroom x1.50" in d.detail
+    assert decide(llm(current_replicas=2, burst_rise=1.5, **at), LLM).reason is Reason.SCALE_UP_LOAD
+    # Consolidation keeps it; a rise below 1 is no headroom, and it is bounded.
+    assert decide(llm(current_replicas=8, burst_rise=1.5, **at), LLM).replicas == 4  # ceil(30 / 8)
+    assert decide(llm(current_replicas=3, burst_rise=0.4, **at), LLM).reason is Reason.HOLD
+    assert decide(llm(current_replicas=3, burst_rise=50.0, **at), LLM).replicas == 5  # x2: ceil(40 / 9)
+
+
+def test_forecast_floor_scales_up_ahead_and_holds_consolidation() -> None:
+    at = {"load_rps": 20.0, "peak_load_rps": 20.0}  # 3 replicas now
+    d = decide(llm(current_replicas=3, forecast_rps=40.0, **at), LLM)
+    assert (d.replicas, d.reason) == (5, Reason.FORECAST)  # ceil(40 / 9)
+    assert decide(llm(current_replicas=8, forecast_rps=40.0, **at), LLM).replicas == 5
+    # A falling forecast never lowers the reactive answer.
+    assert decide(llm(current_replicas=3, forecast_rps=1.0, **at), LLM).reason is Reason.HOLD
+    assert decide(llm(current_replicas=3, forecast_rps=math.inf, **at), LLM).reason is Reason.HOLD
 
 
 # ---- properties ---------------------------------------------------------------------------------
 
 configs = st.builds(
-    lambda lo, span, slo, cap, util, down, budget, watts: PolicyConfig(
+    lambda lo, span, slo, cap, util, down, budget, watts, ttft: PolicyConfig(
         min_replicas=lo,
         max_replicas=lo + span,
         latency_slo_s=slo,
+        ttft_slo_s=ttft,
         replica_capacity_rps=cap,
         target_utilization=util,
         scale_down_utilization=util * down,
@@ -166,6 +272,7 @@ configs = st.builds(
     st.floats(0.3, 1.0),
     st.one_of(st.none(), st.floats(100, 50_000)),
     st.one_of(st.none(), st.floats(50, 1000)),
+    st.one_of(st.none(), st.floats(0.01, 10)),
 )
 observations = st.builds(
     Observation,
@@ -180,6 +287,13 @@ observations = st.builds(
     workload_power_watts=st.one_of(st.none(), st.floats(0, 50_000)),
     historical_replica_power_watts=st.one_of(st.none(), st.floats(1, 2000)),
     joules_per_request=st.one_of(st.none(), st.floats(0, 1000)),
+    ttft_s=st.one_of(st.none(), st.floats(0, 100)),
+    itl_s=st.one_of(st.none(), st.floats(0, 10)),
+    waiting_requests=st.one_of(st.none(), st.floats(0, 1000)),
+    running_requests=st.one_of(st.none(), st.floats(0, 1000)),
+    kv_usage_ratio=st.one_of(st.none(), st.floats(0, 1)),
+    burst_rise=st.one_of(st.none(), st.floats(0, 100)),
+    forecast_rps=st.one_of(st.none(), st.floats(0, 5000)),
 )
 
 

@@ -8,16 +8,22 @@ from gpumodel.model import H100_LLAMA_8B, H100X4_LLAMA_70B
 from powercap.controller import REASON_SLO_BREACH
 from powercap.settings import Settings
 from scaler.policy import decide
-from scaler.queries import LEARNED_CAPACITY_MAX_EXTRAPOLATION as MOST
+from scaler.signals import LEARNED_CAPACITY_MAX_EXTRAPOLATION as MOST
 from sim.eo import CapOptions, EoCapController, EoTrigger, controller_config
-from sim.observe import SimPrometheus, bucket_index
+from sim.observe import N_ITL_BUCKETS, SimPrometheus, bucket_index, itl_bucket_index, ttft_bucket_index
 from sim.policies import CapReading
 
 
-def busy_prometheus(latency_s: float, rps: int = 10, replicas: int = 2, seconds: int = 600) -> SimPrometheus:
+TOKENS_PER_REQUEST = 500
+
+
+def busy_prometheus(
+    latency_s: float, rps: int = 10, replicas: int = 2, seconds: int = 600, waiting: int = 0
+) -> SimPrometheus:
     prom = SimPrometheus(step_s=1.0)
     for _ in range(seconds):
-        prom.record_slot([bucket_index(latency_s)] * rps, arrivals=rps, ready_replicas=replicas)
+        prom.record_slot([bucket_index(latency_s)] * rps, arrivals=rps, ready_replicas=replicas,
+                         tokens=rps * TOKENS_PER_REQUEST, waiting=waiting, running=rps)  # fmt: skip
     return prom
 
 
@@ -31,10 +37,16 @@ def test_observation_is_built_like_the_live_queries() -> None:
     assert obs.latency_s is not None and 2.5 < obs.latency_s <= 5.0
     assert obs.idle_for_s == 0.0
     assert obs.demand_rps == pytest.approx(10.0)
-    # load / replicas while the SLO held, extrapolated along the latency headroom (bounded)
-    assert obs.learned_capacity_rps is not None
-    assert obs.learned_capacity_rps == pytest.approx(5.0 * min(10.0 / obs.latency_s, MOST))
+    # tokens / replicas while the SLO held, extrapolated along the latency headroom (bounded)
+    assert obs.load_tps == pytest.approx(10.0 * TOKENS_PER_REQUEST)
+    assert obs.learned_capacity_tps is not None
+    assert obs.learned_capacity_tps == pytest.approx(
+        5.0 * TOKENS_PER_REQUEST * min(10.0 / obs.latency_s, MOST)
+    )
     assert obs.settled_replicas == 2
+    assert (obs.waiting_requests, obs.running_requests, obs.kv_usage_ratio) == (0.0, 10.0, None)
+    assert obs.burst_rise == pytest.approx(1.0)  # a constant rate never rose
+    assert obs.forecast_rps == pytest.approx(10.0)  # the trend of a constant rate is that rate
     answer = trigger.answer(prom, 600.0)
     assert answer.value == decide(obs, trigger.config).replicas
     assert answer.target == 1.0
@@ -43,7 +55,7 @@ def test_observation_is_built_like_the_live_queries() -> None:
 def test_breach_scales_up_and_capacity_is_not_learned_while_breached() -> None:
     trigger = EoTrigger({"latencySloSeconds": "10", "latencyQuantile": "0.99", "replicaCapacityRps": "20"})
     prom = busy_prometheus(latency_s=30.0)
-    assert trigger.observe(prom, 600.0).learned_capacity_rps is None
+    assert trigger.observe(prom, 600.0).learned_capacity_tps is None
     answer = trigger.answer(prom, 600.0)
     assert answer.value > 2
     assert answer.reason == "slo_breach"
@@ -67,8 +79,29 @@ def test_learned_capacity_rises_with_latency_headroom() -> None:
     trigger = EoTrigger({"latencySloSeconds": "10", "latencyQuantile": "0.99"})
     prom = busy_prometheus(latency_s=2.0, rps=20, replicas=4)
     obs = trigger.observe(prom, 600.0)
-    assert obs.learned_capacity_rps == pytest.approx(15.0)  # 5 rps x min(10 / ~2, 3)
+    assert obs.learned_capacity_tps == pytest.approx(
+        5 * TOKENS_PER_REQUEST * MOST
+    )  # 5 rps x min(10 / ~2, 1.5)
     assert trigger.answer(prom, 600.0).value < 4
+    # A sustained queue: those minutes teach nothing, and the queue scales up before latency breaks.
+    queued = busy_prometheus(latency_s=2.0, rps=20, replicas=4, waiting=8)
+    assert trigger.observe(queued, 600.0).learned_capacity_tps is None
+    assert trigger.answer(queued, 600.0).reason == "queue_forming"
+
+
+def test_llm_native_slos_read_the_ttft_and_itl_histograms() -> None:
+    trigger = EoTrigger({"ttftSloSeconds": "0.25", "itlSloSeconds": "0.025", "replicaCapacityRps": "20"})
+    prom = SimPrometheus(step_s=1.0)
+    itl = [0.0] * N_ITL_BUCKETS
+    itl[itl_bucket_index(0.04)] = 100.0  # every token 40 ms apart: the ITL SLO breaks
+    for _ in range(120):
+        prom.record_slot([], arrivals=4, ready_replicas=2, ttft_buckets=[ttft_bucket_index(0.1)] * 4,
+                         itl_tokens=itl, tokens=2000.0)  # fmt: skip
+    obs = trigger.observe(prom, 120.0)
+    assert obs.latency_s is None and obs.ttft_s is not None and obs.ttft_s <= 0.1
+    assert obs.itl_s is not None and 0.025 < obs.itl_s <= 0.05
+    answer = trigger.answer(prom, 120.0)
+    assert answer.reason == "slo_breach" and answer.value == 3
 
 
 def test_idle_workload_goes_to_zero() -> None:

@@ -1,0 +1,497 @@
+"""The trigger's signals, declared once, with two evaluators. Pure code.
+
+Every signal the replica policy reads from the workload's series (rates, latency quantiles, queue and
+KV gauges, the learned capacity, burst headroom, forecasts) is a small expression tree built here from
+the trigger's metadata. Each node has two evaluators that must agree:
+
+* ``promql(sel)``: the PromQL ``scaler/queries.py`` sends to Prometheus;
+* ``value(view, at_s)``: the same computation in Python over a ``SeriesView``, Prometheus' semantics
+  kept where they matter (rates over a window ending at ``at_s``; subqueries evaluated at the multiples
+  of their step inside the closed range ``[at - range, at]``, as Prometheus 2.x does; ``NaN`` ignored by
+  ``max``/``min`` unless every value is NaN; a filter drops the series; an absent operand makes a binary
+  operation absent). The simulator (``sim/eo.py``) evaluates the trigger this way, and a parity test
+  loads one history into a real Prometheus and into the simulator's view and compares the answers.
+
+Windows are module constants (the short window the policy scales up on, the subquery steps), so the
+PromQL and the simulator cannot drift apart. Absent is ``None``; NaN stays NaN until the observation is
+built (``scaler/queries.py`` turns it into "no reading").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# Contract metrics (docs/scaler.md): the exporter's per-pod mirrors of the inference server.
+REQUESTS = "eo_pod_requests_total"
+TOKENS = "eo_pod_tokens_total"  # kind=prompt|generation, both count as work
+E2E_HISTOGRAM = "eo_pod_request_latency_seconds"
+TTFT_HISTOGRAM = "eo_pod_time_to_first_token_seconds"
+ITL_HISTOGRAM = "eo_pod_inter_token_latency_seconds"
+WAITING = "eo_pod_requests_waiting"
+RUNNING = "eo_pod_requests_running"
+KV_USAGE = "eo_pod_kv_cache_usage_ratio"
+
+# The short window: arrival rate, token rate and latency quantiles the policy scales up on (Knative's
+# panic window is 6 s; a 1-minute rate still has four 15-s scrapes, so it is not noise).
+SHORT_WINDOW_S = 60.0
+# Burst measure: the rate over 30 s (two scrapes at 15 s) against the 1-minute rate a cold start before.
+BURST_WINDOW_S = 30.0
+# A queue counts as forming when waiting requests stay above zero this long (three 15-s evaluations).
+QUEUE_SUSTAIN_S = 30.0
+# Subquery resolution of the short-lived signals (peak, settled replicas, queue) and of the hourly ones.
+FINE_STEP_S = 15.0
+COARSE_STEP_S = 60.0
+# The trend forecast fits a line to the last 10 minutes of the 1-minute rate; with fewer than
+# ``FORECAST_MIN_POINTS`` of its 41 points present (a young workload), it is off.
+FORECAST_RANGE_S = 600.0
+FORECAST_MIN_POINTS = 37
+# The seasonal forecast compares 5-minute rates (smooth enough to carry a level from one season on).
+SEASON_RATE_WINDOW_S = 300.0
+# The high quantile of the burst rises over the lookback that sizes the standing headroom.
+BURST_QUANTILE = 0.95
+# A learned-capacity minute extrapolates its per-replica load along the SLO headroom by at most this.
+LEARNED_CAPACITY_MAX_EXTRAPOLATION = 1.5
+# The part holding each SLO's quantile (``latency`` is the end-to-end one, its name since the first policy).
+SLO_PART_NAMES = {"ttft": "ttft", "itl": "itl", "e2e": "latency"}
+# Rates below this are "nothing" when dividing by them (requests/s).
+TINY_RATE = 0.05
+
+
+class SeriesView(Protocol):
+    """The workload's series as a Python evaluator sees them (the simulator's Prometheus).
+
+    Every method answers for one instant ``at_s``; None when there is no series at all.
+    """
+
+    def counter_rate(self, metric: str, window_s: float, at_s: float) -> float | None:
+        """``sum(rate(metric{workload}[window]))`` in units per second."""
+        ...
+
+    def quantile(self, metric: str, q: float, window_s: float, at_s: float) -> float | None:
+        """``histogram_quantile(q, sum by (le) (rate(metric_bucket{workload}[window])))``; NaN with no
+        observations in the window."""
+        ...
+
+    def gauge(self, metric: str, aggregation: str, at_s: float) -> float | None:
+        """``sum`` or ``max`` of the pods' gauge ``metric``."""
+        ...
+
+    def replicas(self, at_s: float) -> int:
+        """Pods serving (fresh counters and a readable server)."""
+        ...
+
+
+Memo = dict[tuple[int, float], "float | None"]
+
+
+class Expr:
+    """A node. ``promql`` renders it for a selector; ``value`` evaluates it over a ``SeriesView``."""
+
+    def promql(self, sel: str) -> str:
+        raise NotImplementedError
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        raise NotImplementedError
+
+
+def _seconds(value: float) -> str:
+    return f"{max(1, round(value))}s"
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+@dataclass(frozen=True, eq=False)
+class Const(Expr):
+    number: float
+
+    def promql(self, sel: str) -> str:
+        return _number(self.number)
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        return self.number
+
+
+@dataclass(frozen=True, eq=False)
+class Rate(Expr):
+    """Summed per-second rate of a counter over ``window_s``, optionally ``offset_s`` in the past."""
+
+    metric: str
+    window_s: float
+    offset_s: float = 0.0
+
+    def promql(self, sel: str) -> str:
+        offset = f" offset {_seconds(self.offset_s)}" if self.offset_s else ""
+        return f"sum(rate({self.metric}{sel}[{_seconds(self.window_s)}]{offset}))"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        return view.counter_rate(self.metric, self.window_s, at_s - self.offset_s)
+
+
+@dataclass(frozen=True, eq=False)
+class Quantile(Expr):
+    """``histogram_quantile`` of a histogram summed over the workload's pods."""
+
+    histogram: str
+    q: float
+    window_s: float = SHORT_WINDOW_S
+
+    def promql(self, sel: str) -> str:
+        rate = f"rate({self.histogram}_bucket{sel}[{_seconds(self.window_s)}])"
+        return f"histogram_quantile({self.q!r}, sum by (le) ({rate}))"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        return view.quantile(self.histogram, self.q, self.window_s, at_s)
+
+
+@dataclass(frozen=True, eq=False)
+class Gauge(Expr):
+    metric: str
+    aggregation: str  # "sum" or "max"
+
+    def promql(self, sel: str) -> str:
+        return f"{self.aggregation}({self.metric}{sel})"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        return view.gauge(self.metric, self.aggregation, at_s)
+
+
+@dataclass(frozen=True, eq=False)
+class Replicas(Expr):
+    """Serving pods; absent (not 0) when none, as PromQL's ``count`` of nothing is."""
+
+    expr: str  # the PromQL, from scaler/queries.py (it carries the freshness rules)
+
+    def promql(self, sel: str) -> str:
+        return self.expr
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        n = view.replicas(at_s)
+        return float(n) if n > 0 else None
+
+
+@dataclass(frozen=True, eq=False)
+class Raw(Expr):
+    """Custom PromQL from the trigger (``latencyQuery``): Prometheus only, never the simulator."""
+
+    expr: str
+
+    def promql(self, sel: str) -> str:
+        return f"max(({self.expr}))"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        raise ValueError("custom PromQL is evaluated by Prometheus only")
+
+
+def _divide(a: float, b: float) -> float:
+    if b != 0:
+        return a / b
+    if a == 0 or math.isnan(a):
+        return math.nan
+    return math.copysign(math.inf, a)
+
+
+_OPS: dict[str, Callable[[float, float], float]] = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": _divide,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class BinOp(Expr):
+    """Arithmetic between two single-series vectors (or a vector and a constant)."""
+
+    op: str
+    left: Expr
+    right: Expr
+
+    def promql(self, sel: str) -> str:
+        return f"({self.left.promql(sel)}) {self.op} ({self.right.promql(sel)})"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        a = self.left.value(view, at_s, memo)
+        if a is None:
+            return None
+        b = self.right.value(view, at_s, memo)
+        return None if b is None else _OPS[self.op](a, b)
+
+
+_CMP: dict[str, Callable[[float, float], bool]] = {
+    "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b,
+    ">=": lambda a, b: a >= b,
+    ">": lambda a, b: a > b,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Filter(Expr):
+    """``expr <op> number``: the value where the comparison holds, absent otherwise (NaN never holds)."""
+
+    expr: Expr
+    op: str
+    threshold: float
+
+    def promql(self, sel: str) -> str:
+        return f"({self.expr.promql(sel)}) {self.op} {_number(self.threshold)}"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        v = self.expr.value(view, at_s, memo)
+        return v if v is not None and _CMP[self.op](v, self.threshold) else None
+
+
+@dataclass(frozen=True, eq=False)
+class Clamp(Expr):
+    expr: Expr
+    low: float
+    high: float
+
+    def promql(self, sel: str) -> str:
+        return f"clamp({self.expr.promql(sel)}, {_number(self.low)}, {_number(self.high)})"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        v = self.expr.value(view, at_s, memo)
+        if v is None or math.isnan(v):
+            return v
+        return min(max(v, self.low), self.high)
+
+
+@dataclass(frozen=True, eq=False)
+class And(Expr):
+    """``left and on() right`` (``unless`` when ``negate``): left where right is (is not) present."""
+
+    left: Expr
+    right: Expr
+    negate: bool = False
+
+    def promql(self, sel: str) -> str:
+        word = "unless" if self.negate else "and"
+        return f"({self.left.promql(sel)}) {word} on() ({self.right.promql(sel)})"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        v = self.left.value(view, at_s, memo)
+        if v is None:
+            return None
+        present = self.right.value(view, at_s, memo) is not None
+        return v if present != self.negate else None
+
+
+def _nan_max(values: Sequence[float]) -> float:
+    out = values[0]
+    for v in values[1:]:
+        if v > out or math.isnan(out):
+            out = v
+    return out
+
+
+def _nan_min(values: Sequence[float]) -> float:
+    out = values[0]
+    for v in values[1:]:
+        if v < out or math.isnan(out):
+            out = v
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Worst(Expr):
+    """The largest of several parts, the absent ones left out (PromQL: ``max`` over ``or``-ed parts,
+    each tagged so that ``or`` keeps them all)."""
+
+    parts: tuple[Expr, ...]
+
+    def promql(self, sel: str) -> str:
+        tagged = [
+            f'label_replace({p.promql(sel)}, "eo_slo", "{i}", "", "")' for i, p in enumerate(self.parts)
+        ]
+        return f"max({' or '.join(tagged)})"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        values = [v for v in (p.value(view, at_s, memo) for p in self.parts) if v is not None]
+        return _nan_max(values) if values else None
+
+
+def _phi_quantile(q: float, values: Sequence[float]) -> float:
+    """PromQL's ``quantile_over_time``: linear interpolation between the closest ranks."""
+    ordered = sorted(values)
+    rank = q * (len(ordered) - 1)
+    low = max(0, math.floor(rank))
+    high = min(len(ordered) - 1, low + 1)
+    weight = rank - math.floor(rank)
+    return ordered[low] * (1 - weight) + ordered[high] * weight
+
+
+def _predict_linear(points: Sequence[tuple[float, float]], at_s: float, ahead_s: float) -> float | None:
+    """Least-squares line through ``(time, value)`` points, read ``ahead_s`` after ``at_s``."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    xs = [t - at_s for t, _ in points]
+    mean_x = sum(xs) / n
+    mean_y = sum(v for _, v in points) / n
+    cov = sum((x - mean_x) * (v - mean_y) for x, (_, v) in zip(xs, points, strict=True))
+    var = sum((x - mean_x) ** 2 for x in xs)
+    slope = cov / var if var > 0 else 0.0
+    intercept = mean_y - slope * mean_x
+    return intercept + slope * ahead_s
+
+
+@dataclass(frozen=True, eq=False)
+class OverTime(Expr):
+    """``<fn>_over_time((expr)[range:step])``: fn in max, min, count, quantile (with ``q``), or
+    ``predict_linear`` (``ahead_s``)."""
+
+    fn: str
+    expr: Expr
+    range_s: float
+    step_s: float
+    q: float = 0.0
+    ahead_s: float = 0.0
+
+    def promql(self, sel: str) -> str:
+        inner = f"({self.expr.promql(sel)})[{_seconds(self.range_s)}:{_seconds(self.step_s)}]"
+        if self.fn == "quantile":
+            return f"quantile_over_time({self.q!r}, {inner})"
+        if self.fn == "predict_linear":
+            return f"predict_linear({inner}, {_number(self.ahead_s)})"
+        return f"{self.fn}_over_time({inner})"
+
+    def instants(self, at_s: float) -> list[float]:
+        """The subquery's evaluation times: multiples of the step in the closed ``[at - range, at]``."""
+        first = math.ceil((at_s - self.range_s) / self.step_s - 1e-9)
+        last = math.floor(at_s / self.step_s + 1e-9)
+        return [k * self.step_s for k in range(first, last + 1)]
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        points: list[tuple[float, float]] = []
+        key = id(self.expr)
+        for t in self.instants(at_s):
+            if memo is not None and (key, t) in memo:
+                v = memo[(key, t)]
+            else:
+                v = self.expr.value(view, t, memo)
+                if memo is not None:
+                    memo[(key, t)] = v
+            if v is not None:
+                points.append((t, v))
+        if not points:
+            return None
+        values = [v for _, v in points]
+        if self.fn == "max":
+            return _nan_max(values)
+        if self.fn == "min":
+            return _nan_min(values)
+        if self.fn == "count":
+            return float(len(values))
+        if self.fn == "quantile":
+            return _phi_quantile(self.q, values)
+        if self.fn == "predict_linear":
+            return _predict_linear(points, at_s, self.ahead_s)
+        raise ValueError(f"unknown over-time function {self.fn!r}")
+
+
+@dataclass(frozen=True)
+class SloSignal:
+    """One SLO the trigger holds: its name (``ttft``, ``itl``, ``e2e``), target, and the quantile part."""
+
+    kind: str
+    slo_s: float
+    quantile: Expr
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The signal parts of one trigger (``name -> Expr``) and what they are made of."""
+
+    parts: dict[str, Expr]
+    slos: tuple[SloSignal, ...]
+
+
+def worst_ratio(slos: Sequence[SloSignal]) -> Expr:
+    """The largest ``quantile / SLO`` among the SLOs (absent while none has a reading)."""
+    return Worst(tuple(BinOp("/", s.quantile, Const(s.slo_s)) for s in slos))
+
+
+def capacity_sample(slos: Sequence[SloSignal], replicas: Expr) -> Expr:
+    """One minute's per-replica capacity in tokens/s (prompt + generation): what each replica served while
+    every SLO held and no queue had formed, extrapolated along the SLO headroom by at most
+    ``LEARNED_CAPACITY_MAX_EXTRAPOLATION`` (a quiet minute cannot promise much; the policy's own
+    consolidation then shows a fuller one)."""
+    worst = worst_ratio(slos)
+    per_replica = BinOp("/", Filter(Rate(TOKENS, SHORT_WINDOW_S), ">", 0.0), replicas)
+    stretch = Clamp(BinOp("/", Const(1.0), worst), 1.0, LEARNED_CAPACITY_MAX_EXTRAPOLATION)
+    held = And(BinOp("*", per_replica, stretch), Filter(worst, "<=", 1.0))
+    return And(held, Filter(Gauge(WAITING, "sum"), ">", 0.0), negate=True)
+
+
+def burst_rise(cold_start_s: float) -> Expr:
+    """How far the arrival rate rose within one cold start: the 30-s rate over the 1-minute rate a cold
+    start earlier (that denominator at least ``TINY_RATE``); NaN dropped."""
+    before = Clamp(Rate(REQUESTS, SHORT_WINDOW_S, cold_start_s), TINY_RATE, 1e12)
+    return Filter(BinOp("/", Rate(REQUESTS, BURST_WINDOW_S), before), ">=", 0.0)
+
+
+def build_signals(
+    *,
+    slos: Sequence[SloSignal],
+    replicas: Expr,
+    stabilization_window_s: float,
+    breach_settle_s: float,
+    lookback_s: float,
+    idle_window_s: float,
+    cold_start_s: float,
+    season_s: float | None,
+    learn_capacity: bool,
+) -> Signals:
+    """Every signal part of a trigger (scaler/queries.py adds the pod-evidence, power and custom parts)."""
+    load = Rate(REQUESTS, SHORT_WINDOW_S)
+    tokens = Rate(TOKENS, SHORT_WINDOW_S)
+    parts: dict[str, Expr] = {
+        "load": load,
+        "tokens": tokens,
+        # Longer evidence for scale-down: the highest 1-minute rates over the stabilisation window.
+        "peak": OverTime("max", load, stabilization_window_s, FINE_STEP_S),
+        "peak_tokens": OverTime("max", tokens, stabilization_window_s, FINE_STEP_S),
+        "recent_requests": BinOp("*", Rate(REQUESTS, idle_window_s), Const(idle_window_s)),
+        # Fewest pods serving over the breach-settle window: one breach is answered once (policy).
+        "settled_replicas": OverTime("min", replicas, breach_settle_s, FINE_STEP_S),
+        # A forming queue: the fewest waiting requests over the last 30 s.
+        "waiting": OverTime("min", Gauge(WAITING, "sum"), QUEUE_SUSTAIN_S, FINE_STEP_S),
+        "running": Gauge(RUNNING, "sum"),
+        "kv_usage": Gauge(KV_USAGE, "max"),
+    }
+    for s in slos:
+        parts[SLO_PART_NAMES[s.kind]] = s.quantile
+    rise = burst_rise(cold_start_s)
+    parts["burst_rise"] = OverTime("quantile", rise, lookback_s, COARSE_STEP_S, q=BURST_QUANTILE)
+    # Trend: a line through the last 10 minutes, one cold start ahead; off while history is short.
+    trend = OverTime("predict_linear", load, FORECAST_RANGE_S, FINE_STEP_S, ahead_s=cold_start_s)
+    enough = Filter(OverTime("count", load, FORECAST_RANGE_S, FINE_STEP_S), ">=", float(FORECAST_MIN_POINTS))
+    parts["forecast_trend"] = And(Clamp(trend, 0.0, 1e12), enough)
+    if season_s is not None:
+        # Seasonal naive with today's level: the rate one season ago, one cold start later, times
+        # today's rate over that season-ago rate. Absent (off) until a season of history exists.
+        ahead = Rate(REQUESTS, SEASON_RATE_WINDOW_S, season_s - cold_start_s)
+        then = Clamp(Rate(REQUESTS, SEASON_RATE_WINDOW_S, season_s), TINY_RATE, 1e12)
+        level = BinOp("/", Rate(REQUESTS, SEASON_RATE_WINDOW_S), then)
+        parts["forecast_season"] = BinOp("*", ahead, Clamp(level, 0.0, 10.0))
+    if learn_capacity:
+        parts["capacity"] = OverTime("max", capacity_sample(slos, replicas), lookback_s, COARSE_STEP_S)
+    return Signals(parts, tuple(slos))
+
+
+def evaluate(
+    parts: dict[str, Expr], view: SeriesView, at_s: float, memo: Memo | None = None
+) -> dict[str, float]:
+    """Every part's value at ``at_s`` (absent parts left out, as in Prometheus' answer)."""
+    out: dict[str, float] = {}
+    for name, expr in parts.items():
+        v = expr.value(view, at_s, memo)
+        if v is not None:
+            out[name] = v
+    return out
