@@ -45,8 +45,8 @@ from exporter.pods.kubelet import PodResourcesClient
 from exporter.pods.owners import PodMeta, Workload
 from exporter.pods.sampler import PodSampler, Snapshot, StaticPodMetadata
 from exporter.pods.scrape import AppReader
-from tests.pods_support import VllmServer, padding_families, start_kubelet
 from tests.support.hostile_http import Behaviour, gzip_bomb, hostile_server
+from tests.support.pods import VllmServer, padding_families, start_kubelet
 
 BAD_MODES = ("trickle", "hang", "legal_15mb", "gzip_bomb")
 LIMIT_MIB = 256  # manifests/base/exporter-daemonset.yaml, resources.limits.memory

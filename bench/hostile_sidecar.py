@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from powercap.sidecar import SHUTDOWN_BUDGET_S
-from tests.powercap_support import HistogramFeed, SidecarProcess
 from tests.support.hostile_http import Behaviour, hostile_server
+from tests.support.powercap import HistogramFeed, SidecarProcess
 
 
 def sidecar_args(url: str, interval_s: float, stale_after_s: float) -> list[str]:

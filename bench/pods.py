@@ -39,7 +39,7 @@ from exporter.pods.kubelet import PodResourcesClient
 from exporter.pods.owners import PodMeta, Workload
 from exporter.pods.sampler import PodSampler, StaticPodMetadata
 from exporter.pods.scrape import AppReader
-from tests.pods_support import VllmServer, start_kubelet
+from tests.support.pods import VllmServer, start_kubelet
 
 GPUS, PODS_PER_GPU = 8, 4
 

@@ -34,8 +34,8 @@ from common.kube import (
     kubeconfig_config,
     load_config,
 )
-from tests.pods_support import KubeReplay, load_fixture
 from tests.support.hostile_http import Behaviour, hostile_server
+from tests.support.pods import KubeReplay, load_fixture
 
 
 def plain(url: str, **kwargs: Any) -> KubeClient:

@@ -24,8 +24,8 @@ from powercap.latency import LatencySample
 from powercap.persist import GpuLock, GpuRecord, StateStore
 from powercap.settings import Settings as PowercapSettings
 from powercap.sidecar import start_powercap
-from tests.nodeagent_support import T0, AgentRig, agent_rig, agent_settings, sim_uuid
-from tests.pods_support import start_kubelet
+from tests.support.nodeagent import T0, AgentRig, agent_rig, agent_settings, sim_uuid
+from tests.support.pods import start_kubelet
 
 G0, G1 = sim_uuid(0), sim_uuid(1)
 

@@ -22,9 +22,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodeagent.requests import OPT_IN_ANNOTATION
-from tests.nodeagent_support import request_page, sim_uuid
-from tests.pods_support import KubeReplay, PodResourcesServicer, start_kubelet
-from tests.powercap_support import REPO, TextServer
+from tests.support.nodeagent import request_page, sim_uuid
+from tests.support.pods import KubeReplay, PodResourcesServicer, start_kubelet
+from tests.support.powercap import REPO, TextServer
 
 G0 = sim_uuid(0)
 NODE = "gpu-node-1"

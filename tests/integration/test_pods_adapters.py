@@ -17,7 +17,7 @@ from exporter.pods.devices import Allocation
 from exporter.pods.kube import KubePodCache
 from exporter.pods.kubelet import PodResourcesClient, PodResourcesUnavailable
 from exporter.pods.owners import Workload
-from tests.pods_support import KubeReplay, load_fixture, start_kubelet, wait_until
+from tests.support.pods import KubeReplay, load_fixture, start_kubelet, wait_until
 
 UUID = "GPU-1c2d3e4f-5a6b-7c8d-9e0f-a1b2c3d4e5f6"
 

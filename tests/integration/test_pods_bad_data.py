@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pods_support import RIG_G0 as G0
-from tests.pods_support import RIG_G1 as G1
-from tests.pods_support import PodRig, duplicate_lines, pod_rig, set_value
+from tests.support.pods import RIG_G0 as G0
+from tests.support.pods import RIG_G1 as G1
+from tests.support.pods import PodRig, duplicate_lines, pod_rig, set_value
 
 STOP = b'vllm:request_success_total{finished_reason="stop"'
 LENGTH = b'vllm:request_success_total{finished_reason="length"'

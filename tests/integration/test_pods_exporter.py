@@ -16,7 +16,7 @@ from exporter.pods.owners import PodMeta, Workload
 from exporter.pods.sampler import StaticPodMetadata
 from exporter.server import start_exporter
 from exporter.settings import SettingsError, parse_settings
-from tests.pods_support import VllmServer, start_kubelet, wait_until
+from tests.support.pods import VllmServer, start_kubelet, wait_until
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from exporter.pods.scrape import DEFAULT_MAX_BODY_BYTES, AppReader
-from tests.pods_support import RIG_G0 as G0
-from tests.pods_support import RIG_G1 as G1
-from tests.pods_support import PodRig, padding_families, pod_rig
 from tests.support.hostile_http import Behaviour, hostile_server
+from tests.support.pods import RIG_G0 as G0
+from tests.support.pods import RIG_G1 as G1
+from tests.support.pods import PodRig, padding_families, pod_rig
 
 TIMEOUT_S = 0.3
 

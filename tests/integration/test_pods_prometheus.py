@@ -16,7 +16,7 @@ from exporter.pods.accounting import PodKey
 from exporter.pods.owners import PodMeta, Workload
 from exporter.pods.sampler import StaticPodMetadata
 from exporter.pods.settings import PodSettings, build_pod_collector
-from tests.pods_support import VllmServer, start_kubelet
+from tests.support.pods import VllmServer, start_kubelet
 
 # (pod, batch on its GPU, requests per second, prompt and generation tokens per request)
 PODS = [("llama-a", 8.0, 80, 100, 200), ("llama-b", 2.0, 40, 50, 350)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.pods.kubelet import PodResourcesClient
-from tests.pods_support import RIG_G0, RIG_G1, RIG_NODE, PodRig, pod_rig
+from tests.support.pods import RIG_G0, RIG_G1, RIG_NODE, PodRig, pod_rig
 
 G0, G1, NODE = RIG_G0, RIG_G1, RIG_NODE
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from demo.inference import SimulatedVllmServer
-from tests.pods_support import RIG_G0 as G0
-from tests.pods_support import RIG_G1 as G1
-from tests.pods_support import SGLANG, VLLM, PodRig, ServerNames, pod_rig, set_value
+from tests.support.pods import RIG_G0 as G0
+from tests.support.pods import RIG_G1 as G1
+from tests.support.pods import SGLANG, VLLM, PodRig, ServerNames, pod_rig, set_value
 
 SIGNALS = ("eo_pod_requests_waiting", "eo_pod_requests_running", "eo_pod_kv_cache_usage_ratio")
 

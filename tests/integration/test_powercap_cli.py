@@ -19,7 +19,7 @@ from powercap.main import load_settings, main
 from powercap.selection import visible_uuids
 from powercap.settings import StartupRefused
 from powercap.sidecar import start_powercap
-from tests.powercap_support import ScriptedSource, TextServer, settings, vllm_histogram
+from tests.support.powercap import ScriptedSource, TextServer, settings, vllm_histogram
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_UUID = "GPU-5e1a0000-0000-4000-8000-000000000000"

@@ -15,8 +15,8 @@ import pytest
 from devices.simulated import SimulatedGpu
 from powercap.events import CapEvent, KubernetesEventSink, PodRef
 from powercap.sidecar import start_powercap
-from tests.powercap_support import FakeClock, ScriptedSource, settings
 from tests.support.hostile_http import Behaviour, hostile_server
+from tests.support.powercap import FakeClock, ScriptedSource, settings
 
 CREATED = (Path(__file__).parent / "fixtures" / "powercap_event_created.json").read_text()
 POD = PodRef("vllm-0", "inference", "5f0e9d3c-1b2a-4c8d-9e7f-6a5b4c3d2e1f", "gpu-node-1")

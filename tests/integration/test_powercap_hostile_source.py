@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from powercap.sidecar import SHUTDOWN_BUDGET_S
-from tests.powercap_support import HistogramFeed, SidecarProcess
 from tests.support.hostile_http import Behaviour, hostile_server
+from tests.support.powercap import HistogramFeed, SidecarProcess
 
 INTERVAL_S = 0.5
 STALE_AFTER_S = 3.0

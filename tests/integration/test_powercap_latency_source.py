@@ -19,8 +19,8 @@ from powercap.latency import (
     preset,
 )
 from powercap.sidecar import start_powercap
-from tests.powercap_support import FakeClock, TextServer, settings, vllm_histogram
 from tests.support.hostile_http import Behaviour, hostile_server
+from tests.support.powercap import FakeClock, TextServer, settings, vllm_histogram
 
 INF = math.inf
 BOUNDS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, INF)

@@ -12,8 +12,8 @@ import pytest
 
 from demo.prometheus import Prometheus
 from powercap.latency import LatencySourceError, PrometheusSource
-from tests.powercap_support import TextServer, vllm_histogram
 from tests.support.hostile_http import Behaviour, hostile_server
+from tests.support.powercap import TextServer, vllm_histogram
 
 
 def test_quantile_and_load_from_promql() -> None:

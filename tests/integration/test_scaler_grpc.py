@@ -23,7 +23,7 @@ from scaler.policy import Observation
 from scaler.queries import KpiUnavailable
 from scaler.server import ScalerHandle, start_scaler
 from scaler.settings import ScalerSettings
-from tests.integration.keda_like import KedaLikeScaledObject
+from tests.support.keda import KedaLikeScaledObject
 
 META = {
     "workload": "llama",

@@ -24,7 +24,7 @@ from exporter.settings import parse_settings as parse_exporter_settings
 from powercap.main import load_settings as load_powercap_settings
 from scaler.metadata import parse_metadata
 from scaler.settings import parse_settings as parse_scaler_settings
-from tests.manifests_support import MANIFESTS, REPO, Doc, build, pod_spec
+from tests.support.manifests import MANIFESTS, REPO, Doc, build, pod_spec
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 CONSOLE_SCRIPTS = set(PYPROJECT["project"]["scripts"])

@@ -4,7 +4,7 @@ Every Namespace the manifests create enforces a level, every pod passes its name
 exporter (hostPath mounts) is alone in the one privileged namespace, the scaler's namespace is
 "restricted", and the enforce overlay never emits, and so never relabels, the namespace it deploys into.
 The checks read the rendered manifests (``kubectl kustomize``) and apply the Pod Security Standards' rules
-(tests/manifests_support.py), which the API server's Pod Security admission enforces.
+(tests/support/manifests.py), which the API server's Pod Security admission enforces.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.manifests_support import (
+from tests.support.manifests import (
     LEVELS,
     MANIFESTS,
     Doc,

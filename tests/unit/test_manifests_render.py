@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.manifests_support import MANIFESTS, REPO, Doc, KustomizeError, build, kustomization_dirs
+from tests.support.manifests import MANIFESTS, REPO, Doc, KustomizeError, build, kustomization_dirs
 
 # The oldest Kubernetes the manifests support, and the newest the validator knows.
 KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.utils.latest_version()]

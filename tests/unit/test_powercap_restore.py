@@ -19,7 +19,7 @@ import pytest
 from devices.simulated import SimulatedGpu
 from powercap.latency import LatencySample
 from powercap.sidecar import SHUTDOWN_BUDGET_S, PowercapHandle, start_powercap
-from tests.powercap_support import FakeClock, ScriptedSource, settings
+from tests.support.powercap import FakeClock, ScriptedSource, settings
 
 ORIGINAL_MW = 700_000
 

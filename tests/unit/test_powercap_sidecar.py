@@ -18,7 +18,7 @@ from powercap.events import CapEvent
 from powercap.latency import LatencySample
 from powercap.settings import StartupRefused
 from powercap.sidecar import PowercapHandle, start_powercap
-from tests.powercap_support import FakeClock, ScriptedSource, settings
+from tests.support.powercap import FakeClock, ScriptedSource, settings
 
 ORIGINAL_MW = 700_000
 

@@ -14,7 +14,7 @@ from powercap.events import CapEvent
 from powercap.main import load_settings
 from powercap.persist import GpuLock
 from powercap.sidecar import PowercapHandle, start_powercap
-from tests.powercap_support import FakeClock, ScriptedSource, settings
+from tests.support.powercap import FakeClock, ScriptedSource, settings
 
 UUID = "GPU-5e1a0000-0000-4000-8000-000000000000"
 

@@ -27,7 +27,7 @@ from exporter.pods.owners import PodMeta, Workload
 from exporter.pods.sampler import PodSampler, StaticPodMetadata
 from exporter.pods.scrape import AppReader
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kube"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kube"
 
 
 @dataclass(frozen=True)

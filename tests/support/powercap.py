@@ -26,7 +26,7 @@ from common.settings import from_values
 from powercap.latency import LatencySample, LatencySourceError
 from powercap.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIM_UUID = "GPU-5e1a0000-0000-4000-8000-000000000000"
 SIM_ORIGINAL_W = 700.0
 

@@ -21,8 +21,8 @@ from nodeagent.decide import Pod
 from nodeagent.requests import OPT_IN_ANNOTATION, PORT_ANNOTATION
 from nodeagent.settings import Settings
 from powercap.events import CapEvent
-from tests.pods_support import PodResourcesServicer, start_kubelet
-from tests.powercap_support import TextServer
+from tests.support.pods import PodResourcesServicer, start_kubelet
+from tests.support.powercap import TextServer
 
 NAMESPACE = "inference"
 T0 = 1_700_000_000.0
