@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from exporter.settings import parse_settings as parse_exporter_settings
+from nodeagent.main import load_settings as load_agent_settings
 from powercap.main import load_settings as load_powercap_settings
 from scaler.metadata import parse_metadata
 from scaler.settings import parse_settings as parse_scaler_settings
@@ -79,7 +80,12 @@ def eo_env(container: Doc) -> dict[str, str]:
 
 
 def test_there_are_containers_of_ours() -> None:
-    assert {console_script(c) for _, _, c in OURS} == {"eo-exporter", "eo-scaler", "eo-powercap"}
+    assert {console_script(c) for _, _, c in OURS} == {
+        "eo-exporter",
+        "eo-scaler",
+        "eo-powercap",
+        "eo-node-agent",
+    }
 
 
 @pytest.mark.parametrize(("workload", "spec", "container"), OURS, ids=OUR_IDS)
@@ -123,19 +129,37 @@ def test_values_parse_with_the_binarys_settings(
         scaler = parse_scaler_settings([], env)
         assert (scaler.port, scaler.metrics_port) == (6000, 9103)
         assert scaler.tls_cert_file is not None
+    elif script == "eo-node-agent":
+        agent = load_agent_settings([], env)
+        assert agent.port == 9105 and agent.kube_events == "on" and agent.node_name
+        assert agent.namespaces == ("inference",), "the example's namespace is the one the agent honours"
     else:
         sidecar = load_powercap_settings([], env)
-        assert sidecar.port == 9104
-        assert sidecar.kube_events == "on" and sidecar.pod_name and sidecar.pod_namespace
+        assert sidecar.port == 9104 and sidecar.pod_name and sidecar.pod_namespace
+        # Through the agent the sidecar has no token: the agent posts the Events on its pod.
+        assert sidecar.kube_events == ("off" if sidecar.via_agent else "on")
 
 
-def test_powercap_is_dry_run_except_in_the_enforce_overlay() -> None:
+def test_the_sidecar_enforces_through_the_agent_except_in_the_direct_overlay() -> None:
     modes = {}
     for name, docs in RENDERS.items():
         for _, _, container in _containers(docs):
             if container["name"] == "eo-powercap":
-                modes[name] = load_powercap_settings([], eo_env(container)).dry_run
-    assert modes == {"examples": True, "examples/vllm-enforce": False}
+                sidecar = load_powercap_settings([], eo_env(container))
+                modes[name] = (sidecar.apply_via, sidecar.dry_run)
+    assert modes == {"examples": ("agent", False), "examples/vllm-enforce": ("direct", False)}
+
+
+def test_the_agent_reads_the_sidecars_port_and_only_opted_in_pods_opt_in() -> None:
+    (agent,) = [c for _, _, c in _containers(RENDERS["base"]) if c["name"] == "eo-node-agent"]
+    port = load_agent_settings([], eo_env(agent)).request_port
+    for name, want_opt_in in (("examples", True), ("examples/vllm-enforce", False)):
+        (deployment,) = [d for d in RENDERS[name] if d["kind"] == "Deployment"]
+        template = deployment["spec"]["template"]
+        annotations = template["metadata"].get("annotations", {})
+        assert (annotations.get("energy-orchestrator.io/power-agent") == "true") is want_opt_in, name
+        (sidecar,) = [c for c in template["spec"]["containers"] if c["name"] == "eo-powercap"]
+        assert port in {p["containerPort"] for p in sidecar["ports"]}
 
 
 def _mounted(container: Doc) -> list[str]:
@@ -314,22 +338,31 @@ def test_our_containers_hold_the_least_privilege(workload: Doc, spec: Doc, conta
     assert not sc.get("privileged")
     added = set(sc["capabilities"].get("add", []))
     # The API server refuses allowPrivilegeEscalation: false next to privileged or CAP_SYS_ADMIN.
+    script = console_script(container)
     if added & {"SYS_ADMIN", "CAP_SYS_ADMIN"}:
+        assert added == {"SYS_ADMIN"}
         assert "allowPrivilegeEscalation" not in sc
-        assert eo_env(container)["EO_DRY_RUN"] == "false", "only an enforcing sidecar needs SYS_ADMIN"
+        # Only what calls NVML setters: the node agent, or a sidecar in direct mode.
+        assert script == "eo-node-agent" or (
+            eo_env(container)["EO_DRY_RUN"] == "false" and eo_env(container)["EO_APPLY_VIA"] == "direct"
+        )
     else:
         assert added == set() and sc["allowPrivilegeEscalation"] is False
     runs_as_root = sc.get("runAsUser", spec.get("securityContext", {}).get("runAsUser")) == 0
     # Root only where a root-owned file must be read (RAPL, kubelet socket) or NVML setters are used.
-    assert runs_as_root == (console_script(container) == "eo-exporter" or bool(added))
+    assert runs_as_root == (script == "eo-exporter" or bool(added))
 
 
 def test_rbac_is_what_the_docs_say_and_binds_existing_service_accounts() -> None:
     rules = {}
+    # The examples are applied on top of the base: a binding there may name the base's accounts.
+    accounts = {
+        (d["metadata"]["namespace"], d["metadata"]["name"])
+        for docs in RENDERS.values()
+        for d in docs
+        if d["kind"] == "ServiceAccount"
+    }
     for docs in RENDERS.values():
-        accounts = {
-            (d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceAccount"
-        }
         for doc in docs:
             if doc["kind"] in {"Role", "ClusterRole"}:
                 rules[doc["metadata"]["name"]] = [
@@ -344,6 +377,16 @@ def test_rbac_is_what_the_docs_say_and_binds_existing_service_accounts() -> None
         (("batch",), ("jobs",), ("get",)),
     ]
     assert rules["eo-powercap-events"] == [(("",), ("events",), ("create",))]  # docs/powercap.md
+    assert rules["eo-node-agent-events"] == [(("",), ("events",), ("create",))]
+    bindings = {
+        name: [(d["metadata"]["namespace"], d["roleRef"]["name"]) for d in docs if d["kind"] == "RoleBinding"]
+        for name, docs in RENDERS.items()
+    }
+    # The agent may post Events only where a namespace binds it; the direct overlay binds it nowhere.
+    assert ("inference", "eo-node-agent-events") in bindings["examples"]
+    assert ("inference", "eo-node-agent-events") not in bindings["examples/vllm-enforce"]
+    assert not [d for docs in RENDERS.values() for d in docs if d["kind"] == "ClusterRoleBinding"
+                and d["roleRef"]["name"] == "eo-node-agent-events"], "never cluster-wide"  # fmt: skip
     scaler_pod = _one(RENDERS["base"], "Deployment", "eo-scaler", "energy-orchestrator")["spec"]["template"][
         "spec"
     ]

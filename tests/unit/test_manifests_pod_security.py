@@ -1,8 +1,10 @@
 """Pod Security: a namespace is exempt ("privileged") only where every pod in it needs the exemption.
 
 Every Namespace the manifests create enforces a level, every pod passes its namespace's level, the
-exporter (hostPath mounts) is alone in the one privileged namespace, the scaler's namespace is
-"restricted", and the enforce overlay never emits, and so never relabels, the namespace it deploys into.
+exporter and its node agent (hostPath mounts, the agent's CAP_SYS_ADMIN) are alone in the one privileged
+namespace, the scaler's namespace is "restricted", the default install runs no privileged or root
+container of ours in the users' namespaces, and the direct-mode overlay never emits, and so never
+relabels, the namespace it deploys into.
 The checks read the rendered manifests (``kubectl kustomize``) and apply the Pod Security Standards' rules
 (tests/support/manifests.py), which the API server's Pod Security admission enforces.
 """
@@ -78,17 +80,64 @@ def test_the_base_creates_the_two_namespaces_at_their_levels() -> None:
     assert levels == {EXPORTER_NAMESPACE: "privileged", SCALER_NAMESPACE: "restricted"}
 
 
-def test_the_exporter_needs_the_exemption_for_its_host_paths_only() -> None:
+def test_the_exporter_needs_the_exemption_for_its_host_paths_and_the_agents_capability_only() -> None:
     daemonset, spec = _one_workload(RENDERS["base"], "eo-exporter")
     assert daemonset["metadata"]["namespace"] == EXPORTER_NAMESPACE
-    # Nothing privileged: "baseline" would admit it but for the hostPath volumes.
-    assert pod_security_violations(spec, "baseline") == {"hostPath volumes"}
+    # Nothing privileged: "baseline" would admit it but for the hostPath volumes and the agent's SYS_ADMIN.
+    assert pod_security_violations(spec, "baseline") == {"hostPath volumes", "capabilities"}
     host_paths = {v["name"] for v in spec["volumes"] if "hostPath" in v}
-    assert host_paths == {"rapl", "pod-resources", "cgroup"}, "docs/install.md, 'Permissions' lists these"
-    for container in spec["containers"]:
+    assert host_paths == {"rapl", "pod-resources", "cgroup", "powercap-state"}, "docs/install.md lists these"
+    containers = {c["name"]: c for c in spec["containers"]}
+    assert set(containers) == {"eo-exporter", "eo-node-agent"}
+    for container in containers.values():
         for mount in container.get("volumeMounts", []):
-            if mount["name"] in host_paths:
+            if mount["name"] in host_paths and mount["name"] != "powercap-state":
                 assert mount.get("readOnly") is True, f"{mount['name']} must be mounted read-only"
+    # The exporter holds no capability and cannot write the state; the agent adds SYS_ADMIN alone.
+    exporter, agent = containers["eo-exporter"], containers["eo-node-agent"]
+    assert "add" not in exporter["securityContext"]["capabilities"]
+    assert "powercap-state" not in {m["name"] for m in exporter["volumeMounts"]}
+    assert agent["securityContext"]["capabilities"] == {"add": ["SYS_ADMIN"], "drop": ["ALL"]}
+    assert not agent["securityContext"]["privileged"]
+
+
+def _user_namespaces(docs: list[Doc]) -> set[str]:
+    return {d["metadata"].get("namespace") for d in docs} - {EXPORTER_NAMESPACE, SCALER_NAMESPACE, None}
+
+
+def default_install_findings(docs: list[Doc]) -> list[str]:
+    """What in the users' namespaces needs more than it should: any pod beyond "baseline", any container
+    privileged or adding a capability, and any container of ours running as root or escalating."""
+    findings = []
+    for workload, spec in _workloads(docs):
+        if workload["metadata"].get("namespace") not in _user_namespaces(docs):
+            continue
+        name = workload["metadata"]["name"]
+        if pod_security_violations(spec, "baseline"):
+            findings.append(f"{name} is beyond baseline: {sorted(pod_security_violations(spec, 'baseline'))}")
+        for container in spec["containers"]:
+            sc = container.get("securityContext", {})
+            if sc.get("privileged") or sc.get("capabilities", {}).get("add"):
+                findings.append(f"{name}/{container['name']} is privileged or adds a capability")
+            if container["image"].startswith("ghcr.io/energy-orchestrator/"):
+                alone = {**spec, "containers": [container]}
+                if sc.get("runAsUser") == 0 or sc.get("runAsNonRoot") is not True:
+                    findings.append(f"{name}/{container['name']} (ours) may run as root")
+                if not sc.get("readOnlyRootFilesystem"):
+                    findings.append(f"{name}/{container['name']} (ours) writes its root filesystem")
+                broken = pod_security_violations(alone, "restricted") - {"volume types", "runAsNonRoot"}
+                if broken:
+                    findings.append(f"{name}/{container['name']} (ours) breaks restricted: {sorted(broken)}")
+    return findings
+
+
+def test_the_default_install_runs_no_privileged_or_root_container_of_ours_in_the_users_namespaces() -> None:
+    docs = RENDERS["base"] + RENDERS["examples"]
+    assert "inference" in _user_namespaces(docs)
+    assert default_install_findings(docs) == []
+    # ... and the check sees the direct overlay for what it is.
+    direct = default_install_findings(RENDERS["base"] + RENDERS["examples/vllm-enforce"])
+    assert any("beyond baseline" in f for f in direct) and any("may run as root" in f for f in direct)
 
 
 def test_only_the_exporter_lives_in_the_privileged_namespace() -> None:
@@ -123,12 +172,12 @@ def test_the_enforce_overlay_emits_no_namespace() -> None:
     assert {d["metadata"].get("namespace") for d in docs} == {"inference"}
 
 
-def test_the_enforcing_sidecar_is_beyond_baseline_as_the_docs_say() -> None:
-    """docs/install.md tells the operator that enforce mode needs a namespace beyond "baseline"."""
-    _, dry_run = _one_workload(RENDERS["examples/vllm"], "llama-chat")
-    _, enforce = _one_workload(RENDERS["examples/vllm-enforce"], "llama-chat")
-    assert pod_security_violations(dry_run, "baseline") == set()
-    assert pod_security_violations(enforce, "baseline") == {"capabilities", "hostPath volumes"}
+def test_the_direct_mode_sidecar_is_beyond_baseline_as_the_docs_say() -> None:
+    """docs/install.md tells the operator that direct mode needs a namespace beyond "baseline"."""
+    _, via_agent = _one_workload(RENDERS["examples/vllm"], "llama-chat")
+    _, direct = _one_workload(RENDERS["examples/vllm-enforce"], "llama-chat")
+    assert pod_security_violations(via_agent, "baseline") == set()
+    assert pod_security_violations(direct, "baseline") == {"capabilities", "hostPath volumes"}
     install = (MANIFESTS.parent / "docs" / "install.md").read_text()
     assert "CAP_SYS_ADMIN" in install and "hostPath" in install and "baseline" in install
 

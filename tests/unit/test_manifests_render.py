@@ -207,6 +207,12 @@ def test_the_enforce_patch_merges_into_the_sidecar_by_key() -> None:
     assert dry_run == [{"name": "EO_DRY_RUN", "value": "false"}]
     assert "EO_GPU_UUIDS_FILE" in {e["name"] for e in sidecar["env"]}, "the base's variables stay"
     assert "allowPrivilegeEscalation" not in sidecar["securityContext"]
+    assert [e for e in sidecar["env"] if e["name"] == "EO_APPLY_VIA"] == [
+        {"name": "EO_APPLY_VIA", "value": "direct"}
+    ]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert "energy-orchestrator.io/power-agent" not in annotations, "null deletes the opt-in"
+    assert annotations["energy-orchestrator.io/server"] == "vllm", "the other annotations stay"
 
 
 EXPORTER_NAMESPACE = "energy-orchestrator-node"
