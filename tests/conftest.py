@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Real-process fixtures (Prometheus, Alertmanager, kubelet PodResources, vLLM-format server) for every test.
+pytest_plugins = ["tests.support.fixtures"]
 SHARED = REPO.parent / "shared"
 
 

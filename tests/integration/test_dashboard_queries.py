@@ -7,7 +7,6 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 import recording_rules
-from demo.prometheus import Prometheus
+from tests.support.fixtures import Prometheus, StartPrometheus
 from tools.metric_catalog import PUBLISHED
 from tools.promql_names import metric_names
 
@@ -59,13 +58,9 @@ QUERIES = _queries()
 
 
 @pytest.fixture(scope="module")
-def prometheus() -> Iterator[Prometheus]:
+def prometheus(start_module_prometheus: StartPrometheus) -> Prometheus:
     # Loading the rule files into the same Prometheus also proves the PrometheusRule's content loads.
-    prom = Prometheus(rule_files=RULE_FILES, scrape_interval_s=1.0).start()
-    try:
-        yield prom
-    finally:
-        prom.stop()
+    return start_module_prometheus(rule_files=RULE_FILES, scrape_interval_s=1.0)
 
 
 def _api(prom: Prometheus, path: str, **params: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.prometheus import Prometheus, free_port
+from tests.support.fixtures import StartPrometheus, free_port
 
 
 @pytest.fixture
@@ -52,9 +52,11 @@ def exporter(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         assert proc.wait(timeout=10) == 0  # SIGTERM is a clean stop
 
 
-def test_prometheus_scrapes_power_energy_and_collector_health(exporter: tuple[int, Path]) -> None:
+def test_prometheus_scrapes_power_energy_and_collector_health(
+    exporter: tuple[int, Path], start_prometheus: StartPrometheus
+) -> None:
     port, log_path = exporter
-    with Prometheus(targets=[f"127.0.0.1:{port}"], scrape_interval_s=0.5).start() as prom:
+    with start_prometheus(targets=[f"127.0.0.1:{port}"], scrape_interval_s=0.5) as prom:
         power = prom.wait_for('eo_gpu_power_watts{node="it-node"}', timeout_s=20)
         assert {s["metric"]["uuid"] for s in power} == {
             "GPU-5e1a0000-0000-4000-8000-000000000000",

@@ -10,19 +10,21 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from demo.prometheus import Prometheus
 from devices.simulated import SimulatedGpu
 from exporter.pods.accounting import PodKey
 from exporter.pods.owners import PodMeta, Workload
 from exporter.pods.sampler import StaticPodMetadata
 from exporter.pods.settings import PodSettings, build_pod_collector
+from tests.support.fixtures import StartPrometheus
 from tests.support.pods import VllmServer, start_kubelet
 
 # (pod, batch on its GPU, requests per second, prompt and generation tokens per request)
 PODS = [("llama-a", 8.0, 80, 100, 200), ("llama-b", 2.0, 40, 50, 350)]
 
 
-def test_joules_per_request_and_token_in_prometheus(tmp_path: Path) -> None:
+def test_joules_per_request_and_token_in_prometheus(
+    tmp_path: Path, start_prometheus: StartPrometheus
+) -> None:
     socket_path = tmp_path / "kubelet.sock"
     grpc_server, kubelet = start_kubelet(socket_path)
     gpus, servers, metas = [], {}, {}
@@ -59,9 +61,9 @@ def test_joules_per_request_and_token_in_prometheus(tmp_path: Path) -> None:
     http_server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
     loader = threading.Thread(target=load, daemon=True)
     loader.start()
-    prom = Prometheus(targets=[f"127.0.0.1:{http_server.server_port}"], scrape_interval_s=0.5)
+    prom = start_prometheus(targets=[f"127.0.0.1:{http_server.server_port}"], scrape_interval_s=0.5)
     try:
-        with prom.start():
+        with prom:
             prom.wait_for("eo_pod_requests_total", timeout_s=20)
             time.sleep(6)
             jpr = "sum by (pod) (increase(eo_pod_energy_joules_total[5s])) / sum by (pod) (increase(eo_pod_requests_total[5s]))"

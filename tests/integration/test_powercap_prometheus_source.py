@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from demo.prometheus import Prometheus
 from powercap.latency import LatencySourceError, PrometheusSource
+from tests.support.fixtures import StartPrometheus
 from tests.support.hostile_http import Behaviour, hostile_server
 from tests.support.powercap import TextServer, vllm_histogram
 
 
-def test_quantile_and_load_from_promql() -> None:
+def test_quantile_and_load_from_promql(start_prometheus: StartPrometheus) -> None:
     served = {"n": 0.0}
 
     def body() -> str:
@@ -26,9 +26,9 @@ def test_quantile_and_load_from_promql() -> None:
         return vllm_histogram({0.5: 0.8 * n, 1.0: 0.8 * n, 2.0: n, math.inf: n})
 
     vllm = TextServer(body_fn=body)
-    prom = Prometheus(targets=[f"127.0.0.1:{vllm.port}"], scrape_interval_s=0.5)
+    prom = start_prometheus(targets=[f"127.0.0.1:{vllm.port}"], scrape_interval_s=0.5)
     try:
-        with prom.start():
+        with prom:
             rate = "rate(vllm:e2e_request_latency_seconds_bucket[3s])"
             latency_q = f"histogram_quantile(0.9, sum by (le) ({rate}))"
             load_q = "sum(rate(vllm:e2e_request_latency_seconds_count[3s]))"
