@@ -1,8 +1,9 @@
 """`make demo`: the whole loop, live, on simulated GPUs with a real Prometheus and Alertmanager.
 
-Started here, in one process: the exporter (simulated GPUs, pod attribution), eo-scaler, a KEDA/HPA
-driver polling it over gRPC, a Deployment of simulated vLLM replicas whose load replays a real trace,
-one eo-powercap sidecar per replica, and a webhook receiver to which Alertmanager delivers the alerts.
+Started here, in one process: the exporter (simulated GPUs, pod attribution) and its node agent, eo-scaler,
+a KEDA/HPA driver polling it over gRPC, a Deployment of simulated vLLM replicas whose load replays a real
+trace, one eo-powercap sidecar per replica (unprivileged: it asks the node agent, which alone sets the
+GPUs, as in the default manifests), and a webhook receiver to which Alertmanager delivers the alerts.
 Started as processes: Prometheus (with the project's rules, time-compressed) and Alertmanager.
 Everything stops on the way out, Ctrl-C included.
 """
@@ -30,11 +31,14 @@ from demo.prometheus import Alertmanager, Prometheus
 from demo.report import DemoResult, Row
 from demo.rules import write_compressed_rules
 from demo.schedule import Phase, phase_at, schedule_requests
-from demo.world import DemoDeployment
+from demo.world import DemoDeployment, StartedSidecar
+from devices.base import GpuDevice
 from devices.simulated import SimulatedBackend, SimulatedGpu
 from exporter.server import start_exporter
 from exporter.settings import Settings as ExporterSettings
 from gpumodel import H100_LLAMA_8B
+from nodeagent.agent import start_node_agent
+from nodeagent.settings import Settings as AgentSettings
 from powercap.latency import MetricsEndpointSource
 from powercap.settings import Settings as PowercapSettings
 from powercap.sidecar import start_powercap
@@ -221,13 +225,14 @@ def run_demo(
     work = Path(tempfile.mkdtemp(prefix="eo-demo-"))
     sidecar_targets = SidecarTargets(work / "sidecars.json")
 
-    def start_sidecar(gpu: SimulatedGpu, pod: str, metrics_url: str) -> Callable[[], None]:
+    def start_sidecar(gpu: GpuDevice, pod: str, metrics_url: str) -> StartedSidecar:
         # environ={}: the demo's sidecars take exactly these settings, whatever EO_* the shell holds.
         settings = from_values(
             PowercapSettings,
             {
                 "latency_target_s": slo_s * config.sidecar_target_ratio,
                 "actuator": config.actuator,
+                "apply_via": "agent",
                 "interval_s": 2.0,
                 "settle_s": 4.0,
                 "stale_after_s": 30.0,
@@ -247,7 +252,7 @@ def run_demo(
             sidecar_targets.remove(pod)
             handle.stop()
 
-        return stop
+        return StartedSidecar(stop, handle.port)
 
     deployment = DemoDeployment(requests, server, gpus, NAMESPACE, WORKLOAD, MODEL, start_sidecar)
     rows: list[Row] = []
@@ -281,6 +286,28 @@ def run_demo(
             pod_sources=(deployment, deployment),
         )
         stack.callback(exporter.stop)
+        # The node agent beside the exporter, as in the DaemonSet: the only writer of the GPUs. Its
+        # kubelet and pod cache are the deployment, as for the exporter's pod attribution.
+        agent = start_node_agent(
+            from_values(
+                AgentSettings,
+                {
+                    "namespaces": NAMESPACE,
+                    "node_name": "demo-node",
+                    "listen_address": "127.0.0.1",
+                    "port": 0,
+                    "poll_interval_s": 1.0,
+                    "stale_after_s": 10.0,
+                    "min_change_interval_s": 1.0,
+                    "state_dir": work / "node-agent",
+                },
+                environ={},
+            ),
+            gpus,
+            deployment,
+            deployment,
+        )
+        stack.callback(agent.stop)
         prom = Prometheus(
             targets=[f"127.0.0.1:{exporter.port}"],
             scrape_interval_s=1.0,
@@ -302,6 +329,7 @@ def run_demo(
         prom.extra_scrape_configs = [
             {"job_name": "eo-powercap", "file_sd_configs": [{"files": [str(sidecar_targets.path)]}]},
             {"job_name": "eo-scaler", "static_configs": [{"targets": [f"127.0.0.1:{scaler.metrics_port}"]}]},
+            {"job_name": "eo-node-agent", "static_configs": [{"targets": [f"127.0.0.1:{agent.port}"]}]},
             {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{gateway.port}"]}]},
         ]
         prom.start()
@@ -365,7 +393,8 @@ def run_demo(
         log.info("Prometheus scraped %s sidecars over the run", sidecars_seen)
         final_desired = deployment.desired()
         delivered = receiver.delivered()
-        deployment.stop()  # stops every sidecar: each restores its GPU
+        deployment.stop()  # stops every sidecar and removes every pod
+        agent.stop()  # restores every GPU it still holds (pods gone: it would at its next cycle anyway)
         # Every setting the sidecars made, restores included, as the simulated GPUs recorded them.
         changes = sum(setting_changes(g) for g in gpus)
         restored = all(

@@ -5,8 +5,12 @@ continuous-batching model (``sim.server.Cluster``), so the demo and ``eo-sim`` a
 bound to one ``SimulatedGpu`` (its load is the replica's running batch, and the cap the sidecar sets
 on that GPU slows the replica as the model says), serves vLLM-format ``/metrics`` on a real port once
 it is ready, and gets a real ``eo-powercap`` sidecar. The deployment is also the pod source of the
-exporter's pod attribution: it answers what the kubelet (which pod holds which GPU) and the
-Kubernetes API (which workload a pod belongs to, where its metrics are) would.
+exporter's pod attribution and of the node agent: it answers what the kubelet (which pod holds which
+GPU) and the Kubernetes API (which workload a pod belongs to, where its metrics are, whether it opts in
+to the node agent and on which port its sidecar publishes its request) would.
+
+The sidecars run unprivileged, as in the default manifests: each gets a ``ReadOnlyGpu`` view of its GPU
+(every setter raises no-permission) and asks the node agent, which alone writes to the GPUs.
 """
 
 from __future__ import annotations
@@ -17,18 +21,97 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from demo.inference import SimulatedVllmServer
+from devices.base import GpuDevice, GpuNoPermission
 from devices.simulated import SimulatedGpu, idle_load
 from exporter.pods.accounting import PodKey
 from exporter.pods.devices import Allocation
 from exporter.pods.owners import PodMeta, Workload
+from nodeagent.requests import OPT_IN_ANNOTATION, PORT_ANNOTATION
 from sim.server import Cluster, Replica, ServerConfig
 from sim.trace import Request
 
 log = logging.getLogger(__name__)
 
 GPU_RESOURCE = "nvidia.com/gpu"
-Sidecar = Callable[[SimulatedGpu, str, str], Callable[[], None]]
-"""Starts a sidecar for (GPU, pod name, the pod's metrics URL); returns the function that stops it."""
+
+
+@dataclass
+class StartedSidecar:
+    stop: Callable[[], None]
+    port: int
+    """Where its /metrics (and so its request to the node agent) is served."""
+
+
+Sidecar = Callable[[GpuDevice, str, str], StartedSidecar]
+"""Starts a sidecar for (its view of the GPU, pod name, the pod's metrics URL)."""
+
+
+class ReadOnlyGpu:
+    """A sidecar's view of a GPU without CAP_SYS_ADMIN: every reading, no setter (as NVML answers an
+    unprivileged container)."""
+
+    def __init__(self, gpu: GpuDevice) -> None:
+        self._gpu = gpu
+
+    @property
+    def index(self) -> int:
+        return self._gpu.index
+
+    @property
+    def uuid(self) -> str:
+        return self._gpu.uuid
+
+    @property
+    def name(self) -> str:
+        return self._gpu.name
+
+    def power_usage_mw(self) -> int:
+        return self._gpu.power_usage_mw()
+
+    def total_energy_mj(self) -> int:
+        return self._gpu.total_energy_mj()
+
+    def power_limit_mw(self) -> int:
+        return self._gpu.power_limit_mw()
+
+    def power_management_limit_mw(self) -> int:
+        return self._gpu.power_management_limit_mw()
+
+    def power_limit_default_mw(self) -> int:
+        return self._gpu.power_limit_default_mw()
+
+    def power_limit_constraints_mw(self) -> tuple[int, int]:
+        return self._gpu.power_limit_constraints_mw()
+
+    def temperature_c(self) -> int:
+        return self._gpu.temperature_c()
+
+    def slowdown_temperature_c(self) -> int:
+        return self._gpu.slowdown_temperature_c()
+
+    def utilization_percent(self) -> int:
+        return self._gpu.utilization_percent()
+
+    def sm_clock_mhz(self) -> int:
+        return self._gpu.sm_clock_mhz()
+
+    def max_sm_clock_mhz(self) -> int:
+        return self._gpu.max_sm_clock_mhz()
+
+    def supported_sm_clocks_mhz(self) -> Sequence[int]:
+        return self._gpu.supported_sm_clocks_mhz()
+
+    def clock_event_reasons(self) -> frozenset[str]:
+        return self._gpu.clock_event_reasons()
+
+    def set_power_limit_mw(self, limit_mw: int) -> None:
+        raise GpuNoPermission("the sidecar holds no CAP_SYS_ADMIN: the node agent sets the GPU")
+
+    def lock_sm_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None:
+        raise GpuNoPermission("the sidecar holds no CAP_SYS_ADMIN: the node agent sets the GPU")
+
+    def reset_sm_clocks(self) -> None:
+        raise GpuNoPermission("the sidecar holds no CAP_SYS_ADMIN: the node agent sets the GPU")
 
 
 @dataclass
@@ -39,7 +122,7 @@ class Pod:
     gpu: SimulatedGpu
     name: str
     server: SimulatedVllmServer | None = None
-    stop_sidecar: Callable[[], None] | None = None
+    sidecar: StartedSidecar | None = None
 
 
 @dataclass
@@ -138,13 +221,14 @@ class DemoDeployment:
             if pod.server is None and replica.is_ready(self._t):
                 pod.server = SimulatedVllmServer(self.model_name)
                 if self._start_sidecar is not None:
-                    pod.stop_sidecar = self._start_sidecar(pod.gpu, pod.name, pod.server.url)
+                    pod.sidecar = self._start_sidecar(ReadOnlyGpu(pod.gpu), pod.name, pod.server.url)
             if pod.server is not None:
                 pod.server.set_running(replica.batch)
 
     def _release(self, pod: Pod) -> None:
-        if pod.stop_sidecar is not None:
-            pod.stop_sidecar()  # restores the GPU's original limit
+        if pod.sidecar is not None:
+            # The sidecar stops publishing; the node agent restores the GPU once the pod is gone.
+            pod.sidecar.stop()
         if pod.server is not None:
             pod.server.stop()
         pod.gpu.set_load(idle_load)
@@ -179,11 +263,14 @@ class DemoDeployment:
         with self._lock:
             for pod in self._pods.values():
                 if key.namespace == self.namespace and key.pod == pod.name:
-                    annotations = {"energy-orchestrator.io/server": "vllm"}
+                    uid = f"uid-{pod.name}"
+                    annotations = {"energy-orchestrator.io/server": "vllm", OPT_IN_ANNOTATION: "true"}
                     if pod.server is None:  # still starting: as in Kubernetes, no pod IP yet
-                        return PodMeta(Workload("Deployment", self.workload), None, annotations, {})
+                        return PodMeta(Workload("Deployment", self.workload), None, annotations, {}, uid)
                     annotations["energy-orchestrator.io/metrics-port"] = str(pod.server.port)
-                    return PodMeta(Workload("Deployment", self.workload), "127.0.0.1", annotations, {})
+                    if pod.sidecar is not None:
+                        annotations[PORT_ANNOTATION] = str(pod.sidecar.port)
+                    return PodMeta(Workload("Deployment", self.workload), "127.0.0.1", annotations, {}, uid)
             return None
 
 
