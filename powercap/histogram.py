@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from common.quantiles import bucket_quantile
 
 
 @dataclass(frozen=True)
@@ -42,29 +44,6 @@ def snapshot_from_buckets(
         raise ValueError("histogram has no +Inf bucket")
     ordered = tuple(sorted((le * scale if math.isfinite(le) else math.inf, c) for le, c in buckets.items()))
     return HistogramSnapshot(time_s, ordered, ordered[-1][1])
-
-
-def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
-    """The q-quantile of a cumulative histogram, as Prometheus' histogram_quantile computes it."""
-    if not buckets:
-        return None
-    total = buckets[-1][1]
-    # No requests, or a count that is not a number (NaN compares false to everything): no quantile.
-    if not math.isfinite(total) or total <= 0:
-        return None
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                # Above the highest finite bound: Prometheus answers that bound; so do we.
-                return prev_bound
-            if count == prev_count:
-                return bound
-            lower = prev_bound if prev_bound < bound else 0.0
-            return lower + (bound - lower) * (rank - prev_count) / (count - prev_count)
-        prev_bound, prev_count = bound, count
-    return prev_bound
 
 
 class SlidingWindow:

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from powercap.histogram import SlidingWindow, bucket_quantile, snapshot_from_buckets
+from common.quantiles import bucket_quantile
+from powercap.histogram import SlidingWindow, snapshot_from_buckets
 
 INF = math.inf
 
