@@ -50,8 +50,10 @@ FORECAST_RANGE_S = 600.0
 FORECAST_MIN_POINTS = 37
 # The seasonal forecast compares 5-minute rates (smooth enough to carry a level from one season on).
 SEASON_RATE_WINDOW_S = 300.0
-# The high quantile of the burst rises over the lookback that sizes the standing headroom.
+# The high quantile of the burst rises over the lookback that sizes the standing headroom, and the
+# fewest 1-minute rise samples it needs.
 BURST_QUANTILE = 0.95
+HEADROOM_MIN_POINTS = 10
 # A learned-capacity minute extrapolates its per-replica load along the SLO headroom by at most this.
 LEARNED_CAPACITY_MAX_EXTRAPOLATION = 1.5
 # The part holding each SLO's quantile (``latency`` is the end-to-end one, its name since the first policy).
@@ -468,7 +470,10 @@ def build_signals(
     for s in slos:
         parts[SLO_PART_NAMES[s.kind]] = s.quantile
     rise = burst_rise(cold_start_s)
-    parts["burst_rise"] = OverTime("quantile", rise, lookback_s, COARSE_STEP_S, q=BURST_QUANTILE)
+    # Off until ten minutes of rises exist: a young workload's first rates cover part of their window
+    # (Prometheus extrapolates little), so its first "rises" are artefacts of the start.
+    rises = Filter(OverTime("count", rise, lookback_s, COARSE_STEP_S), ">=", float(HEADROOM_MIN_POINTS))
+    parts["burst_rise"] = And(OverTime("quantile", rise, lookback_s, COARSE_STEP_S, q=BURST_QUANTILE), rises)
     # Trend: a line through the last 10 minutes, one cold start ahead; off while history is short.
     trend = OverTime("predict_linear", load, FORECAST_RANGE_S, FINE_STEP_S, ahead_s=cold_start_s)
     enough = Filter(OverTime("count", load, FORECAST_RANGE_S, FINE_STEP_S), ">=", float(FORECAST_MIN_POINTS))

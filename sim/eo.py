@@ -97,13 +97,16 @@ class EoTrigger:
         self._memo: sig.Memo = {}
         self._memo_of: SimPrometheus | None = None
 
-    def values(self, prom: SimPrometheus, now_s: float) -> dict[str, float]:
-        """Every part of the trigger's query at ``now_s``: the signals as declared, and the pod
-        evidence a healthy exporter pipeline gives (fresh heartbeat, every pod seen and serving)."""
-        view = SimSeries(prom)
+    def values(
+        self, prom: SimPrometheus, now_s: float, view: sig.SeriesView | None = None
+    ) -> dict[str, float]:
+        """Every part of the trigger's query at ``now_s``: the signals as declared (over ``view``, by
+        default ``SimSeries(prom)``), and the pod evidence a healthy exporter pipeline gives (fresh
+        heartbeat, every pod seen and serving)."""
+        view = view if view is not None else SimSeries(prom)
         if self._memo_of is not prom:
             self._memo, self._memo_of = {}, prom
-        replicas = prom.replicas(now_s)
+        replicas = view.replicas(now_s)
         values = sig.evaluate(self.signals.parts, view, now_s, self._memo)
         values.update(heartbeat_age=0.0, visible_pods=float(replicas), unwatched_nodes=0.0,
                       replicas=float(replicas))  # fmt: skip

@@ -30,6 +30,18 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
 META = {"workload": "llama", "latencySloSeconds": "2", "replicaCapacityRps": "10", "maxReplicas": "10"}
 PART_NAMES = ["heartbeat_age", "visible_pods", "replicas", "unwatched_nodes", "load", "peak", "latency"]
 PART_NAMES += ["latency_rate", "recent_requests", "settled_replicas", "capacity", "demand", "power", "jpr"]
+PART_NAMES += [
+    "ttft",
+    "ttft_rate",
+    "itl",
+    "itl_rate",
+    "tokens",
+    "peak_tokens",
+    "waiting",
+    "running",
+    "kv_usage",
+]
+PART_NAMES += ["burst_rise", "forecast_trend", "forecast_season"]
 
 
 class StubSource:
@@ -122,9 +134,10 @@ def test_fuzzed_calls_answer_only_allowed_codes_and_stay_bounded(
     handle, source = served
     channel = grpc.insecure_channel(f"127.0.0.1:{handle.port}")
     stub = pb_grpc.ExternalScalerStub(channel)
-    assert set(all_parts(TriggerConfig("n", "w", 1.0, latency_query="q", activation_query="q"))) <= set(
-        PART_NAMES
+    every = TriggerConfig(
+        "n", "w", 1.0, latency_query="q", activation_query="q", ttft_slo_s=1.0, itl_slo_s=0.1
     )
+    assert set(all_parts(every)) <= set(PART_NAMES)
     rss_before = _rss_bytes()
 
     @settings(

@@ -55,6 +55,7 @@ class Workload:
     stale_age_s: float = 0.0  # samples timestamped this far in the past
     readable: bool = True  # eo_pod_metrics_up: the exporter could read the pod's inference server
     counters: bool = True  # the exporter publishes the pod's mirrored counters
+    waiting: float = 0.0  # requests waiting per pod (vLLM num_requests_waiting)
 
 
 class FixtureExporter(Collector):
@@ -78,6 +79,12 @@ class FixtureExporter(Collector):
         requests = CounterMetricFamily("eo_pod_requests", "fixture", labels=labels)
         energy = CounterMetricFamily("eo_pod_energy_joules", "fixture", labels=labels)
         latency = HistogramMetricFamily("eo_pod_request_latency_seconds", "fixture", labels=labels)
+        tokens = CounterMetricFamily("eo_pod_tokens", "fixture", labels=[*labels, "kind"])
+        ttft = HistogramMetricFamily("eo_pod_time_to_first_token_seconds", "fixture", labels=labels)
+        itl = HistogramMetricFamily("eo_pod_inter_token_latency_seconds", "fixture", labels=labels)
+        waiting = GaugeMetricFamily("eo_pod_requests_waiting", "fixture", labels=labels)
+        running = GaugeMetricFamily("eo_pod_requests_running", "fixture", labels=labels)
+        kv = GaugeMetricFamily("eo_pod_kv_cache_usage_ratio", "fixture", labels=labels)
         for (ns, wl), w in list(self.workloads.items()):
             for i in range(w.pods):
                 lv = [self.node, ns, f"{wl}-{self.node}-{i}", wl]
@@ -92,7 +99,19 @@ class FixtureExporter(Collector):
                 energy.add_metric(lv, w.watts * elapsed, timestamp=ts)
                 buckets = [("0.25", 0.0 if w.latency_s > 0.25 else count), ("0.5", count), ("+Inf", count)]
                 latency.add_metric(lv, buckets, sum_value=count * w.latency_s, timestamp=ts)
-        yield from (info, app_up, requests, energy, latency)
+                # 500 tokens per request (400 prompt, 100 generated); every first token within
+                # (0.1, 0.25] s, every inter-token interval within (0.01, 0.025] s.
+                tokens.add_metric([*lv, "prompt"], 400 * count, timestamp=ts)
+                tokens.add_metric([*lv, "generation"], 100 * count, timestamp=ts)
+                ttft.add_metric(lv, [("0.1", 0.0), ("0.25", count), ("+Inf", count)], sum_value=0.2 * count,
+                                timestamp=ts)  # fmt: skip
+                generated = 99 * count
+                itl.add_metric(lv, [("0.01", 0.0), ("0.025", generated), ("+Inf", generated)],
+                               sum_value=0.02 * generated, timestamp=ts)  # fmt: skip
+                waiting.add_metric(lv, w.waiting, timestamp=ts)
+                running.add_metric(lv, 8.0, timestamp=ts)
+                kv.add_metric(lv, 0.4, timestamp=ts)
+        yield from (info, app_up, requests, energy, latency, tokens, ttft, itl, waiting, running, kv)
 
 
 def _serve(exporter: FixtureExporter) -> Any:
@@ -114,6 +133,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             # Pods hold GPUs, but the exporter publishes no counters for them (and up 0).
             ("demo", "silent"): Workload(pods=1, readable=False, counters=False),
             ("demo", "gone"): Workload(pods=1),
+            ("demo", "queued"): Workload(pods=2, waiting=2.0),  # a queue all along
         },
     )
     node2 = FixtureExporter("n2", {("demo", "moved"): Workload(pods=1)})
@@ -130,7 +150,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             http.server_close()
         pytest.skip(f"cannot run Prometheus: {exc}")
     try:
-        prom.wait_for('namespace_workload:eo_pod_requests:rate5m{workload="llama"} > 18', timeout_s=30)
+        # The policy's short window is one minute: wait until it holds a full minute of samples.
+        prom.wait_for('sum(rate(eo_pod_requests_total{workload="llama"}[60s])) > 19.5', timeout_s=120)
         prom.wait_for('eo_gpu_pod_info{workload="moved"}', timeout_s=30)
         prom.http = http1  # type: ignore[attr-defined]
         prom.http2 = http2  # type: ignore[attr-defined]
@@ -190,25 +211,55 @@ def test_observation_from_real_prometheus(prometheus: Prometheus) -> None:
     assert o.settled_replicas in (None, 2)  # None until the first 15-s subquery step has data
 
 
+def test_llm_signals_from_real_prometheus(prometheus: Prometheus) -> None:
+    source = PrometheusKpiSource(PrometheusAuth(url=prometheus.url))
+    trigger = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.5", "itlSloSeconds": "0.05"}, "demo")
+    o = source.observe(trigger)
+    assert o.latency_s is None
+    assert o.ttft_s == pytest.approx(0.1 + 0.9 * 0.15, rel=0.02)  # P90 by default
+    assert o.itl_s == pytest.approx(0.01 + 0.9 * 0.015, rel=0.02)
+    assert o.load_tps == pytest.approx(20 * 500, rel=0.1)
+    assert (o.waiting_requests, o.running_requests, o.kv_usage_ratio) == (0.0, 16.0, 0.4)
+    assert o.burst_rise is None or o.burst_rise == pytest.approx(1.0, rel=0.1)  # a constant rate
+    assert o.forecast_rps is None  # the trend needs ten minutes of history, the season a day
+
+
 def test_learned_capacity_and_settled_replicas_in_real_promql(prometheus: Prometheus) -> None:
     trigger = parse_metadata({"workload": "llama", "latencySloSeconds": "2"}, "demo")
-    # 10 rps per pod at p95 0.4875 s: 10 x min(2 / 0.4875, 3) = 30 rps per replica.
+    # 5,000 tokens/s per pod at p95 0.4875 s: 5,000 x min(2 / 0.4875, 1.5) per replica.
     sample = prometheus.query(capacity_sample_expr(trigger))
-    assert len(sample) == 1 and float(sample[0]["value"][1]) == pytest.approx(30.0, rel=0.1)
+    assert len(sample) == 1 and float(sample[0]["value"][1]) == pytest.approx(7500.0, rel=0.1)
+    # Every SLO held, worst at 47%: 5,000 x 1.5 as well; one SLO broken: no sample.
+    llm = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.5", "itlSloSeconds": "0.05"}, "demo")
+    assert float(prometheus.query(capacity_sample_expr(llm))[0]["value"][1]) == pytest.approx(7500.0, rel=0.1)
+    broken = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.5", "itlSloSeconds": "0.02"}, "demo")
+    assert prometheus.query(capacity_sample_expr(broken)) == []
     # Latency above the SLO: no sample (the minute does not count).
     strict = parse_metadata({"workload": "llama", "latencySloSeconds": "0.4"}, "demo")
     assert prometheus.query(capacity_sample_expr(strict)) == []
     # The full parts are valid PromQL for the real engine (the subqueries evaluate without error).
-    for name in ("capacity", "settled_replicas"):
+    for name in (
+        "capacity",
+        "settled_replicas",
+        "burst_rise",
+        "forecast_trend",
+        "forecast_season",
+        "waiting",
+    ):
         prometheus.query(parts(trigger)[name])
     prometheus.wait_for(f"{parts(trigger)['settled_replicas']} == 2", timeout_s=30)
+    # A queue (waiting requests) sustained for 30 s keeps the minute out of the capacity.
+    queued = parse_metadata({"workload": "queued", "ttftSloSeconds": "0.5", "itlSloSeconds": "0.05"}, "demo")
+    prometheus.wait_for(f"{parts(queued)['waiting']} >= 4", timeout_s=30)
+    assert prometheus.query(capacity_sample_expr(queued)) == []
+    assert PrometheusKpiSource(PrometheusAuth(url=prometheus.url)).observe(queued).waiting_requests == 4.0
 
 
 def test_getmetrics_answers_the_policy_value_and_caches(prometheus: Prometheus, scaler: ScalerHandle) -> None:
     meta = {"workload": "llama", "latencySloSeconds": "2", "replicaCapacityRps": "5", "maxReplicas": "10"}
     with grpc.insecure_channel(f"127.0.0.1:{scaler.port}") as channel:
         stub = pb_grpc.ExternalScalerStub(channel)
-        assert _metrics(stub, meta) == 5.0  # ceil(20 rps / (5 rps * 0.8))
+        assert _metrics(stub, meta) == 5.0  # ceil(20 rps / (5 rps * 0.9))
         for _ in range(50):
             assert _metrics(stub, meta) == 5.0
         budget = {**meta, "powerBudgetWatts": "1000"}  # 400 W per replica observed -> at most 2

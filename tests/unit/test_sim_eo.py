@@ -45,7 +45,9 @@ def test_observation_is_built_like_the_live_queries() -> None:
     )
     assert obs.settled_replicas == 2
     assert (obs.waiting_requests, obs.running_requests, obs.kv_usage_ratio) == (0.0, 10.0, None)
-    assert obs.burst_rise == pytest.approx(1.0)  # a constant rate never rose
+    assert obs.burst_rise is None  # fewer than ten minutes of rises: no headroom from history yet
+    later = trigger.observe(busy_prometheus(latency_s=4.0, seconds=900), 900.0)
+    assert later.burst_rise == pytest.approx(1.0)  # a constant rate never rose
     assert obs.forecast_rps == pytest.approx(10.0)  # the trend of a constant rate is that rate
     answer = trigger.answer(prom, 600.0)
     assert answer.value == decide(obs, trigger.config).replicas
