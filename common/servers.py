@@ -36,7 +36,7 @@ Names as the servers publish them (checked against their documentation and sourc
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 LATENCY_KINDS: tuple[str, ...] = ("e2e", "ttft", "itl")
@@ -44,12 +44,11 @@ LATENCY_KINDS: tuple[str, ...] = ("e2e", "ttft", "itl")
 
 
 @dataclass(frozen=True)
-class Metric:
-    """A counter or gauge: its sample name, the label values a sample must carry, older names."""
+class _Named:
+    """A sample name and the names older versions of the server used for it (same meaning, same unit)."""
 
     name: str
-    labels: tuple[tuple[str, str], ...] = ()
-    older: tuple[str, ...] = ()
+    older: tuple[str, ...] = field(default=(), kw_only=True)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -58,16 +57,21 @@ class Metric:
 
 
 @dataclass(frozen=True)
-class Histogram:
+class Metric(_Named):
+    """A counter or gauge: its sample name, the label values a sample must carry, older names."""
+
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def has_labels(self, labels: Mapping[str, str]) -> bool:
+        """A sample with these labels carries every label value this metric asks for."""
+        return all(labels.get(k) == v for k, v in self.labels)
+
+
+@dataclass(frozen=True)
+class Histogram(_Named):
     """A histogram's base name, the factor from its unit to seconds, and older names (same unit)."""
 
-    name: str
     to_seconds: float = 1.0
-    older: tuple[str, ...] = ()
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.name, *self.older)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,14 @@ class InferenceServer:
         if kind not in by_kind:
             raise ValueError(f"latency kind {kind!r} is not one of {'|'.join(LATENCY_KINDS)}")
         return by_kind[kind]
+
+
+# The signals of an ``InferenceServer`` by kind, as its field names: a reader that treats every signal of
+# a kind alike (the exporter's annotation overrides, its list of wanted sample names) goes by these.
+COUNTERS: tuple[str, ...] = ("requests", "prompt_tokens", "generation_tokens")
+HISTOGRAMS: tuple[str, ...] = ("e2e_latency", "ttft", "itl")
+GAUGES: tuple[str, ...] = ("requests_waiting", "requests_running", "kv_cache_usage")
+SIGNALS: tuple[str, ...] = COUNTERS + HISTOGRAMS + GAUGES
 
 
 SERVERS: Mapping[str, InferenceServer] = MappingProxyType(

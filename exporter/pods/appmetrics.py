@@ -32,9 +32,10 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from common import servers
-from common.servers import Histogram, InferenceServer
+from common.servers import Histogram, InferenceServer, Metric
 
 ANNOTATION_PREFIX = "energy-orchestrator.io/"
 
@@ -68,28 +69,15 @@ def usable(value: float) -> bool:
     return math.isfinite(value) and value >= 0
 
 
-@dataclass(frozen=True)
-class Selector:
-    """Sample name plus required label values, and the names older server versions used for it."""
+Selector = Metric
+"""A metric selector: sample name, required label values, older names. It is the registry's ``Metric``,
+whether the registry names it or a pod's annotation does."""
 
-    name: str
-    labels: tuple[tuple[str, str], ...] = ()
-    older: tuple[str, ...] = ()
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.name, *self.older)
-
-    def matches(self, sample: Sample, name: str | None = None) -> bool:
-        """``sample`` is a series of this metric under ``name`` (default: the newest); a counter name
-        also matches its ``_total`` form."""
-        name = name or self.name
-        if sample.name != name and sample.name != name + "_total":
-            return False
-        return self.has_labels(sample)
-
-    def has_labels(self, sample: Sample) -> bool:
-        return all(sample.labels.get(k) == v for k, v in self.labels)
+def _is_series_of(sample: Sample, selector: Selector, name: str) -> bool:
+    """``sample`` is a series of ``selector`` under ``name`` (one of its names); a counter name also
+    matches its ``_total`` form."""
+    return sample.name in (name, name + "_total") and selector.has_labels(sample.labels)
 
 
 _SELECTOR = re.compile(r"^\s*([A-Za-z_:][A-Za-z0-9_:]*)\s*(?:\{(.*)\})?\s*$")
@@ -116,47 +104,36 @@ def parse_selector(text: str) -> Selector:
 
 @dataclass(frozen=True)
 class ServerProfile:
-    """Where a server kind publishes its counters, histograms and gauges. Token selectors may name a
-    histogram's ``_sum``."""
+    """What to read from one pod, and where: a server's registry entry (with the pod's annotated
+    overrides) and the port and path of its page. Token metrics may name a histogram's ``_sum``."""
 
-    name: str
+    server: InferenceServer
     port: int
-    requests: Selector | None
-    prompt_tokens: Selector | None = None
-    generation_tokens: Selector | None = None
-    latency_histogram: Histogram | None = None
-    ttft_histogram: Histogram | None = None
     path: str = "/metrics"
-    itl_histogram: Histogram | None = None
-    requests_waiting: Selector | None = None
-    requests_running: Selector | None = None
-    kv_cache_usage: Selector | None = None
 
 
-def _selector(metric: servers.Metric | None) -> Selector | None:
-    return None if metric is None else Selector(metric.name, metric.labels, metric.older)
+# A server known only by its annotations: every signal it has is annotated.
+_CUSTOM = InferenceServer("custom", metrics_port=0, signature="", requests=None)
 
-
-def _profile(server: InferenceServer) -> ServerProfile:
-    return ServerProfile(
-        server.name,
-        server.metrics_port,
-        _selector(server.requests),
-        _selector(server.prompt_tokens),
-        _selector(server.generation_tokens),
-        server.e2e_latency,
-        server.ttft,
-        itl_histogram=server.itl,
-        requests_waiting=_selector(server.requests_waiting),
-        requests_running=_selector(server.requests_running),
-        kv_cache_usage=_selector(server.kv_cache_usage),
-    )
-
-
-SERVERS: dict[str, ServerProfile] = {name: _profile(server) for name, server in servers.SERVERS.items()}
+SERVERS: dict[str, ServerProfile] = {
+    name: ServerProfile(server, server.metrics_port) for name, server in servers.SERVERS.items()
+}
 
 # Sample-name prefixes that identify a server when no ``server`` annotation says which it is.
 SIGNATURES: tuple[tuple[str, str], ...] = servers.SIGNATURES
+
+# The annotation (after the prefix) that overrides each signal of a server's registry entry.
+_ANNOTATIONS: Mapping[str, str] = {
+    "requests": "requests-metric",
+    "prompt_tokens": "prompt-tokens-metric",
+    "generation_tokens": "generation-tokens-metric",
+    "e2e_latency": "latency-histogram",
+    "ttft": "ttft-histogram",
+    "itl": "itl-histogram",
+    "requests_waiting": "waiting-metric",
+    "requests_running": "running-metric",
+    "kv_cache_usage": "kv-cache-usage-metric",
+}
 
 
 @dataclass(frozen=True)
@@ -166,12 +143,13 @@ class PodScrapeConfig:
     port: int | None = None
     path: str | None = None
     server: str | None = None
+    # The annotated signals, named as in the registry's ``InferenceServer``.
     requests: Selector | None = None
     prompt_tokens: Selector | None = None
     generation_tokens: Selector | None = None
-    latency_histogram: Histogram | None = None
-    ttft_histogram: Histogram | None = None
-    itl_histogram: Histogram | None = None
+    e2e_latency: Histogram | None = None
+    ttft: Histogram | None = None
+    itl: Histogram | None = None
     requests_waiting: Selector | None = None
     requests_running: Selector | None = None
     kv_cache_usage: Selector | None = None
@@ -183,20 +161,10 @@ class PodScrapeConfig:
         base = SERVERS.get(base_name) if base_name else None
         if base is None and self.requests is None:
             return None
-        profile = base or ServerProfile("custom", self.port or 0, None)
-        return replace(
-            profile,
-            port=self.port or profile.port,
-            path=self.path or profile.path,
-            requests=self.requests or profile.requests,
-            prompt_tokens=self.prompt_tokens or profile.prompt_tokens,
-            generation_tokens=self.generation_tokens or profile.generation_tokens,
-            latency_histogram=self.latency_histogram or profile.latency_histogram,
-            ttft_histogram=self.ttft_histogram or profile.ttft_histogram,
-            itl_histogram=self.itl_histogram or profile.itl_histogram,
-            requests_waiting=self.requests_waiting or profile.requests_waiting,
-            requests_running=self.requests_running or profile.requests_running,
-            kv_cache_usage=self.kv_cache_usage or profile.kv_cache_usage,
+        profile = base or ServerProfile(_CUSTOM, 0)
+        overrides = {name: getattr(self, name) for name in servers.SIGNALS if getattr(self, name) is not None}
+        return ServerProfile(
+            replace(profile.server, **overrides), self.port or profile.port, self.path or profile.path
         )
 
     def first_port(self, container_ports: Mapping[str, int]) -> int | None:
@@ -248,20 +216,12 @@ def parse_annotations(annotations: Mapping[str, str]) -> PodScrapeConfig:
         sel = selector(key)  # a label filter is ignored: every series of the histogram is read
         return Histogram(sel.name) if sel else None
 
+    signals: dict[str, Any] = {
+        signal: histogram(key) if signal in servers.HISTOGRAMS else selector(key)
+        for signal, key in _ANNOTATIONS.items()
+    }
     return PodScrapeConfig(
-        port=port,
-        path=path,
-        server=server.lower() if server else None,
-        requests=selector("requests-metric"),
-        prompt_tokens=selector("prompt-tokens-metric"),
-        generation_tokens=selector("generation-tokens-metric"),
-        latency_histogram=histogram("latency-histogram"),
-        ttft_histogram=histogram("ttft-histogram"),
-        itl_histogram=histogram("itl-histogram"),
-        requests_waiting=selector("waiting-metric"),
-        requests_running=selector("running-metric"),
-        kv_cache_usage=selector("kv-cache-usage-metric"),
-        problems=tuple(problems),
+        port=port, path=path, server=server.lower() if server else None, **signals, problems=tuple(problems)
     )
 
 
@@ -283,23 +243,20 @@ def wanted_sample_names(config: PodScrapeConfig) -> frozenset[str]:
     for profile in profiles:
         if profile is None:
             continue
-        for selector in (profile.requests, profile.prompt_tokens, profile.generation_tokens):
-            if selector is not None:
-                names.update(n + suffix for n in selector.names for suffix in ("", "_total"))
-        for histogram in _histograms(profile):
-            if histogram is not None:
-                names.update(n + suffix for n in histogram.names for suffix in _HISTOGRAM_SUFFIXES)
-        for gauge in (profile.requests_waiting, profile.requests_running, profile.kv_cache_usage):
-            if gauge is not None:
-                names.update(gauge.names)
+        for kind, suffixes in (
+            (servers.COUNTERS, _COUNTER_SUFFIXES),
+            (servers.HISTOGRAMS, _HISTOGRAM_SUFFIXES),
+            (servers.GAUGES, ("",)),
+        ):
+            for signal in kind:
+                metric: Selector | Histogram | None = getattr(profile.server, signal)
+                if metric is not None:
+                    names.update(n + suffix for n in metric.names for suffix in suffixes)
     return frozenset(names)
 
 
+_COUNTER_SUFFIXES = ("", "_total")
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-
-
-def _histograms(profile: ServerProfile) -> tuple[Histogram | None, ...]:
-    return (profile.latency_histogram, profile.ttft_histogram, profile.itl_histogram)
 
 
 @dataclass(frozen=True)
@@ -356,13 +313,13 @@ def _counter(
 ) -> CounterSeries | None:
     if selector is None:
         return None
-    name = _first_present(selector.names, present, ("", "_total"))
+    name = _first_present(selector.names, present, _COUNTER_SUFFIXES)
     if name is None:
         return None
     series: dict[SeriesKey, float] = {}
     seen: set[SeriesKey] = set()
     for s in samples:
-        if not selector.matches(s, name):
+        if not _is_series_of(s, selector, name):
             continue
         key = series_key(s.name, s.labels)
         if key in seen:
@@ -454,7 +411,7 @@ def _gauge(
         return None
     series: dict[SeriesKey, float] = {}
     for s in samples:
-        if s.name != name or not selector.has_labels(s):
+        if s.name != name or not selector.has_labels(s.labels):
             continue
         key = series_key(s.name, s.labels)
         if key in series:
@@ -471,14 +428,15 @@ def extract(samples: Sequence[Sample], profile: ServerProfile) -> AppReading:
     """The profile's counters, histograms and gauges from parsed samples; ``TooManySeries`` past the
     limit."""
     present = frozenset(s.name for s in samples)
+    signals = profile.server
     return AppReading(
-        requests=_counter(samples, profile.requests, present),
-        prompt_tokens=_counter(samples, profile.prompt_tokens, present),
-        generation_tokens=_counter(samples, profile.generation_tokens, present),
-        latency=_histogram(samples, profile.latency_histogram, present),
-        ttft=_histogram(samples, profile.ttft_histogram, present),
-        itl=_histogram(samples, profile.itl_histogram, present),
-        requests_waiting=_gauge(samples, profile.requests_waiting, present, sum),
-        requests_running=_gauge(samples, profile.requests_running, present, sum),
-        kv_cache_usage=_gauge(samples, profile.kv_cache_usage, present, max),
+        requests=_counter(samples, signals.requests, present),
+        prompt_tokens=_counter(samples, signals.prompt_tokens, present),
+        generation_tokens=_counter(samples, signals.generation_tokens, present),
+        latency=_histogram(samples, signals.e2e_latency, present),
+        ttft=_histogram(samples, signals.ttft, present),
+        itl=_histogram(samples, signals.itl, present),
+        requests_waiting=_gauge(samples, signals.requests_waiting, present, sum),
+        requests_running=_gauge(samples, signals.requests_running, present, sum),
+        kv_cache_usage=_gauge(samples, signals.kv_cache_usage, present, max),
     )

@@ -3,6 +3,8 @@ readers (the exporter's pod profiles and the sidecar's presets) take their names
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from common import servers
@@ -119,17 +121,18 @@ def test_the_exporter_profiles_are_built_from_the_registry() -> None:
     assert set(appmetrics.SERVERS) == set(servers.SERVERS)
     for name, entry in servers.SERVERS.items():
         profile = appmetrics.SERVERS[name]
-        assert (profile.port, profile.latency_histogram, profile.ttft_histogram, profile.itl_histogram) == (
+        signals = profile.server
+        assert (profile.port, signals.e2e_latency, signals.ttft, signals.itl) == (
             entry.metrics_port,
             entry.e2e_latency,
             entry.ttft,
             entry.itl,
         )
         for selector, metric in (
-            (profile.requests, entry.requests),
-            (profile.requests_waiting, entry.requests_waiting),
-            (profile.requests_running, entry.requests_running),
-            (profile.kv_cache_usage, entry.kv_cache_usage),
+            (signals.requests, entry.requests),
+            (signals.requests_waiting, entry.requests_waiting),
+            (signals.requests_running, entry.requests_running),
+            (signals.kv_cache_usage, entry.kv_cache_usage),
         ):
             got = None if selector is None else (selector.name, selector.labels, selector.older)
             assert got == (None if metric is None else (metric.name, metric.labels, metric.older))
@@ -150,3 +153,26 @@ def test_the_sidecar_presets_read_the_registry_and_now_know_sglang() -> None:
     assert str(err.value) == message
     with pytest.raises(ValueError, match="no default histogram for server 'ollama'"):
         latency.preset("ollama", "e2e")
+
+
+def test_the_signal_kinds_name_every_signal_of_a_server_once() -> None:
+    signal_fields = {
+        f.name
+        for f in dataclasses.fields(servers.InferenceServer)
+        if f.name not in ("name", "metrics_port", "signature")
+    }
+    assert sorted(servers.SIGNALS) == sorted(signal_fields)
+    assert len(set(servers.SIGNALS)) == len(servers.SIGNALS)
+    for entry in servers.SERVERS.values():
+        assert all(isinstance(getattr(entry, name), Histogram | None) for name in servers.HISTOGRAMS)
+        assert all(
+            isinstance(getattr(entry, name), Metric | None) for name in servers.COUNTERS + servers.GAUGES
+        )
+
+
+def test_a_metric_asks_for_its_label_values_only() -> None:
+    metric = Metric("m", (("request_type", "active"),))
+    assert metric.has_labels({"request_type": "active", "model": "x"})
+    assert not metric.has_labels({"request_type": "done"})
+    assert not metric.has_labels({})
+    assert Metric("m").has_labels({"anything": "goes"})

@@ -188,7 +188,7 @@ def test_annotations_override_the_profile() -> None:
     assert config.problems == ()
     profile = config.profile(None)
     assert profile is not None
-    assert (profile.port, profile.path, profile.name, profile.latency_histogram) == (
+    assert (profile.port, profile.path, profile.server.name, profile.server.e2e_latency) == (
         9400,
         "/stats",
         "vllm",
