@@ -106,6 +106,9 @@ class Observation:
     running_requests: requests running now, None unknown.
     kv_usage_ratio: the fullest pod's KV-cache use (0..1), None unknown.
     burst_rise: how far the rate rose within one cold start, at a high quantile over the lookback.
+    ttft_ratio, itl_ratio, latency_ratio: how close each SLO is to breaking, 1 at the SLO: the share of
+        its error budget used (requests over the SLO over ``1 - quantile``, exact where the SLO is a
+        bucket bound), else the quantile over the SLO; None: the policy divides the reading itself.
     forecast_rps: the forecast rate one cold start ahead (None: forecasting off or history too short).
     workload_power_watts: power drawn by all replicas together, or None when unknown.
     historical_replica_power_watts: the highest power per replica seen over the lookback, so the budget
@@ -138,6 +141,9 @@ class Observation:
     kv_usage_ratio: float | None = None
     burst_rise: float | None = None
     forecast_rps: float | None = None
+    ttft_ratio: float | None = None
+    itl_ratio: float | None = None
+    latency_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -240,12 +246,17 @@ def budget_ceiling(observation: Observation, config: PolicyConfig) -> int | None
 
 
 def slo_ratios(observation: Observation, config: PolicyConfig) -> dict[str, float]:
-    """``reading / SLO`` of every SLO with a reading now (a NaN reading is no reading)."""
-    readings = {"ttft": observation.ttft_s, "itl": observation.itl_s, "e2e": observation.latency_s}
+    """How close every SLO with a reading is to breaking (1 at the SLO): the observation's ratio (error
+    budget used) when it has one, else ``reading / SLO`` (a NaN is no reading)."""
+    o = observation
+    readings = {"ttft": o.ttft_s, "itl": o.itl_s, "e2e": o.latency_s}
+    given = {"ttft": o.ttft_ratio, "itl": o.itl_ratio, "e2e": o.latency_ratio}
     out: dict[str, float] = {}
     for kind, slo in config.slos():
-        value = readings[kind]
-        if value is not None and not math.isnan(value):
+        ratio, value = given[kind], readings[kind]
+        if ratio is not None and not math.isnan(ratio):
+            out[kind] = ratio
+        elif value is not None and not math.isnan(value):
             out[kind] = value / slo
     return out
 

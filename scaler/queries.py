@@ -93,10 +93,10 @@ def slo_signals(trigger: TriggerConfig) -> list[sig.SloSignal]:
     out = []
     for kind, slo, q in trigger.slos():
         histogram = SLO_PARTS[kind][1]
-        quantile: sig.Expr = sig.Quantile(histogram, q)
         if kind == "e2e" and trigger.latency_query:
-            quantile = sig.Raw(trigger.latency_query)
-        out.append(sig.SloSignal(kind, slo, quantile))
+            out.append(sig.slo_signal(kind, slo, sig.Raw(trigger.latency_query), None, q))
+        else:
+            out.append(sig.slo_signal(kind, slo, sig.Quantile(histogram, q), histogram, q))
     return out
 
 
@@ -191,9 +191,10 @@ def all_parts(trigger: TriggerConfig) -> dict[str, str]:
 
 def custom_parts(trigger: TriggerConfig) -> dict[str, str]:
     """The parts that contain the trigger's own PromQL, each sent as a query of its own."""
-    custom = {"latency": trigger.latency_query is not None, "demand": trigger.activation_query is not None}
-    custom["capacity"] = custom["latency"] and trigger.replica_capacity_rps is None
-    return {name: expr for name, expr in all_parts(trigger).items() if custom.get(name, False)}
+    custom = {name for name, expr in signals_for(trigger).parts.items() if sig.contains_raw(expr)}
+    if trigger.activation_query:
+        custom.add("demand")
+    return {name: expr for name, expr in all_parts(trigger).items() if name in custom}
 
 
 def parts(trigger: TriggerConfig) -> dict[str, str]:
@@ -300,6 +301,14 @@ def _reading(v: dict[str, float], trigger: TriggerConfig, kind: str, where: str)
     return reading
 
 
+def _ratio(v: dict[str, float], name: str) -> float | None:
+    """An SLO's ratio part (budget used, else quantile over SLO); +Inf is a breach, not "no reading"."""
+    value = v.get(f"{name}_ratio")
+    if value is not None and math.isinf(value) and value > 0:
+        return value
+    return _amount(v, f"{name}_ratio")
+
+
 def _heartbeat(v: dict[str, float], trigger: TriggerConfig) -> None:
     age = v.get("heartbeat_age")
     if age is None or math.isnan(age):
@@ -384,6 +393,7 @@ def observation_from_values(trigger: TriggerConfig, v: dict[str, float]) -> Obse
     if kv is not None and kv > 1:
         raise KpiUnavailable(f"KV-cache usage {kv:g} of {where} is above 1 (the contract is a ratio)")
     readings = {kind: _reading(v, trigger, kind, where) for kind, _, _ in trigger.slos()}
+    ratios = {kind: _ratio(v, SLO_PARTS[kind][0]) for kind, _, _ in trigger.slos()}
     return Observation(
         current_replicas=replicas,
         load_rps=load,
@@ -397,6 +407,9 @@ def observation_from_values(trigger: TriggerConfig, v: dict[str, float]) -> Obse
         settled_replicas=settled,
         ttft_s=readings.get("ttft"),
         itl_s=readings.get("itl"),
+        ttft_ratio=ratios.get("ttft"),
+        itl_ratio=ratios.get("itl"),
+        latency_ratio=ratios.get("e2e"),
         load_tps=_amount(v, "tokens"),
         peak_load_tps=peak_tokens,
         learned_capacity_tps=capacity,

@@ -85,6 +85,12 @@ class SeriesView(Protocol):
         """Pods serving (fresh counters and a readable server)."""
         ...
 
+    def share_within(self, metric: str, bound_s: float, window_s: float, at_s: float) -> float | None:
+        """``sum(rate(metric_bucket{le="<bound>"}[w])) / sum(rate(metric_count[w]))``: the share of the
+        window's observations at most ``bound_s``; None when ``bound_s`` is not a bucket bound, NaN with
+        no observations."""
+        ...
+
 
 Memo = dict[tuple[int, float], "float | None"]
 
@@ -148,6 +154,57 @@ class Quantile(Expr):
 
     def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
         return view.quantile(self.histogram, self.q, self.window_s, at_s)
+
+
+def _le_pattern(bound: float) -> str:
+    """A regex matching the ``le`` label of the bucket bound ``bound`` however a client formats it
+    (``0.25``; ``1`` or ``1.0``)."""
+    texts = {repr(float(bound)), f"{bound:g}"}
+    if float(bound).is_integer():
+        texts |= {str(int(bound)), f"{int(bound)}.0"}
+    return "|".join(sorted(t.replace(".", "\\\\.") for t in texts))
+
+
+@dataclass(frozen=True, eq=False)
+class BudgetUsed(Expr):
+    """Share of the SLO's error budget used over the window: the share of observations above the SLO
+    (read at the bucket whose bound is the SLO) over ``1 - q``. Exact where a quantile read inside a
+    wide bucket is not (the share says how much room is left, the interpolated quantile cannot); absent
+    when the SLO is not a bucket bound (the quantile ratio is then the reading)."""
+
+    histogram: str
+    slo_s: float
+    q: float
+    window_s: float = SHORT_WINDOW_S
+
+    def promql(self, sel: str) -> str:
+        w = _seconds(self.window_s)
+        bucket_sel = sel[:-1] + f',le=~"{_le_pattern(self.slo_s)}"}}'
+        within = f"sum(rate({self.histogram}_bucket{bucket_sel}[{w}]))"
+        total = f"sum(rate({self.histogram}_count{sel}[{w}]))"
+        # clamp_min: rounding can leave 1 - share a hair below 0 when nothing missed.
+        return f"clamp_min(1 - {within} / {total}, 0) / {_number(1 - self.q)}"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        share = view.share_within(self.histogram, self.slo_s, self.window_s, at_s)
+        if share is None or math.isnan(share):
+            return share
+        return max(1 - share, 0.0) / (1 - self.q)
+
+
+@dataclass(frozen=True, eq=False)
+class Or(Expr):
+    """``left or right``: left where present, else right."""
+
+    left: Expr
+    right: Expr
+
+    def promql(self, sel: str) -> str:
+        return f"({self.left.promql(sel)}) or ({self.right.promql(sel)})"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        v = self.left.value(view, at_s, memo)
+        return v if v is not None else self.right.value(view, at_s, memo)
 
 
 @dataclass(frozen=True, eq=False)
@@ -399,11 +456,31 @@ class OverTime(Expr):
 
 @dataclass(frozen=True)
 class SloSignal:
-    """One SLO the trigger holds: its name (``ttft``, ``itl``, ``e2e``), target, and the quantile part."""
+    """One SLO the trigger holds: its name (``ttft``, ``itl``, ``e2e``), target, the quantile part and
+    how close it is to breaking: the error budget used, else the quantile over the SLO (``ratio``)."""
 
     kind: str
     slo_s: float
     quantile: Expr
+    ratio: Expr
+
+
+def slo_signal(kind: str, slo_s: float, quantile: Expr, histogram: str | None, q: float) -> SloSignal:
+    """An SLO's parts: ``histogram`` None for custom PromQL (no buckets to read the budget from)."""
+    by_quantile = BinOp("/", quantile, Const(slo_s))
+    ratio: Expr = by_quantile if histogram is None else Or(BudgetUsed(histogram, slo_s, q), by_quantile)
+    return SloSignal(kind, slo_s, quantile, ratio)
+
+
+def contains_raw(expr: Expr) -> bool:
+    """True when ``expr`` holds custom PromQL anywhere (then it is queried on its own)."""
+    if isinstance(expr, Raw):
+        return True
+    children = [
+        getattr(expr, f) for f in ("expr", "left", "right") if isinstance(getattr(expr, f, None), Expr)
+    ]
+    children += list(getattr(expr, "parts", ()))
+    return any(contains_raw(c) for c in children)
 
 
 @dataclass(frozen=True)
@@ -415,8 +492,8 @@ class Signals:
 
 
 def worst_ratio(slos: Sequence[SloSignal]) -> Expr:
-    """The largest ``quantile / SLO`` among the SLOs (absent while none has a reading)."""
-    return Worst(tuple(BinOp("/", s.quantile, Const(s.slo_s)) for s in slos))
+    """The largest SLO ratio (budget used, else quantile over SLO); absent while none has a reading."""
+    return Worst(tuple(s.ratio for s in slos))
 
 
 def capacity_sample(slos: Sequence[SloSignal], replicas: Expr) -> Expr:
@@ -469,6 +546,7 @@ def build_signals(
     }
     for s in slos:
         parts[SLO_PART_NAMES[s.kind]] = s.quantile
+        parts[f"{SLO_PART_NAMES[s.kind]}_ratio"] = s.ratio
     rise = burst_rise(cold_start_s)
     # Off until ten minutes of rises exist: a young workload's first rates cover part of their window
     # (Prometheus extrapolates little), so its first "rises" are artefacts of the start.

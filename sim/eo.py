@@ -70,6 +70,12 @@ class SimSeries:
         value = read[kind](q, window_s, at_s)
         return math.nan if value is None else value  # PromQL: NaN over empty buckets
 
+    def share_within(self, metric: str, bound_s: float, window_s: float, at_s: float) -> float | None:
+        kind = _HISTOGRAMS.get(metric)
+        if at_s <= 0 or kind is None:
+            return None
+        return self.prom.share_within(kind, bound_s, window_s, at_s)
+
     def gauge(self, metric: str, aggregation: str, at_s: float) -> float | None:
         if at_s < 0 or self.prom.replicas(at_s) <= 0:
             return None
@@ -139,6 +145,8 @@ class CapOptions:
     actuator: str = "power"
     latency_quantile: float = 0.95
     latency_window_s: float = 60.0
+    floor_mhz: float | None = None
+    """The sidecar's ``--floor-mhz`` (clock actuator): the lowest SM clock it may lock."""
 
 
 def controller_config(options: CapOptions, profile: ServerProfile) -> tuple[ControllerConfig, float]:
@@ -157,7 +165,8 @@ def controller_config(options: CapOptions, profile: ServerProfile) -> tuple[Cont
         step_size = s.max_step_w
     else:
         low, original = float(profile.min_sm_clock_mhz), float(profile.max_sm_clock_mhz)
-        floor = max(s.floor_mhz if s.floor_mhz is not None else low, low)
+        floor_mhz = options.floor_mhz if options.floor_mhz is not None else s.floor_mhz
+        floor = min(max(floor_mhz if floor_mhz is not None else low, low), original)
         ceiling = min(s.ceiling_mhz if s.ceiling_mhz is not None else original, original)
         step_size = s.max_step_mhz
     config = ControllerConfig(

@@ -168,6 +168,22 @@ class SimPrometheus:
         start, end = self._window(window_s, now_s)
         return (sum(series[end]) - sum(series[start])) / max(min(window_s, now_s), self.step_s)
 
+    def share_within(self, histogram: str, bound_s: float, window_s: float, now_s: float) -> float | None:
+        """Share of the window's ``e2e``/``ttft``/``itl`` observations at most ``bound_s`` (the bucket
+        ``le="<bound>"`` over the count); None when ``bound_s`` is not one of its bounds, NaN when the
+        window observed nothing."""
+        bounds = {"e2e": LATENCY_BUCKETS_S, "ttft": TTFT_BUCKETS_S}.get(histogram, ITL_BUCKETS_S)
+        series: list[tuple[int, ...]] | list[tuple[float, ...]]
+        series = {"e2e": self._buckets, "ttft": self._ttft}.get(histogram) or self._itl
+        index = next((i for i, b in enumerate(bounds) if abs(b - bound_s) <= 1e-12 * max(1.0, b)), None)
+        if index is None:
+            return None
+        start, end = self._window(window_s, now_s)
+        a, b = series[start], series[end]
+        total = sum(b) - sum(a)
+        within = sum(b[: index + 1]) - sum(a[: index + 1])
+        return within / total if total > 0 else math.nan
+
     def waiting(self, now_s: float) -> int:
         """``sum(requests_waiting)`` at the end of the slot just ended."""
         return self._waiting[self._slot(now_s)]

@@ -195,11 +195,27 @@ class Scenario:
         latency only): ``cap_target_ratio`` x the end-to-end SLO the policies fall back on."""
         return self.policy_slo_s * self.cap_target_ratio
 
+    def sidecar_floor_mhz(self) -> float | None:
+        """A conservative clock floor for the sidecar, derived from the TTFT SLO: the sidecar reads
+        end-to-end latency only, and prefill slows as 1/clock, so a clock it lowers for end-to-end
+        headroom can break TTFT first. The floor lets prefill slow by at most the square root of the
+        SLO's margin over the trace's unloaded p99 TTFT (half the margin on a log scale, the other half
+        left for queueing). None without a TTFT SLO."""
+        if self.slos.ttft_s is None:
+            return None
+        unloaded = _unloaded_p99([unloaded_ttft_s(self.server, r) for r in self.trace.requests])
+        top = float(self.server.profile.max_sm_clock_mhz)
+        ratio = math.sqrt(min(1.0, max(unloaded, 1e-9) / self.slos.ttft_s))
+        return max(float(self.server.profile.min_sm_clock_mhz), ratio * top)
+
     def eo_policy(self, name: str, learned: bool = False, sidecar: bool = False) -> Policy:
         """Energy Orchestrator on this scenario, as its trigger metadata would be written: the scenario's
         SLOs at its quantile, the load-tested capacity (none when ``learned``: learned online), the
         server's cold start; the clock sidecar in every replica when ``sidecar``."""
-        caps = CapOptions(self.sidecar_target_s(), self.cap_actuator, self.quantile) if sidecar else None
+        caps = None
+        if sidecar:
+            floor = self.sidecar_floor_mhz() if self.cap_actuator == "clocks" else None
+            caps = CapOptions(self.sidecar_target_s(), self.cap_actuator, self.quantile, floor_mhz=floor)
         capacity = None if learned else self.capacity_rps
         first = self.first_minute_replicas()
         return eo_policy(name, None, self.quantile, capacity, self.server.profile, first, caps,

@@ -39,9 +39,9 @@ from sim.observe import (
 STEP_S = 15.0  # the scrape interval and the simulator's slot
 SLOTS = 180  # 45 minutes
 METADATA = {
-    "ttftSloSeconds": "0.5",
+    "ttftSloSeconds": "0.25",
     "itlSloSeconds": "0.05",
-    "latencySloSeconds": "8",
+    "latencySloSeconds": "8",  # not a bucket bound: its ratio is the quantile over the SLO
     "capacityLookbackSeconds": "1200",
     "seasonSeconds": "600",
     "coldStartSeconds": "60",
@@ -224,6 +224,6 @@ def test_prometheus_and_the_simulator_give_the_same_observation(
             seen.setdefault(f.name, set()).add(a is not None and a != 0)
     # The history exercises every signal: each is present at some instant (and the learned capacity,
     # the queue and both forecasts among them).
-    for name in ("ttft_s", "itl_s", "latency_s", "learned_capacity_tps", "waiting_requests", "kv_usage_ratio",
+    for name in ("ttft_s", "itl_s", "latency_s", "ttft_ratio", "itl_ratio", "latency_ratio", "learned_capacity_tps", "waiting_requests", "kv_usage_ratio",
                  "burst_rise", "forecast_rps", "settled_replicas", "peak_load_tps"):  # fmt: skip
         assert True in seen[name], f"{name} never had a value: the history does not exercise it"

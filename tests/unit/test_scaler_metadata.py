@@ -294,7 +294,7 @@ def test_custom_promql_is_never_part_of_the_combined_query() -> None:
     t = parse_metadata({**BASE, "latencyQuery": "my_latency", "activationQuery": "my_demand"}, "ns")
     q = build_query(t)
     assert "my_latency" not in q and "my_demand" not in q
-    assert set(custom_parts(t)) == {"latency", "capacity", "demand"}
+    assert set(custom_parts(t)) == {"latency", "latency_ratio", "capacity", "demand"}
     assert "my_latency" in custom_parts(t)["capacity"]
     # A custom part's own answer: one value, labels ignored; a matrix is the trigger's mistake.
     vector = [{"metric": {"eo_part": "replicas"}, "value": [1, "3"]}, {"metric": {}, "value": [1, "5"]}]

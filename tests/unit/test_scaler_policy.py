@@ -178,6 +178,19 @@ def test_every_slo_given_is_held() -> None:
     assert (roomy.replicas, roomy.reason) == (3, Reason.CONSOLIDATE)
 
 
+def test_error_budget_ratio_wins_over_the_interpolated_quantile() -> None:
+    # p99 TTFT read inside the (0.1, 0.25] bucket says 92% of a 0.25 s SLO at any load; the share of
+    # requests above 0.25 s says 20% of the 1% budget is used: roomy, so consolidation may go further.
+    cfg = replace(LLM, ttft_slo_s=0.25)
+    interpolated = llm(current_replicas=8, load_rps=25.0, peak_load_rps=25.0, ttft_s=0.23, itl_s=0.02)
+    assert decide(interpolated, cfg).reason is Reason.HOLD_NEAR_SLO
+    measured = replace(interpolated, ttft_ratio=0.2, itl_ratio=0.1)
+    assert (decide(measured, cfg).replicas, decide(measured, cfg).reason) == (3, Reason.CONSOLIDATE)
+    # A budget overspent is a breach whatever the quantile says.
+    assert decide(replace(measured, current_replicas=4, ttft_ratio=1.6), cfg).reason is Reason.SLO_BREACH
+    assert decide(replace(measured, ttft_ratio=math.nan), cfg).reason is Reason.HOLD_NEAR_SLO  # NaN: no ratio
+
+
 def test_a_forming_queue_scales_up_before_latency_breaks() -> None:
     d = decide(llm(waiting_requests=20.0, running_requests=40.0, settled_replicas=4), LLM)
     assert (d.replicas, d.reason) == (6, Reason.QUEUE_FORMING)  # 4 x (1 + 20/40)

@@ -13,7 +13,6 @@ from sim.eo import CapOptions, EoCapController, EoTrigger, controller_config
 from sim.observe import N_ITL_BUCKETS, SimPrometheus, bucket_index, itl_bucket_index, ttft_bucket_index
 from sim.policies import CapReading
 
-
 TOKENS_PER_REQUEST = 500
 
 
