@@ -54,6 +54,36 @@ class ClockLock:
     max_mhz: int
 
 
+def clock_range(min_mhz: int, max_mhz: int) -> ClockLock:
+    """The SM clock range to lock to; ``GpuNotSupported`` where it is empty (every backend refuses an
+    empty range the same way, before anything reaches the GPU)."""
+    if min_mhz > max_mhz:
+        raise GpuNotSupported(f"locked clock range {min_mhz}..{max_mhz} MHz is empty")
+    return ClockLock(min_mhz, max_mhz)
+
+
+class GpuIdentity:
+    """The part of a ``GpuDevice`` fixed when the GPU is opened: its index, UUID and product name. The
+    backends' devices inherit it."""
+
+    def __init__(self, index: int, uuid: str, name: str) -> None:
+        self._index = index
+        self._uuid = uuid
+        self._name = name
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def uuid(self) -> str:
+        return self._uuid
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
 @runtime_checkable
 class GpuDevice(Protocol):
     """One physical GPU (a MIG-partitioned board counts once: power is per board)."""

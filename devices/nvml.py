@@ -39,10 +39,12 @@ from pynvml import (
 from devices.base import (
     CLOCK_EVENT_REASONS,
     GpuError,
+    GpuIdentity,
     GpuLost,
     GpuNoPermission,
     GpuNotSupported,
     GpuUnavailable,
+    clock_range,
 )
 
 T = TypeVar("T")
@@ -98,26 +100,13 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class NvmlGpu:
+class NvmlGpu(GpuIdentity):
     """One physical GPU behind an NVML handle."""
 
     def __init__(self, index: int, handle: Any) -> None:
-        self._index = index
+        uuid = _text(_nvml(pynvml.nvmlDeviceGetUUID, "uuid", handle))
+        super().__init__(index, uuid, _text(_nvml(pynvml.nvmlDeviceGetName, "name", handle)))
         self._handle = handle
-        self._uuid = _text(_nvml(pynvml.nvmlDeviceGetUUID, "uuid", handle))
-        self._name = _text(_nvml(pynvml.nvmlDeviceGetName, "name", handle))
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def uuid(self) -> str:
-        return self._uuid
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def power_usage_mw(self) -> int:
         return int(_nvml(pynvml.nvmlDeviceGetPowerUsage, "power usage", self._handle))
@@ -199,10 +188,10 @@ class NvmlGpu:
         _nvml(fn, f"set power limit {limit_mw} mW", self._handle, int(limit_mw))
 
     def lock_sm_clocks_mhz(self, min_mhz: int, max_mhz: int) -> None:
-        if min_mhz > max_mhz:
-            raise GpuNotSupported(f"locked clock range {min_mhz}..{max_mhz} MHz is empty")
+        lock = clock_range(min_mhz, max_mhz)
         fn = pynvml.nvmlDeviceSetGpuLockedClocks
-        _nvml(fn, f"lock SM clocks {min_mhz}..{max_mhz} MHz", self._handle, int(min_mhz), int(max_mhz))
+        what = f"lock SM clocks {lock.min_mhz}..{lock.max_mhz} MHz"
+        _nvml(fn, what, self._handle, int(lock.min_mhz), int(lock.max_mhz))
 
     def reset_sm_clocks(self) -> None:
         _nvml(pynvml.nvmlDeviceResetGpuLockedClocks, "reset locked clocks", self._handle)

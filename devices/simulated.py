@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from devices.base import ClockLock, GpuError, GpuNoPermission, GpuNotSupported
+from devices.base import ClockLock, GpuError, GpuIdentity, GpuNoPermission, GpuNotSupported, clock_range
 from gpumodel import H100_LLAMA_8B, ServerProfile, operating_point
 
 AMBIENT_C = 30.0
@@ -28,7 +28,7 @@ def idle_load() -> float:
     return 0.0
 
 
-class SimulatedGpu:
+class SimulatedGpu(GpuIdentity):
     """One simulated GPU serving ``profile`` (whose figures are divided by its ``num_gpus``)."""
 
     def __init__(
@@ -40,11 +40,11 @@ class SimulatedGpu:
         uuid: str | None = None,
         privileged: bool = True,
     ) -> None:
-        self._index = index
+        uuid = uuid or f"GPU-5e1a0000-0000-4000-8000-{index:012d}"
+        super().__init__(index, uuid, f"{profile.gpu_model} (simulated)")
         self._profile = profile
         self._load = load
         self._clock = clock
-        self._uuid = uuid or f"GPU-5e1a0000-0000-4000-8000-{index:012d}"
         self._privileged = privileged
         self._lock = threading.Lock()
         per_gpu = 1.0 / profile.num_gpus
@@ -99,19 +99,7 @@ class SimulatedGpu:
         self._last_t = now
         self._batch = max(float(self._load()), 0.0)
 
-    # -- GpuDevice -----------------------------------------------------------------------------------
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def uuid(self) -> str:
-        return self._uuid
-
-    @property
-    def name(self) -> str:
-        return f"{self._profile.gpu_model} (simulated)"
-
+    # -- GpuDevice (index, uuid and name: GpuIdentity) -----------------------------------------------
     def power_usage_mw(self) -> int:
         with self._lock:
             self._advance()
@@ -206,10 +194,9 @@ class SimulatedGpu:
         with self._lock:
             self._advance()
             self._check_privileged()
-            if min_mhz > max_mhz:
-                raise GpuNotSupported(f"locked clock range {min_mhz}..{max_mhz} MHz is empty")
+            lock = clock_range(min_mhz, max_mhz)
             self._set_calls.append(("lock_sm_clocks_mhz", max_mhz))
-            self._clock_lock = ClockLock(min_mhz, max_mhz)
+            self._clock_lock = lock
 
     def reset_sm_clocks(self) -> None:
         with self._lock:
