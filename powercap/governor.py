@@ -172,6 +172,9 @@ class GovernorReading:
     load_rps: float | None = None
     temperature_c: float | None = None
     slowdown_temperature_c: float | None = None
+    e2e_ratio: float | None = None
+    """The end-to-end latency quantile over its target, where the sidecar holds one too (judged with
+    the others: its breach jumps to the ceiling, its shrinking headroom raises); None without one."""
 
 
 @dataclass(frozen=True)
@@ -219,8 +222,8 @@ def ttft_ratio(
 
 
 def worst_ratio(reading: GovernorReading, config: GovernorConfig) -> float | None:
-    """The larger of the ITL ratio (mean inter-token time x spread / target) and the TTFT ratio, over
-    the targets that have an observation; None with neither (nothing to judge)."""
+    """The largest of the ITL ratio (mean inter-token time x spread / target), the TTFT ratio and the
+    end-to-end ratio, over the targets that have an observation; None with none (nothing to judge)."""
     ratios = []
     itl = reading.itl_s
     if config.itl_target_s is not None and itl is not None and math.isfinite(itl) and itl >= 0:
@@ -228,6 +231,9 @@ def worst_ratio(reading: GovernorReading, config: GovernorConfig) -> float | Non
     ttft = ttft_ratio(reading.ttft_buckets, config)
     if ttft is not None:
         ratios.append(ttft)
+    e2e = reading.e2e_ratio
+    if e2e is not None and math.isfinite(e2e) and e2e >= 0:
+        ratios.append(e2e)
     return max(ratios) if ratios else None
 
 

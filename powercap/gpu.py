@@ -146,6 +146,21 @@ class ControlledGpu:
             self.locked_max_mhz = mhz
         return float(mhz)
 
+    def apply_budget(self, watts: float | None) -> float:
+        """Hold a power limit alongside the clocks (the budget guard), within the GPU's range and never
+        above the original; None puts the original back (the budget withdrawn). Persisted first, as
+        every setting of ours; ``restore`` puts both the limit and the clocks back. Returns what is in
+        force (W)."""
+        low, high = self.limit_range_w
+        original_w = self.record.original_power_limit_mw / 1000
+        value = original_w if watts is None else min(max(watts, low), high, original_w)
+        mw = round(value * 1000)
+        if mw != self.expected_mw:
+            self._mark_controlling()
+            self.device.set_power_limit_mw(mw)
+            self.expected_mw = mw
+        return mw / 1000
+
     def _supported_clock(self, mhz: float) -> int:
         fitting = [c for c in self.clocks_mhz if c <= mhz]
         return fitting[-1] if fitting else self.clocks_mhz[0]

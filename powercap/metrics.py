@@ -19,7 +19,7 @@ REQUEST_TIMESTAMP = "eo_powercap_request_timestamp_seconds"
 
 
 class PowercapMetrics:
-    def __init__(self, registry: CollectorRegistry, requests: bool = False) -> None:
+    def __init__(self, registry: CollectorRegistry, requests: bool = False, governor: bool = False) -> None:
         """``requests``: publish the node agent's request (``--apply-via agent``, not dry-run); otherwise
         those families are absent, so the agent never mistakes another mode's page for a request."""
         self.registry = registry
@@ -78,6 +78,29 @@ class PowercapMetrics:
         )
         self.latency_target = Gauge(
             "eo_powercap_latency_target_seconds", "Latency the controller holds under (s).", registry=registry
+        )
+        self.decisions = Counter(
+            "eo_powercap_decisions",
+            "Decisions by reason, every interval, holds included (the clock governor's reasons: "
+            "feedforward, feedforward_hold, queue_forming, scale_up_bridge, state_unusable, state_frozen).",
+            ("reason",),
+            registry=registry,
+        )
+        self.ttft_target = Gauge(
+            "eo_powercap_ttft_target_seconds",
+            "Time-to-first-token target the governor holds (s; NaN without one); absent without it.",
+            registry=registry if governor else None,
+        )
+        self.itl_target = Gauge(
+            "eo_powercap_itl_target_seconds",
+            "Inter-token latency target the governor holds (s; NaN without one); absent without it.",
+            registry=registry if governor else None,
+        )
+        self.scaling_up = Gauge(
+            "eo_powercap_workload_scaling_up",
+            "1 while the workload is scaling up (the cold-start bridge holds the ceiling), 0 when not, NaN "
+            "when unknown; absent without the governor.",
+            registry=registry if governor else None,
         )
 
     def set_state(self, uuid: str, state: str) -> None:

@@ -80,9 +80,14 @@ class ServerStateSource:
         )
         self._snapshots: deque[Snapshot] = deque(maxlen=MAX_SNAPSHOTS)
 
-    def read(self, now_s: float) -> ServerSample:
+    def read(self, now_s: float, deadline_s: float | None = None) -> ServerSample:
+        """One scrape at ``now_s``, within ``deadline_s`` (default: the source's own; never longer).
+        Raises ``ServerStateError``."""
+        deadline = self._deadline_s if deadline_s is None else min(deadline_s, self._deadline_s)
+        if not deadline > 0:
+            raise ServerStateError(f"scraping {self._url}: no time left in this interval")
         try:
-            resp = self._http.get(self._url, deadline_s=self._deadline_s, max_body_bytes=MAX_BODY_BYTES)
+            resp = self._http.get(self._url, deadline_s=deadline, max_body_bytes=MAX_BODY_BYTES)
         except HttpError as exc:
             raise ServerStateError(f"scraping {self._url}: {exc}") from exc
         if resp.status != 200:

@@ -38,7 +38,9 @@ from common.settings import (
     setting,
 )
 from powercap.controller import ACTUATORS, ControllerConfig
+from powercap.governor import GovernorConfig
 from powercap.latency import LATENCY_KINDS, SERVERS, preset
+from powercap.scaleup import SOURCES, default_query, valid_name
 
 DEFAULT_STATE_DIR = Path("/var/lib/energy-orchestrator/powercap")
 _SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -84,6 +86,7 @@ Actuator = Annotated[str, _one_of(ACTUATORS)]
 Server = Annotated[str, _one_of(SERVERS)]
 LatencyKind = Annotated[str, _one_of(LATENCY_KINDS)]
 Labels = Annotated[dict[str, str], BeforeValidator(_labels)]
+ScaleUpSource = Annotated[str, _one_of(SOURCES)]
 
 
 class Settings(BinarySettings):
@@ -208,6 +211,57 @@ class Settings(BinarySettings):
         60.0, "pause control of a GPU after an NVML error", flag="--error-backoff-seconds"
     )
 
+    # -- the clock governor (docs/powercap.md, "The clock governor") ------------------------------------
+    control: Literal["auto", "feedback", "governor"] = setting(
+        "auto",
+        "the control law: feedback (the latency loop alone), governor (feedforward from the server's "
+        "batch, queue and KV use toward TTFT/ITL targets, with the latency loop as feedback; needs "
+        "--actuator clocks), or auto (governor when a TTFT or ITL target is given, else feedback)",
+    )
+    ttft_target_s: Positive | None = setting(
+        None,
+        "time-to-first-token target the governor holds (the trigger's ttftSloSeconds; times --target-share)",
+        flag="--ttft-target-seconds",
+    )
+    itl_target_s: Positive | None = setting(
+        None,
+        "inter-token latency target (each request's mean time per output token) the governor holds "
+        "(the trigger's itlSloSeconds; times --target-share)",
+        flag="--itl-target-seconds",
+    )
+    target_share: Ratio = setting(
+        1.0,
+        "share of --ttft-target-seconds and --itl-target-seconds the governor aims at, in (0, 1]: "
+        "copy the trigger's SLOs and leave the scaler room with one number",
+    )
+    target_quantile: float = setting(
+        0.99,
+        "share of requests the governor holds within its TTFT and ITL targets, in (0, 1)",
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+    )
+    workload: str = setting(
+        "",
+        "this pod's workload (its Deployment), as eo-scaler and kube-state-metrics name it: what the "
+        "cold-start bridge asks about (empty: no bridge)",
+    )
+    scale_up_source: ScaleUpSource = setting(
+        "scaler",
+        "where the cold-start bridge learns that the workload is scaling up, from --prometheus-url: "
+        "scaler (eo_scaler_desired_replicas above eo_scaler_current_replicas), kube-state-metrics "
+        "(kube_deployment_spec_replicas above kube_deployment_status_replicas_available), or off",
+    )
+    scale_up_query: OptionalText = setting(
+        None, "PromQL above 0 while the workload is scaling up, instead of --scale-up-source's"
+    )
+    power_budget_w: Positive | None = setting(
+        None,
+        "power limit per GPU held while the clocks move (the budget guard: a node or rack budget split "
+        "per GPU); restored by the same rules as the clocks; needs --actuator clocks",
+        flag="--power-budget-watts",
+    )
+
     # -- state, locks, serving -------------------------------------------------------------------------
     state_dir: Path = setting(DEFAULT_STATE_DIR, "node directory (hostPath) for the persisted originals")
     lock_dir: OptionalPath = setting(
@@ -267,7 +321,47 @@ class Settings(BinarySettings):
                 raise ValueError(f"{exc} {_variables('server', 'latency_kind', 'latency_metric')}") from None
         return self
 
+    @model_validator(mode="after")
+    def _governor_consistent(self) -> Self:
+        targets = self.ttft_target_s is not None or self.itl_target_s is not None
+        if self.control == "governor" and not targets:
+            raise ValueError(
+                f"{_flag('control')} governor needs {_flag('ttft_target_s')} or {_flag('itl_target_s')} "
+                f"{_variables('control', 'ttft_target_s', 'itl_target_s')}"
+            )
+        if self.governs and self.actuator != "clocks":
+            raise ValueError(
+                f"the governor moves SM clocks: set {_flag('actuator')} clocks, or {_flag('control')} "
+                f"feedback {_variables('actuator', 'control', 'ttft_target_s', 'itl_target_s')}"
+            )
+        if self.power_budget_w is not None and self.actuator != "clocks":
+            raise ValueError(
+                f"{_flag('power_budget_w')} is held alongside the clocks: set {_flag('actuator')} clocks "
+                f"(with the power actuator, {_flag('ceiling_w')} is the budget) "
+                f"{_variables('power_budget_w', 'actuator', 'ceiling_w')}"
+            )
+        for field in ("workload", "pod_namespace"):
+            value = getattr(self, field)
+            if value and not valid_name(value):
+                raise ValueError(
+                    f"{_flag(field)}: {value[:60]!r} is not a Kubernetes name {_variables(field)}"
+                )
+        return self
+
     # -- derived ---------------------------------------------------------------------------------------
+    @property
+    def governs(self) -> bool:
+        """The clock governor runs (``--control governor``, or ``auto`` with a TTFT or ITL target)."""
+        targets = self.ttft_target_s is not None or self.itl_target_s is not None
+        return self.control == "governor" or (self.control == "auto" and targets)
+
+    @property
+    def scale_up_promql(self) -> str | None:
+        """The cold-start bridge's query; None when there is none (no bridge: never a lower clock)."""
+        if self.scale_up_query is not None:
+            return self.scale_up_query
+        return default_query(self.scale_up_source, self.pod_namespace, self.workload)
+
     @property
     def via_agent(self) -> bool:
         """The node agent applies: this sidecar publishes its request and never writes to the GPU."""
@@ -336,6 +430,21 @@ class GpuRange:
     low: float
     high: float
     original: float
+
+
+def governor_config(settings: Settings, gpus: GpuRange, clocks_mhz: tuple[float, ...]) -> GovernorConfig:
+    """The clock governor's config: ``controller_config``'s bounds and tuning (its controller judges
+    latency / target ratios: ``target_latency_s`` 1), the GPUs' settable clocks within them, and the
+    TTFT and ITL targets times ``--target-share``."""
+    ctrl = dataclasses.replace(controller_config(settings, gpus), target_latency_s=1.0)
+    share = settings.target_share
+    return GovernorConfig(
+        ctrl,
+        tuple(sorted(c for c in clocks_mhz if ctrl.floor <= c <= ctrl.ceiling)) or (ctrl.ceiling,),
+        itl_target_s=settings.itl_target_s * share if settings.itl_target_s is not None else None,
+        ttft_target_s=settings.ttft_target_s * share if settings.ttft_target_s is not None else None,
+        quantile=settings.target_quantile,
+    )
 
 
 def controller_config(settings: Settings, gpus: GpuRange) -> ControllerConfig:

@@ -1,7 +1,14 @@
 """The sidecar's control loop around the pure controller, and ``start_powercap``, its in-process factory.
 
 Each tick: read latency and load, read the GPUs' temperatures, call ``controller.step``, put the decision
-in force on every GPU still under control, publish metrics, count and report changes. Whatever fails,
+in force on every GPU still under control, publish metrics, count and report changes. With the clock
+governor (``--control governor``, or a TTFT/ITL target) the tick also reads the inference server's
+state (``powercap.serverstate``: batch, queue, KV use, TTFT and ITL histograms) and, for the cold-start
+bridge, whether the workload is scaling up (``powercap.scaleup``), and calls ``governor.govern``
+instead; its decisions go through the same put-in-force path. All of a tick's reads together are
+bounded by one interval: a read that finds no time left is skipped, which the governor takes as no
+data (the ceiling, never a lower clock). A power budget (``--power-budget-watts``) rides alongside the
+clocks under the same rules: applied while controlling, restored with them. Whatever fails,
 the GPU goes back to how the sidecar found it: stale metrics restore it (the controller decides that),
 an NVML error restores it (here), and stopping restores it (``stop``).
 
@@ -14,6 +21,7 @@ read holds; a tick that finishes its read after a stop writes nothing (docs/powe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import threading
@@ -25,13 +33,27 @@ from prometheus_client import CollectorRegistry
 
 from common.metrics_server import MetricsServerHandle, registry_renderer, serve_metrics
 from devices.base import GpuDevice, GpuError
+from gpumodel.model import H100_LLAMA_8B
 from powercap.controller import CapDecision, ControllerConfig, Reading, initial_state, step
 from powercap.events import CapEvent, EventSink, NullEventSink
+from powercap.governor import (
+    REASON_BRIDGE,
+    REASON_QUEUE,
+    REASON_STATE_FROZEN,
+    REASON_STATE_UNUSABLE,
+    GovernorConfig,
+    GovernorReading,
+    GovernorState,
+    govern,
+)
 from powercap.gpu import ControlledGpu, open_gpus
 from powercap.latency import LatencySource, LatencySourceError
 from powercap.metrics import PowercapMetrics
 from powercap.persist import StateStore
-from powercap.settings import GpuRange, Settings, StartupRefused, controller_config
+from powercap.profile import IterationProfile, prior_of
+from powercap.scaleup import ScaleUpError, ScaleUpSource
+from powercap.serverstate import ServerSample, ServerStateError, ServerStateSource
+from powercap.settings import GpuRange, Settings, StartupRefused, controller_config, governor_config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +68,17 @@ WRITE_LOCK_WAIT_S = 1.0
 WATCHDOG_MAX_PERIOD_S = 1.0
 """The staleness watchdog checks every min(interval, this): a restore comes at most that late."""
 _LOOP_JOIN_S = 0.5
+MIN_READ_S = 0.05
+"""A read with less of the interval left than this is skipped (its data counts as missing)."""
+# The governor's conditions worth one log line when they begin and end (not one per tick).
+_CONDITIONS = {
+    REASON_BRIDGE: "the workload is scaling up (desired replicas above ready ones): every replica at "
+    "its ceiling until the new ones serve",
+    REASON_STATE_UNUSABLE: "the server's state (batch, queue, KV) is missing or not a number: at the "
+    "ceiling until it reads again",
+    REASON_STATE_FROZEN: "the server's gauges have not moved while requests run (frozen?): at the ceiling",
+    REASON_QUEUE: "requests are waiting (or the KV cache is nearly full): at the ceiling",
+}
 
 
 class Sidecar:
@@ -59,6 +92,8 @@ class Sidecar:
         registry: CollectorRegistry | None = None,
         pod: str = "",
         wall_clock: Callable[[], float] = time.time,
+        server_state: ServerStateSource | None = None,
+        scale_up: ScaleUpSource | None = None,
     ) -> None:
         if not devices:
             raise StartupRefused(
@@ -76,7 +111,9 @@ class Sidecar:
         # permission check; it only reads the GPU (no privilege needed) and publishes its request.
         self._sets_nothing = settings.sets_nothing
         self._publishes_request = settings.via_agent and not settings.dry_run
-        self.metrics = PowercapMetrics(registry or CollectorRegistry(), requests=self._publishes_request)
+        self.metrics = PowercapMetrics(
+            registry or CollectorRegistry(), requests=self._publishes_request, governor=settings.governs
+        )
         store = StateStore(settings.state_dir)
         self.gpus: list[ControlledGpu] = open_gpus(
             devices,
@@ -93,6 +130,20 @@ class Sidecar:
             self._unlock()
             raise
         self.state = initial_state(original, self.config)
+        self.governor: GovernorConfig | None = None
+        self.governor_state: GovernorState | None = None
+        self._server_state: ServerStateSource | None = None
+        self._scale_up: ScaleUpSource | None = None
+        if settings.governs:
+            try:
+                self._start_governor(server_state, scale_up)
+            except (StartupRefused, ValueError) as exc:
+                self._unlock()
+                raise StartupRefused(f"the clock governor cannot start: {exc}") from exc
+        self._budget_w = settings.power_budget_w
+        self._condition: str | None = None
+        self._state_signal: str | None = None
+        self._scale_up_signal: str | None = None
         self.last_decision: CapDecision | None = None
         self._started_s = clock()
         self._last_usable_s: float | None = None
@@ -123,10 +174,40 @@ class Sidecar:
             gpus = GpuRange(low=max(g.clock_range_mhz[0] for g in self.gpus), high=high, original=high)
         return controller_config(self.settings, gpus), gpus.original
 
+    def _start_governor(self, server_state: ServerStateSource | None, scale_up: ScaleUpSource | None) -> None:
+        """The governor's config (the GPUs' settable clocks within the bounds), its profile (gpumodel's
+        calibrated prior at this GPU's top clock, learned online), its state reader and bridge source."""
+        s = self.settings
+        low = max(g.clock_range_mhz[0] for g in self.gpus)
+        high = min(g.clock_range_mhz[1] for g in self.gpus)
+        common = set.intersection(*(set(g.clocks_mhz) for g in self.gpus))
+        clocks = tuple(sorted(float(c) for c in common if low <= c <= high)) or (high,)
+        self.governor = governor_config(s, GpuRange(low=low, high=high, original=high), clocks)
+        ctrl = self.governor.controller
+        prior = dataclasses.replace(prior_of(H100_LLAMA_8B), max_clock_mhz=high)
+        profile = IterationProfile.start(prior, (ctrl.floor, ctrl.ceiling), H100_LLAMA_8B.max_batch)
+        self.governor_state = GovernorState(self.state, profile)
+        self._server_state = server_state or ServerStateSource(
+            s.metrics_url, s.server, s.latency_window_s, s.scrape_deadline_s
+        )
+        query = s.scale_up_promql
+        self._scale_up = scale_up
+        if scale_up is None and query is not None:
+            self._scale_up = ScaleUpSource(
+                s.prometheus_url, query, s.prometheus_deadline_s, s.prometheus_bearer_token_file
+            )
+        if self._scale_up is None:
+            log.info("no cold-start bridge: name the workload (--workload) or give --scale-up-query")
+
     def _publish_static(self) -> None:
         m = self.metrics
         m.dry_run.set(1.0 if self.settings.dry_run else 0.0)
         m.latency_target.set(self.settings.latency_target_s)
+        if self.governor is not None:
+            nan = math.nan
+            m.ttft_target.set(self.governor.ttft_target_s if self.governor.ttft_target_s else nan)
+            m.itl_target.set(self.governor.itl_target_s if self.governor.itl_target_s else nan)
+            m.scaling_up.set(nan)
         for g in self.gpus:
             m.original_watts.labels(uuid=g.uuid).set(g.original_w)
             if self.config.actuator == "power":
@@ -140,12 +221,20 @@ class Sidecar:
         then decide and put the decision in force under the write lock, unless the sidecar is stopping."""
         with self._tick_lock:
             read_at = self._clock()
+            started = time.monotonic()
             latency, load = self._read_latency(read_at)
+            sample: ServerSample | None = None
+            scaling_up: bool | None = None
+            if self.governor is not None:
+                # Every read of one tick together within one interval: what finds no time left is
+                # skipped, and missing data only ever keeps the clock at its ceiling.
+                sample = self._read_server_state(read_at, self._left(started))
+                scaling_up = self._read_scale_up(self._left(started))
             with self._write_lock:
                 if self._stopping:
                     # Restored while this tick was reading: a late decision must not cap the GPU again.
                     return CapDecision("hold", self.state.setpoint, REASON_STOPPING, self.state.setpoint)
-                if latency is not None:
+                if latency is not None or _observed(sample):
                     self._last_usable_s = read_at
                 now = self._clock()
                 self._recover_errors(now)
@@ -168,9 +257,77 @@ class Sidecar:
                     slowdown_temperature_c=min(slowdowns) if slowdowns else None,
                     power_w=max(powers) if powers else None,
                 )
-                decision = self._decide(reading, now)
+                governed = None
+                if self.governor is not None:
+                    governed = self._governor_reading(reading, latency, sample, scaling_up)
+                decision = self._decide(reading, now, governed)
                 self._last_tick_s = now
                 return decision
+
+    def _left(self, started: float) -> float:
+        """What is left of this tick's interval for its next read."""
+        return self.settings.interval_s - (time.monotonic() - started)
+
+    def _governor_reading(
+        self,
+        reading: Reading,
+        latency: float | None,
+        sample: ServerSample | None,
+        scaling_up: bool | None,
+    ) -> GovernorReading:
+        target = self.settings.latency_target_s
+        return GovernorReading(
+            now_s=reading.now_s,
+            age_s=reading.age_s,
+            itl_s=sample.itl_window_mean_s if sample is not None else None,
+            ttft_buckets=sample.ttft_buckets if sample is not None else None,
+            load=sample.load if sample is not None else None,
+            itl_mean_s=sample.itl_interval_mean_s if sample is not None else None,
+            scaling_up=scaling_up,
+            load_rps=reading.load_rps,
+            temperature_c=reading.temperature_c,
+            slowdown_temperature_c=reading.slowdown_temperature_c,
+            e2e_ratio=latency / target if latency is not None else None,
+        )
+
+    def _read_server_state(self, now: float, left_s: float) -> ServerSample | None:
+        """The server's state for the governor; None (logged once per change) when it cannot be read."""
+        assert self._server_state is not None
+        try:
+            if left_s < MIN_READ_S:
+                raise ServerStateError("no time left in this interval for the server-state read")
+            sample = self._server_state.read(now, deadline_s=left_s)
+        except ServerStateError as exc:
+            if self._state_signal != "failing":
+                log.warning("server state unreadable (the governor holds the ceiling): %s", exc)
+            self._state_signal = "failing"
+            return None
+        if self._state_signal == "failing":
+            log.info("server state readable again")
+        self._state_signal = "ok"
+        return sample
+
+    def _read_scale_up(self, left_s: float) -> bool | None:
+        """Is the workload scaling up? None (unknown: no bridge, logged once per change) on any error."""
+        if self._scale_up is None:
+            return None
+        try:
+            if left_s < MIN_READ_S:
+                raise ScaleUpError("no time left in this interval for the scale-up query")
+            answer = self._scale_up.read(deadline_s=left_s)
+        except ScaleUpError as exc:
+            answer, signal, detail = None, "failing", str(exc)
+        else:
+            signal = "unknown" if answer is None else "ok"
+            detail = "no answer (no such workload, or its trigger is in advisory mode)"
+        if signal not in (self._scale_up_signal, "ok"):
+            log.warning(
+                "cold-start bridge: %s (no bridge while it lasts; never a reason to lower clocks)", detail
+            )
+        self._scale_up_signal = signal
+        m = self.metrics.scaling_up
+        m.set(math.nan if answer is None else 1.0 if answer else 0.0)
+        return answer
 
     def enforce_staleness(self) -> CapDecision | None:
         """Restore now if the last usable reading is older than stale-after, whatever a tick is doing.
@@ -185,22 +342,44 @@ class Sidecar:
             age = self._age(now)
             if age <= self.config.stale_after_s:
                 return None
-            return self._decide(Reading(now_s=now, latency_s=None, age_s=age), now)
+            reading = Reading(now_s=now, latency_s=None, age_s=age)
+            governed = None
+            if self.governor is not None:
+                governed = self._governor_reading(reading, None, None, None)
+            return self._decide(reading, now, governed)
 
     def _age(self, now: float) -> float:
         """Seconds since the last usable reading (or since the start, before the first one)."""
         return now - (self._last_usable_s if self._last_usable_s is not None else self._started_s)
 
-    def _decide(self, reading: Reading, now: float) -> CapDecision:
-        """The controller's step, put in force and reported. Caller holds the write lock."""
-        self.state, decision = step(self.state, reading, self.config)
+    def _decide(self, reading: Reading, now: float, governed: GovernorReading | None = None) -> CapDecision:
+        """The controller's step (or the governor's), put in force and reported. Caller holds the write
+        lock."""
+        if self.governor is not None and self.governor_state is not None and governed is not None:
+            self.governor_state, decision = govern(self.governor_state, governed, self.governor)
+            self.state = self.governor_state.controller
+            self._condition_changed(decision.reason)
+        else:
+            self.state, decision = step(self.state, reading, self.config)
         for g in self._active():
             self._put_in_force(g, decision, now)
         self._publish(decision, reading.latency_s)
+        self.metrics.decisions.labels(reason=decision.reason).inc()
         if decision.changed:
             self._report(decision)
         self.last_decision = decision
         return decision
+
+    def _condition_changed(self, reason: str) -> None:
+        """One log line when a governor condition (the bridge, bad server state, a queue) begins or ends."""
+        condition = reason if reason in _CONDITIONS else None
+        if condition == self._condition:
+            return
+        if condition is not None:
+            log.info("%s (%s)", _CONDITIONS[condition], condition)
+        elif self._condition is not None:
+            log.info("%s ended: the governor picks the clock from the server's state again", self._condition)
+        self._condition = condition
 
     def _read_latency(self, now: float) -> tuple[float | None, float | None]:
         """(latency, load) of one read; latency None unless it is a usable number (it alone keeps the
@@ -259,6 +438,9 @@ class Sidecar:
                 g.restore()
             elif self.state.mode == "controlling":
                 g.apply(decision.setpoint, self.config.floor, self.config.ceiling)
+                if self._budget_w is not None:
+                    # The budget guard: the power limit held while the clocks move, restored with them.
+                    g.apply_budget(self._budget_w)
         except GpuError as exc:
             self._gpu_error(g, exc, now)
 
@@ -314,6 +496,9 @@ class Sidecar:
                 m.target_watts.labels(uuid=g.uuid).set(decision.setpoint)
             else:
                 m.target_clock.labels(uuid=g.uuid).set(decision.setpoint * 1e6)
+                budget = self._budget_of(g)
+                if budget is not None:
+                    m.target_watts.labels(uuid=g.uuid).set(budget)
             # A failing read was handled as an error this tick; the last value stays.
             with contextlib.suppress(GpuError):
                 m.applied_watts.labels(uuid=g.uuid).set(g.device.power_limit_mw() / 1000)
@@ -336,7 +521,22 @@ class Sidecar:
                 m.requested_watts.labels(uuid=g.uuid).set(decision.setpoint)
             else:
                 m.requested_clock.labels(uuid=g.uuid).set(decision.setpoint * 1e6)
+                budget = self._budget_of(g)
+                if budget is not None:
+                    # Both actuators of one GPU in one request: the agent applies (or restores) both.
+                    m.requested_watts.labels(uuid=g.uuid).set(budget)
         m.request_timestamp.set(self._wall_clock())
+
+    def _budget_of(self, g: ControlledGpu) -> float | None:
+        """The power limit the budget guard wants on ``g`` now: the budget within the GPU's range and
+        never above its original while controlling, the original once restored ("no cap"); None
+        without a budget."""
+        if self._budget_w is None:
+            return None
+        if self.state.mode == "restored":
+            return g.original_w
+        low, high = g.limit_range_w
+        return min(max(self._budget_w, low), high, g.original_w)
 
     def _state_name(self, g: ControlledGpu, decision: CapDecision) -> str:
         if self.settings.dry_run:
@@ -479,12 +679,18 @@ def start_powercap(
     pod: str = "",
     run_loop: bool = True,
     wall_clock: Callable[[], float] = time.time,
+    server_state: ServerStateSource | None = None,
+    scale_up: ScaleUpSource | None = None,
 ) -> PowercapHandle:
     """Start the sidecar in-process. ``run_loop=False`` leaves ticking (and ``enforce_staleness``) to the
     caller (tests, simulators); otherwise a loop thread ticks every interval and a watchdog thread
-    enforces staleness every min(interval, ``WATCHDOG_MAX_PERIOD_S``)."""
+    enforces staleness every min(interval, ``WATCHDOG_MAX_PERIOD_S``). With the governor, the server's
+    state and the scale-up answer come from ``server_state`` and ``scale_up`` (default: built from the
+    settings: ``--metrics-url``, ``--prometheus-url`` with ``--workload`` or ``--scale-up-query``)."""
     sink = events or NullEventSink()
-    sidecar = Sidecar(settings, devices, latency_source, clock, sink, registry, pod, wall_clock)
+    sidecar = Sidecar(
+        settings, devices, latency_source, clock, sink, registry, pod, wall_clock, server_state, scale_up
+    )
     try:
         server = serve_metrics(
             registry_renderer(sidecar.metrics.registry),
@@ -525,3 +731,8 @@ def start_powercap(
         for thread in threads:
             thread.start()
     return PowercapHandle(sidecar, server.port, server, sink, stop, threads)
+
+
+def _observed(sample: ServerSample | None) -> bool:
+    """The server's histograms gave a latency this tick (a TTFT window or an ITL mean): fresh data."""
+    return sample is not None and (sample.ttft_buckets is not None or sample.itl_window_mean_s is not None)

@@ -272,3 +272,65 @@ class SidecarProcess:
         self._reader.join(5)
         if self.proc.stderr is not None and not self._reader.is_alive():
             self.proc.stderr.close()
+
+
+class VllmStateFeed:
+    """A vLLM /metrics page for the clock governor, as ``TextServer``'s ``body_fn`` or
+    ``hostile_server``'s handler: the running, waiting and KV gauges as set, and on every scrape
+    ``per_scrape`` more first tokens (each under ``ttft_s``) and ``tokens`` more output tokens at a mean
+    inter-token time of ``itl_s``. ``nan`` serves the running gauge as NaN; ``garbage`` an unparsable
+    page; ``frozen`` stops every counter."""
+
+    TTFT_BOUNDS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+    def __init__(self, running: float = 4, waiting: float = 0, kv: float = 0.1) -> None:
+        self.running = running
+        self.waiting = waiting
+        self.kv = kv
+        self.ttft_s = 0.03
+        self.itl_s = 0.007
+        self.per_scrape = 20.0
+        self.tokens = 2000.0
+        self.nan = False
+        self.garbage = False
+        self.frozen = False
+        self.first_tokens = 0.0
+        self.output_tokens = 0.0
+        self.itl_sum_s = 0.0
+        self.scrapes = 0
+
+    def page(self) -> str:
+        self.scrapes += 1
+        if self.garbage:
+            return 'vllm:num_requests_running{model_name="m"} not-a-number\n'
+        if not self.frozen:
+            self.first_tokens += self.per_scrape
+            self.output_tokens += self.tokens
+            self.itl_sum_s += self.tokens * self.itl_s
+        running = "NaN" if self.nan else repr(float(self.running))
+        m = '{model_name="m"}'
+        lines = [
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{m} {running}",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{m} {float(self.waiting)!r}",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f"vllm:kv_cache_usage_perc{m} {float(self.kv)!r}",
+            "# TYPE vllm:time_to_first_token_seconds histogram",
+        ]
+        for le in self.TTFT_BOUNDS:
+            count = self.first_tokens if le >= self.ttft_s else 0.0
+            lines.append(f'vllm:time_to_first_token_seconds_bucket{{le="{le}",model_name="m"}} {count}')
+        lines += [
+            f'vllm:time_to_first_token_seconds_bucket{{le="+Inf",model_name="m"}} {self.first_tokens}',
+            f"vllm:time_to_first_token_seconds_count{m} {self.first_tokens}",
+            f"vllm:time_to_first_token_seconds_sum{m} {self.first_tokens * self.ttft_s}",
+            "# TYPE vllm:inter_token_latency_seconds histogram",
+            f'vllm:inter_token_latency_seconds_bucket{{le="+Inf",model_name="m"}} {self.output_tokens}',
+            f"vllm:inter_token_latency_seconds_count{m} {self.output_tokens}",
+            f"vllm:inter_token_latency_seconds_sum{m} {self.itl_sum_s}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def __call__(self, path: str, payload: bytes) -> tuple[int, str, bytes]:
+        return 200, "text/plain; version=0.0.4", self.page().encode()
