@@ -19,8 +19,8 @@ The rules:
 from __future__ import annotations
 
 
-class ResettableCounter:
-    """A monotonic total built from a raw counter that may restart at zero."""
+class _MonotonicCounter:
+    """A monotonic total built from a raw counter; what a decrease means is the subclass's rule."""
 
     def __init__(self) -> None:
         self._last_raw: float | None = None
@@ -32,43 +32,43 @@ class ResettableCounter:
 
     def update(self, raw: float) -> float:
         """Feed a raw reading; return the monotonic total (in the raw reading's unit)."""
-        if raw < 0:
-            raise ValueError(f"raw counter reading must be >= 0, got {raw}")
         if self._last_raw is None:
             # Start from the raw value, so a fresh exporter publishes what the hardware counter says.
             self._total = raw
         elif raw >= self._last_raw:
             self._total += raw - self._last_raw
         else:
-            self._total += raw
+            self._total += self._growth_after_decrease(raw, self._last_raw)
         self._last_raw = raw
         return self._total
 
+    def _growth_after_decrease(self, raw: float, last_raw: float) -> float:
+        raise NotImplementedError
 
-class WrappingCounter:
+
+class ResettableCounter(_MonotonicCounter):
+    """A monotonic total built from a raw counter that may restart at zero."""
+
+    def update(self, raw: float) -> float:
+        if raw < 0:
+            raise ValueError(f"raw counter reading must be >= 0, got {raw}")
+        return super().update(raw)
+
+    def _growth_after_decrease(self, raw: float, last_raw: float) -> float:
+        return raw  # restarted at zero since the last read: all of it is new
+
+
+class WrappingCounter(_MonotonicCounter):
     """A monotonic total built from a raw counter that wraps to zero at ``max_range``."""
 
     def __init__(self, max_range: float) -> None:
         if max_range <= 0:
             raise ValueError(f"max_range must be > 0, got {max_range}")
+        super().__init__()
         self._max_range = max_range
-        self._last_raw: float | None = None
-        self._total = 0.0
 
-    @property
-    def total(self) -> float:
-        return self._total
-
-    def update(self, raw: float) -> float:
-        """Feed a raw reading; return the monotonic total (in the raw reading's unit)."""
-        if self._last_raw is None:
-            self._total = raw
-        elif raw >= self._last_raw:
-            self._total += raw - self._last_raw
-        else:
-            self._total += raw + self._max_range - self._last_raw
-        self._last_raw = raw
-        return self._total
+    def _growth_after_decrease(self, raw: float, last_raw: float) -> float:
+        return raw + self._max_range - last_raw  # exactly one wrap since the last read
 
 
 class PowerIntegrator:
