@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prometheus_client import CollectorRegistry
 
-from bench.pods import GPUS, PODS_PER_GPU, pct, serve_text, serve_vllm
+from bench.pods import GPUS, PODS_PER_GPU, pct, scrape_for, serve_text, serve_vllm
 from devices.simulated import SimulatedGpu
 from exporter.collector import ExporterCollector
 from exporter.exposition import render as eo_render
@@ -149,15 +148,7 @@ def main() -> int:
     rss_start, _ = rss_mib()
     cpu_start, wall_start = time.process_time(), time.monotonic()
     sampler.start()
-    url = f"http://127.0.0.1:{text_server.server_port}/metrics"
-    latency, size = [], 0
-    until = time.monotonic() + args.seconds
-    while time.monotonic() < until:
-        w0 = time.perf_counter()
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            size = len(resp.read())
-        latency.append(time.perf_counter() - w0)
-        time.sleep(0.01)
+    latency, size = scrape_for(f"http://127.0.0.1:{text_server.server_port}/metrics", args.seconds)
     rss_end, rss_peak = rss_mib()
     cpu_share = (time.process_time() - cpu_start) / (time.monotonic() - wall_start)
     collector_up = collector.up()

@@ -74,6 +74,24 @@ def serve_text(body: Callable[[], bytes]) -> ThreadingHTTPServer:
     return server
 
 
+def scrape_for(
+    url: str, seconds: float, after_each: Callable[[], None] = lambda: None
+) -> tuple[list[float], int]:
+    """Scrape ``url`` over HTTP for ``seconds``: each scrape's latency in seconds and the last body's
+    size in bytes. ``after_each`` runs after every scrape, outside its timing."""
+    latency: list[float] = []
+    size = 0
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        w0 = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            size = len(resp.read())
+        latency.append(time.perf_counter() - w0)
+        after_each()
+        time.sleep(0.01)
+    return latency, size
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
@@ -140,18 +158,14 @@ def main() -> int:
         ),
         ("prometheus_client registry", client_server.server_port, lambda: generate_latest(registry)),
     ):
-        url = f"http://127.0.0.1:{port}/metrics"
-        latency, cpu, size = [], [], 0
-        until = time.monotonic() + args.seconds
-        while time.monotonic() < until:
-            w0 = time.perf_counter()
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                size = len(resp.read())
-            latency.append(time.perf_counter() - w0)
+        cpu: list[float] = []
+
+        def time_render(render: Callable[[], object] = render_once, into: list[float] = cpu) -> None:
             t0 = time.thread_time()
-            render_once()
-            cpu.append(time.thread_time() - t0)
-            time.sleep(0.01)
+            render()
+            into.append(time.thread_time() - t0)
+
+        latency, size = scrape_for(f"http://127.0.0.1:{port}/metrics", args.seconds, time_render)
         results[label] = (latency, cpu, size)
     sampler.stop()
     for server in (client_server, text_server):
