@@ -206,7 +206,7 @@ class NodeAgent:
             self._refused(Refuse(a.pod, a.uuid, "gpu_busy" if a.uuid in self._released else GPU_ERROR, busy))
             return
         try:
-            in_force = self.gpus.apply(a.uuid, a.actuator, a.setpoint, str(a.pod))
+            in_force = self.gpus.apply(a.uuid, a.actuator, a.setpoint, str(a.pod), a.budget_w)
         except GpuBusy as exc:
             self.state = forget(self.state, a.uuid)
             if exc.foreign_write:
@@ -238,8 +238,14 @@ class NodeAgent:
             self.metrics.setpoint_watts.labels(uuid=a.uuid).set(in_force)
         else:
             self.metrics.setpoint_clock.labels(uuid=a.uuid).set(in_force * 1e6)
+            if a.budget_w is not None:
+                self.metrics.setpoint_watts.labels(uuid=a.uuid).set(a.budget_w)
+            else:
+                with contextlib.suppress(KeyError):
+                    self.metrics.setpoint_watts.remove(a.uuid)
+        beside = f" with a {a.budget_w:.0f} W power limit" if a.budget_w is not None else ""
         message = (
-            f"GPU {a.uuid}: {what} {a.reason} {before:.0f} -> {in_force:.0f} {unit}, as {a.pod}'s "
+            f"GPU {a.uuid}: {what} {a.reason} {before:.0f} -> {in_force:.0f} {unit}{beside}, as {a.pod}'s "
             f"eo-powercap asked (eo-node-agent on {self.settings.node_name or 'this node'})"
         )
         log.info(message)

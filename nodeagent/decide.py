@@ -101,6 +101,8 @@ class GpuAsk:
     uuid: str
     actuator: str
     value: float
+    budget_w: float | None = None
+    """With ``clocks``: a power limit held beside the clock lock (the sidecar's budget guard), W."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,8 @@ class Control:
     setpoint: float
     confirmed_s: float
     """Timestamp of the last request that asked for exactly this."""
+    budget_w: float | None = None
+    """A power limit in force beside a clock lock; None: the original limit."""
 
 
 @dataclass(frozen=True)
@@ -187,10 +191,17 @@ class Apply:
     setpoint: float
     previous: float | None
     """The setpoint it replaces; None when the GPU was at its original."""
+    budget_w: float | None = None
+    """With ``clocks``: the power limit to hold beside the lock; None puts the original limit back."""
+    previous_budget_w: float | None = None
 
     @property
     def reason(self) -> str:
-        return "raised" if self.previous is not None and self.setpoint > self.previous else "lowered"
+        return (
+            "lowered"
+            if _lowers(self.previous, self.setpoint, self.previous_budget_w, self.budget_w)
+            else "raised"
+        )
 
 
 @dataclass(frozen=True)
@@ -364,7 +375,12 @@ def _take(cycle: _Cycle, read: Read, held: Holdings | None, gpus: Mapping[str, G
         # is in force keeps it (last known good).
         for uuid, control in list(cycle.controls.items()):
             ask = asked.get(uuid)
-            if control.pod.key == key and ask == GpuAsk(uuid, control.actuator, control.setpoint):
+            if (
+                control.pod.key == key
+                and ask is not None
+                and (ask.actuator, ask.value) == (control.actuator, control.setpoint)
+                and _budget(ask, gpus.get(uuid)) == control.budget_w
+            ):
                 cycle.controls[uuid] = replace(control, confirmed_s=stamp)
         return
     for uuid, control in list(cycle.controls.items()):
@@ -402,16 +418,28 @@ def _take_ask(
             pod, uuid, OUT_OF_RANGE, f"{ask.value:g} {unit} is outside [{low:g}, {high:g}] {unit}", stamp
         )
         return
-    if ask.value >= ceiling:
+    if ask.budget_w is not None:
+        low_w = max(facts.min_w, cycle.bounds.floor_w or 0.0)
+        if ask.actuator != "clocks" or not (
+            math.isfinite(ask.budget_w) and low_w <= ask.budget_w <= facts.max_w
+        ):
+            cycle.refuse(
+                pod, uuid, OUT_OF_RANGE,
+                f"power limit {ask.budget_w:g} W beside the clocks is outside [{low_w:g}, {facts.max_w:g}] W",
+                stamp,
+            )  # fmt: skip
+            return
+    budget = _budget(ask, facts)
+    if ask.value >= ceiling and budget is None:
         cycle.restore(uuid, NO_CAP_REQUESTED)
         return
     if current is not None and current.actuator != ask.actuator:
         cycle.restore(uuid, ACTUATOR_CHANGED)
         current = None
-    if current is not None and ask.value == current.setpoint:
+    if current is not None and ask.value == current.setpoint and budget == current.budget_w:
         cycle.controls[uuid] = replace(current, confirmed_s=stamp)
         return
-    lowering = current is None or ask.value < current.setpoint
+    lowering = current is None or _lowers(current.setpoint, ask.value, current.budget_w, budget)
     since = cycle.now_s - cycle.last_change_s.get(uuid, -math.inf)
     if lowering and since < cycle.bounds.min_change_interval_s:
         cycle.refuse(
@@ -422,6 +450,28 @@ def _take_ask(
             stamp,
         )
         return
-    cycle.controls[uuid] = Control(pod, ask.actuator, ask.value, stamp)
+    cycle.controls[uuid] = Control(pod, ask.actuator, ask.value, stamp, budget)
     cycle.last_change_s[uuid] = cycle.now_s
-    cycle.actions.append(Apply(uuid, pod, ask.actuator, ask.value, current.setpoint if current else None))
+    cycle.actions.append(
+        Apply(
+            uuid, pod, ask.actuator, ask.value, current.setpoint if current else None, budget,
+            current.budget_w if current else None,
+        )
+    )  # fmt: skip
+
+
+def _budget(ask: GpuAsk, facts: GpuFacts | None) -> float | None:
+    """The power limit an ask holds beside its clocks; None when it asks for none, or for the original
+    or more (no cap: the original limit stays)."""
+    if ask.budget_w is None or facts is None or ask.budget_w >= facts.original_w:
+        return None
+    return ask.budget_w
+
+
+def _lowers(
+    before: float | None, after: float, budget_before: float | None, budget_after: float | None
+) -> bool:
+    """A change that lowers the setpoint or the budget beside it (None: no cap, the highest)."""
+    if before is None or after < before:
+        return True
+    return budget_after is not None and (budget_before is None or budget_after < budget_before)

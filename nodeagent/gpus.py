@@ -106,9 +106,12 @@ class NodeGpus:
     def under_control(self) -> set[str]:
         return set(self._sessions)
 
-    def apply(self, uuid: str, actuator: str, setpoint: float, pod: str) -> float:
-        """Put ``setpoint`` (W or MHz) in force for ``pod``; returns what is in force. Raises ``GpuBusy``
-        (another writer), ``GpuError``."""
+    def apply(
+        self, uuid: str, actuator: str, setpoint: float, pod: str, budget_w: float | None = None
+    ) -> float:
+        """Put ``setpoint`` (W or MHz) in force for ``pod``, and with clocks the power limit ``budget_w``
+        beside it (None: the original limit); returns the setpoint in force. Raises ``GpuBusy`` (another
+        writer), ``GpuError``."""
         session = self._sessions.get(uuid)
         if session is not None and session.actuator != actuator:
             self.restore(uuid)
@@ -124,7 +127,9 @@ class NodeGpus:
         if actuator == "power":
             ceiling = session.original_w
             return session.apply(setpoint, session.limit_range_w[0], min(ceiling, session.limit_range_w[1]))
-        return session.apply(setpoint, session.clock_range_mhz[0], session.clock_range_mhz[1])
+        in_force = session.apply(setpoint, session.clock_range_mhz[0], session.clock_range_mhz[1])
+        session.apply_budget(budget_w)
+        return in_force
 
     def _open(self, uuid: str, actuator: str, pod: str) -> ControlledGpu:
         device = self.devices.get(uuid)

@@ -8,7 +8,9 @@ renders them::
     eo_powercap_request_timestamp_seconds 1.7e9
 
 Read strictly: only these exact line shapes count; one timestamp, finite and positive; each GPU at most
-once across both families, with a ``GPU-`` UUID and a finite value > 0. Anything else about these
+once in each family, with a ``GPU-`` UUID and a finite value > 0. A GPU in both families asks for a
+clock lock with a power limit beside it (the sidecar's budget guard): one ask, actuator ``clocks``,
+with ``budget_w``. Anything else about these
 families makes the whole page ``Malformed`` (refused, nothing applied): a request is all or nothing.
 A page without any of them is ``NoRequest`` (a sidecar in dry-run or direct mode): no data, no refusal.
 Every other line of the page is ignored.
@@ -63,7 +65,9 @@ def _number(text: str, what: str) -> float:
 
 def parse_request(page: str) -> Request:
     """The request on ``page``; ``NoRequest`` when there is none, ``Malformed`` when it is not one."""
-    asks: dict[str, GpuAsk] = {}
+    watts: dict[str, float] = {}
+    clocks: dict[str, float] = {}
+    order: list[str] = []
     stamps: list[float] = []
     for raw in page.splitlines():
         line = raw.strip()
@@ -73,19 +77,25 @@ def parse_request(page: str) -> Request:
             family, uuid, value = match.groups()
             if not _UUID.fullmatch(uuid):
                 raise Malformed(f"{family}: {uuid[:60]!r} is not a GPU UUID")
-            if uuid in asks:
-                raise Malformed(f"GPU {uuid} is asked for twice")
+            per_family = watts if family == REQUEST_WATTS else clocks
+            if uuid in per_family:
+                raise Malformed(f"GPU {uuid} is asked for twice in {family}")
             number = _number(value, f"{family}{{uuid={uuid!r}}}")
-            if family == REQUEST_WATTS:
-                asks[uuid] = GpuAsk(uuid, "power", number)
-            else:
-                asks[uuid] = GpuAsk(uuid, "clocks", number / 1e6)
-            if len(asks) > MAX_GPUS:
+            per_family[uuid] = number if family == REQUEST_WATTS else number / 1e6
+            if uuid not in order:
+                order.append(uuid)
+            if len(order) > MAX_GPUS:
                 raise Malformed(f"more than {MAX_GPUS} GPUs asked for")
         elif match := _STAMP.fullmatch(line):
             stamps.append(_number(match.group(1), REQUEST_TIMESTAMP))
         else:
             raise Malformed(f"unexpected line {line[:80]!r}")
+    asks = {
+        uuid: GpuAsk(uuid, "clocks", clocks[uuid], watts.get(uuid))
+        if uuid in clocks
+        else GpuAsk(uuid, "power", watts[uuid])
+        for uuid in order
+    }
     if not stamps and not asks:
         raise NoRequest("the page publishes no request (a sidecar in dry-run or direct mode?)")
     if len(stamps) != 1:

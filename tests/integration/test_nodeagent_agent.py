@@ -24,8 +24,10 @@ from powercap.latency import LatencySample
 from powercap.persist import GpuLock, GpuRecord, StateStore
 from powercap.settings import Settings as PowercapSettings
 from powercap.sidecar import start_powercap
+from tests.support.hostile_http import Behaviour, hostile_server
 from tests.support.nodeagent import T0, AgentRig, agent_rig, agent_settings, sim_uuid
 from tests.support.pods import start_kubelet
+from tests.support.powercap import VllmStateFeed
 
 G0, G1 = sim_uuid(0), sim_uuid(1)
 
@@ -312,3 +314,46 @@ def test_it_refuses_to_start_without_permission(tmp_path: Path) -> None:
     finally:
         client.close()
         server.stop(None)
+
+
+def test_a_governor_sidecar_with_a_budget_gets_both_its_clock_and_its_power_limit(
+    rig: AgentRig, tmp_path: Path
+) -> None:
+    """The clock governor's request (a clock and a power limit for one GPU), from the real sidecar's
+    /metrics, read by the agent: both applied, both restored when the pod goes."""
+    feed = VllmStateFeed()
+    with hostile_server(Behaviour(handler=feed)) as (server, _):
+        sidecar = start_powercap(
+            from_values(
+                PowercapSettings,
+                {"latency_target_s": 1.0, "apply_via": "agent", "actuator": "clocks",
+                 "ttft_target_s": 0.5, "itl_target_s": 0.05, "power_budget_w": 450.0,
+                 "metrics_url": server + "/metrics", "port": 0, "listen_address": "127.0.0.1",
+                 "state_dir": tmp_path / "sidecar"},
+                environ={},
+            ),
+            [SimulatedGpu(0, privileged=False)],
+            type("Fast", (), {"read": lambda self, now: LatencySample(0.1, 10.0)})(),
+            run_loop=False,
+            wall_clock=rig.clock,
+        )  # fmt: skip
+        try:
+            rig.add_pod("llama-0", [G0])
+            rig.pages.pop("llama-0").stop()
+            annotations = {OPT_IN_ANNOTATION: "true", PORT_ANNOTATION: str(sidecar.port)}
+            meta = PodMeta(Workload("Deployment", "llama"), "127.0.0.1", annotations, {}, "uid-llama-0")
+            rig.metadata.set(PodKey("inference", "llama-0"), meta)
+            for _ in range(6):
+                rig.clock.now += 3
+                sidecar.sidecar.tick()
+                rig.cycle(0)
+            locked = rig.gpus[0].locked_sm_clock_mhz
+            assert locked is not None and locked < 1980, "the governor's clock, applied by the agent"
+            assert rig.limit_w() == 450.0, "and the budget beside it"
+            assert rig.sample("eo_node_agent_setpoint_watts", uuid=G0) == 450.0
+        finally:
+            sidecar.stop()
+    rig.remove_pod("llama-0")
+    rig.cycle()
+    assert rig.limit_w() == 700.0 and rig.gpus[0].locked_sm_clock_mhz is None
+    assert rig.restores(G0, "pod_gone") == 1.0

@@ -7,6 +7,7 @@ reads are real HTTP on loopback.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -114,7 +115,7 @@ def test_a_small_batch_lowers_the_clock_in_bounded_steps_and_a_queue_raises_it_a
     steps = ticks(h, clock, 8)
     clocks = [MAX_MHZ] + [c for c, _ in steps]
     assert clocks[-1] < MAX_MHZ, steps
-    assert all(b >= a - 90.0 for a, b in zip(clocks, clocks[1:], strict=False)), "bounded steps down"
+    assert all(b >= a - 90.0 for a, b in itertools.pairwise(clocks)), "bounded steps down"
     assert "feedforward" in {r for _, r in steps}
     assert gpu.locked_sm_clock_mhz is not None and gpu.locked_sm_clock_mhz <= clocks[-1]
     assert decisions(h, "feedforward") >= 1
@@ -300,7 +301,9 @@ def test_without_a_target_it_is_the_feedback_loop_as_before(
     tmp_path: Path, handles: list[PowercapHandle]
 ) -> None:
     clock = FakeClock()
-    h, _ = start(handles, tmp_path, "http://127.0.0.1:9/metrics", clock, ttft_target_s=None, itl_target_s=None)
+    h, _ = start(
+        handles, tmp_path, "http://127.0.0.1:9/metrics", clock, ttft_target_s=None, itl_target_s=None
+    )
     assert h.sidecar.governor is None
     # The server is unreachable but the feedback loop never reads it: latency comes from its source.
     assert {r for _, r in ticks(h, clock, 3)} <= {"headroom", "settling", "deadband"}

@@ -297,7 +297,7 @@ def test_the_wire_format_parses_strictly() -> None:
         lambda p: p.replace(G0, "GPU-0"),
         lambda p: p.replace(G0, "MIG-" + G0[4:]),
         lambda p: p.replace(f'{{uuid="{G0}"}}', f'{{uuid="{G0}",x="y"}}'),
-        lambda p: p.replace(G1, G0),
+        lambda p: p + f'eo_powercap_requested_watts{{uuid="{G0}"}} 600.0\n',
         lambda p: p + "eo_powercap_request_timestamp_seconds 1.8e+09\n",
         lambda p: p.replace("eo_powercap_request_timestamp_seconds 1.7000000001e+09\n", ""),
         lambda p: p.replace("1.7000000001e+09", "+Inf"),
@@ -316,7 +316,7 @@ def test_the_wire_format_parses_strictly() -> None:
         "bad-uuid",
         "mig-uuid",
         "extra-label",
-        "gpu-twice",
+        "gpu-twice-in-one-family",
         "two-timestamps",
         "no-timestamp",
         "infinite-timestamp",
@@ -339,3 +339,52 @@ def test_the_wire_names_are_the_sidecars() -> None:
         metrics.REQUEST_CLOCK,
         metrics.REQUEST_TIMESTAMP,
     )
+
+
+# --- both actuators of one GPU: a clock lock with a power limit beside it (the budget guard) ---
+
+
+def both(mhz: float, watts: float | None, uuid: str = G0) -> GpuAsk:
+    return GpuAsk(uuid, "clocks", mhz, watts)
+
+
+def test_a_gpu_in_both_families_is_one_clock_ask_with_its_power_limit() -> None:
+    page = PAGE.replace(G1, G0)  # G0 in both families: before, refused as asked for twice
+    assert parse_request(page).asks == (both(1410.0, 650.0),)
+
+
+def test_both_actuators_are_applied_together_and_each_change_counts() -> None:
+    d = run(AgentState(), T0, read(T0, both(1410.0, 450.0)))
+    assert d.actions == (Apply(G0, POD, "clocks", 1410.0, None, 450.0, None),)
+    assert d.state.controls[G0].budget_w == 450.0
+    # The same request again confirms; the budget alone raised applies at once (the safe direction).
+    assert run(d.state, T0 + 1, read(T0 + 1, both(1410.0, 450.0))).actions == ()
+    raised = run(d.state, T0 + 1, read(T0 + 1, both(1410.0, 500.0)))
+    assert raised.actions == (Apply(G0, POD, "clocks", 1410.0, 1410.0, 500.0, 450.0),)
+    assert raised.actions[0].reason == "raised"  # type: ignore[union-attr]
+    # The budget alone lowered is a lowering: the minimum change interval holds it back.
+    lowered = run(d.state, T0 + 1, read(T0 + 1, both(1410.0, 400.0)))
+    assert only(lowered).reason == "too_frequent"  # type: ignore[attr-defined]
+
+
+def test_clocks_at_the_top_with_a_budget_keep_the_budget_and_without_one_restore() -> None:
+    d = run(AgentState(), T0, read(T0, both(1980.0, 450.0)))
+    assert d.actions == (Apply(G0, POD, "clocks", 1980.0, None, 450.0, None),)
+    # The budget at the original (or above) is "no cap": with clocks at the top, the GPU is restored.
+    free = run(d.state, T0 + 3, read(T0 + 3, both(1980.0, 700.0)))
+    assert free.actions == (Restore(G0, POD, "no_cap_requested"),)
+
+
+@pytest.mark.parametrize("watts", [150.0, 900.0, math.nan])
+def test_a_budget_outside_the_range_refuses_the_ask(watts: float) -> None:
+    d = run(AgentState(), T0, read(T0, both(1410.0, watts)))
+    assert only(d).reason == "out_of_range"  # type: ignore[attr-defined]
+    assert d.state.controls == {}
+
+
+def test_frozen_keeps_a_clock_and_budget_the_pod_still_confirms() -> None:
+    d = run(AgentState(), T0, read(T0, both(1410.0, 450.0)))
+    frozen = decide(d.state, T0 + 20, None, [read(T0 + 20, both(1410.0, 450.0))], (), GPUS, BOUNDS)
+    assert frozen.state.controls[G0].confirmed_s == T0 + 20
+    other = decide(d.state, T0 + 20, None, [read(T0 + 20, both(1410.0, 400.0))], (), GPUS, BOUNDS)
+    assert other.state.controls[G0].confirmed_s == T0, "a different budget is not a confirmation"
