@@ -70,12 +70,22 @@ class _Process:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _launch(self, argv: Sequence[str], ready_path: str, timeout_s: float) -> None:
+    def _launch(self, binary: str, config: dict[str, Any], flags: Sequence[str], timeout_s: float) -> None:
+        """Write ``config`` to the work directory, start ``binary`` with it on this port (plus ``flags``)
+        and wait until its ``/-/ready`` answers (Prometheus and Alertmanager both have one)."""
+        config_path = self.workdir / f"{self.name}.yml"
+        config_path.write_text(yaml.safe_dump(config))
+        argv = [
+            _binary(binary),
+            f"--config.file={config_path}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            *flags,
+        ]
         log_path = self.workdir / f"{self.name}.log"
         with log_path.open("wb") as out:
             self._proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         log.info("started %s on %s (pid %d, logs %s)", self.name, self.url, self._proc.pid, log_path)
-        _wait_ready(self.url + ready_path, self._proc, log_path, timeout_s)
+        _wait_ready(self.url + "/-/ready", self._proc, log_path, timeout_s)
 
     @property
     def pid(self) -> int | None:
@@ -150,17 +160,12 @@ class Prometheus(_Process):
         return cfg
 
     def start(self, timeout_s: float = 30.0) -> Prometheus:
-        config_path = self.workdir / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(self.config()))
-        argv = [
-            _binary("prometheus"),
-            f"--config.file={config_path}",
+        flags = [
             f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
             "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=1d",
         ]
-        self._launch(argv, "/-/ready", timeout_s)
+        self._launch("prometheus", self.config(), flags, timeout_s)
         return self
 
     def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
@@ -213,16 +218,8 @@ class Alertmanager(_Process):
         }
 
     def start(self, timeout_s: float = 30.0) -> Alertmanager:
-        config_path = self.workdir / "alertmanager.yml"
-        config_path.write_text(yaml.safe_dump(self.config()))
-        argv = [
-            _binary("prometheus-alertmanager"),
-            f"--config.file={config_path}",
-            f"--storage.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--cluster.listen-address=",
-        ]
-        self._launch(argv, "/-/ready", timeout_s)
+        flags = [f"--storage.path={self.workdir / 'data'}", "--cluster.listen-address="]
+        self._launch("prometheus-alertmanager", self.config(), flags, timeout_s)
         return self
 
     def alerts(self) -> list[dict[str, Any]]:
