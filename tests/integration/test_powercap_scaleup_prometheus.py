@@ -16,23 +16,26 @@ NS, WL = "inference", "llama-chat"
 def page(desired: int, current: int, mode: str = "enforce", spec: int = 2, available: int = 2) -> str:
     sel = f'namespace="{NS}",workload="{WL}"'
     other = 'namespace="inference",workload="other"'
-    return "\n".join(
-        [
-            "# TYPE eo_scaler_desired_replicas gauge",
-            f"eo_scaler_desired_replicas{{{sel}}} {desired}",
-            f"eo_scaler_desired_replicas{{{other}}} 9",
-            "# TYPE eo_scaler_current_replicas gauge",
-            f"eo_scaler_current_replicas{{{sel}}} {current}",
-            f"eo_scaler_current_replicas{{{other}}} 1",
-            "# TYPE eo_scaler_mode_info gauge",
-            f'eo_scaler_mode_info{{{sel},mode="enforce"}} {1 if mode == "enforce" else 0}',
-            f'eo_scaler_mode_info{{{sel},mode="advisory"}} {1 if mode == "advisory" else 0}',
-            "# TYPE kube_deployment_spec_replicas gauge",
-            f'kube_deployment_spec_replicas{{namespace="{NS}",deployment="{WL}"}} {spec}',
-            "# TYPE kube_deployment_status_replicas_available gauge",
-            f'kube_deployment_status_replicas_available{{namespace="{NS}",deployment="{WL}"}} {available}',
-        ]
-    ) + "\n"
+    return (
+        "\n".join(
+            [
+                "# TYPE eo_scaler_desired_replicas gauge",
+                f"eo_scaler_desired_replicas{{{sel}}} {desired}",
+                f"eo_scaler_desired_replicas{{{other}}} 9",
+                "# TYPE eo_scaler_current_replicas gauge",
+                f"eo_scaler_current_replicas{{{sel}}} {current}",
+                f"eo_scaler_current_replicas{{{other}}} 1",
+                "# TYPE eo_scaler_mode_info gauge",
+                f'eo_scaler_mode_info{{{sel},mode="enforce"}} {1 if mode == "enforce" else 0}',
+                f'eo_scaler_mode_info{{{sel},mode="advisory"}} {1 if mode == "advisory" else 0}',
+                "# TYPE kube_deployment_spec_replicas gauge",
+                f'kube_deployment_spec_replicas{{namespace="{NS}",deployment="{WL}"}} {spec}',
+                "# TYPE kube_deployment_status_replicas_available gauge",
+                f'kube_deployment_status_replicas_available{{namespace="{NS}",deployment="{WL}"}} {available}',
+            ]
+        )
+        + "\n"
+    )
 
 
 def eventually(read: Callable[[], object], expected: object, timeout_s: float = 15.0) -> None:
