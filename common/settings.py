@@ -12,7 +12,9 @@ and help text, declared once with ``setting()``. From that declaration ``load()`
   ``EO_DEMO_``);
 - ``--help``: every flag with its help, variable and default;
 - errors: a bad value raises ``SettingsError`` naming the flag and the variable (never a traceback,
-  never the whole input echoed); the binaries print it and exit with status 2.
+  never the whole input echoed); the binaries print it and exit with status 2. A check across fields
+  names its settings with ``flag_for`` / ``variables_for`` / ``flag_and_variable`` (derived, never
+  spelled out), and two settings that mean nothing alone use the one rule ``require_together``.
 
 Booleans take ``--flag`` (true), ``--flag=false`` or ``--flag false``, and ``true/false/1/0/yes/no/on/off``
 in variables: one parser for every binary.
@@ -144,6 +146,36 @@ class BinarySettings(BaseSettings):
         # Flags arrive as init values and win; then the flag-named variables; then the defaults.
         return (init_settings, _FlagNamedEnvironment(settings_cls))
 
+    # -- naming settings in a cross-field check's message ---------------------------------------------
+    @classmethod
+    def flag_for(cls, field: str) -> str:
+        """The flag of ``field`` (``--tls-cert-file``)."""
+        return flag_of(cls.model_fields[field], field)
+
+    @classmethod
+    def variable_for(cls, field: str) -> str:
+        """The environment variable of ``field`` (``EO_TLS_CERT_FILE``)."""
+        return env_name(cls.flag_for(field), env_prefix(cls))
+
+    @classmethod
+    def flag_and_variable(cls, field: str) -> str:
+        """``--flag / EO_VARIABLE``: how a message names one setting."""
+        return f"{cls.flag_for(field)} / {cls.variable_for(field)}"
+
+    @classmethod
+    def variables_for(cls, *fields: str) -> str:
+        """``(EO_A, EO_B)``: the variables of the settings a message has named by flag."""
+        return "(" + ", ".join(cls.variable_for(f) for f in fields) + ")"
+
+    def require_together(self, first: str, second: str, advice: str = "") -> None:
+        """The rule for two settings that mean nothing alone (a user name and its password, a
+        certificate and its key): ``ValueError`` naming both when one is set without the other."""
+        if (getattr(self, first) is None) != (getattr(self, second) is None):
+            raise ValueError(
+                f"{self.flag_for(first)} and {self.flag_for(second)} go together "
+                f"{self.variables_for(first, second)}{advice}"
+            )
+
 
 def _extra(field: FieldInfo, key: str) -> str | None:
     extra = field.json_schema_extra
@@ -254,6 +286,5 @@ def describe(cls: type[BinarySettings], exc: ValidationError) -> str:
                 _short(message, _MAX_MODEL_MESSAGE) if not name else f"{_short(name)}: {_short(message)}"
             )
             continue
-        flag = flag_of(field, name)
-        lines.append(f"{flag} / {env_name(flag, env_prefix(cls))}: {_short(message)}")
+        lines.append(f"{cls.flag_and_variable(name)}: {_short(message)}")
     return "; ".join(lines)

@@ -172,25 +172,22 @@ class Settings(BinarySettings):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
-        if (self.redfish_username_file is None) != (self.redfish_password_file is None):
-            raise ValueError(
-                "--redfish-username-file / EO_REDFISH_USERNAME_FILE and --redfish-password-file / "
-                "EO_REDFISH_PASSWORD_FILE go together: set both or neither"
-            )
+        self.require_together("redfish_username_file", "redfish_password_file", ": set both or neither")
         if self.redfish_ca_file is not None and self.redfish_insecure_skip_verify:
             raise ValueError(
-                "--redfish-insecure-skip-verify / EO_REDFISH_INSECURE_SKIP_VERIFY contradicts "
-                "--redfish-ca-file / EO_REDFISH_CA_FILE: pick one"
+                f"{self.flag_and_variable('redfish_insecure_skip_verify')} contradicts "
+                f"{self.flag_and_variable('redfish_ca_file')}: pick one"
             )
+        interval = f"{self.flag_for('redfish_interval_s')} ({self.redfish_interval_s})"
         if self.redfish_timeout_s > self.redfish_interval_s:
             raise ValueError(
-                f"--redfish-timeout-seconds / EO_REDFISH_TIMEOUT_SECONDS ({self.redfish_timeout_s}) must "
-                f"not exceed --redfish-interval-seconds ({self.redfish_interval_s})"
+                f"{self.flag_and_variable('redfish_timeout_s')} ({self.redfish_timeout_s}) must not exceed "
+                f"{interval}"
             )
         if self.redfish_max_age_s < self.redfish_interval_s:
             raise ValueError(
-                f"--redfish-max-age-seconds / EO_REDFISH_MAX_AGE_SECONDS ({self.redfish_max_age_s}) must "
-                f"be at least --redfish-interval-seconds ({self.redfish_interval_s})"
+                f"{self.flag_and_variable('redfish_max_age_s')} ({self.redfish_max_age_s}) must be at least "
+                f"{interval}"
             )
         # The pod attribution's own invariants (its ValueError names the flags): checked here so a bad
         # combination refuses the start before anything is opened.

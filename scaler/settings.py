@@ -31,9 +31,6 @@ from common.settings import (
     Port,
     Seconds,
     SettingsError,
-    env_name,
-    env_prefix,
-    flag_of,
     load,
     setting,
 )
@@ -241,15 +238,12 @@ class ScalerSettings(BinarySettings):
 
     @model_validator(mode="after")
     def _tls_material_complete(self) -> Self:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError(
-                f"{_flag('tls_cert_file')} and {_flag('tls_key_file')} go together "
-                f"{_variables('tls_cert_file', 'tls_key_file')}"
-            )
+        self.require_together("tls_cert_file", "tls_key_file")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            ca, cert, key = "tls_client_ca_file", "tls_cert_file", "tls_key_file"
             raise ValueError(
-                f"{_flag('tls_client_ca_file')} needs {_flag('tls_cert_file')} and {_flag('tls_key_file')} "
-                f"{_variables('tls_client_ca_file', 'tls_cert_file', 'tls_key_file')}"
+                f"{self.flag_for(ca)} needs {self.flag_for(cert)} and {self.flag_for(key)} "
+                f"{self.variables_for(ca, cert, key)}"
             )
         return self
 
@@ -257,7 +251,8 @@ class ScalerSettings(BinarySettings):
     def _health_port_apart(self) -> Self:
         if self.health_port not in (None, 0) and self.health_port == self.port:
             raise ValueError(
-                f"{_flag('health_port')} must differ from {_flag('port')} {_variables('health_port', 'port')}"
+                f"{self.flag_for('health_port')} must differ from {self.flag_for('port')} "
+                f"{self.variables_for('health_port', 'port')}"
             )
         return self
 
@@ -294,14 +289,6 @@ _AUTH_FIELDS = {
     "max_answer_bytes": "prometheus_max_answer_bytes",
     "max_in_flight_per_server": "prometheus_max_in_flight",
 }
-
-
-def _flag(field: str) -> str:
-    return flag_of(ScalerSettings.model_fields[field], field)
-
-
-def _variables(*fields: str) -> str:
-    return "(" + ", ".join(env_name(_flag(f), env_prefix(ScalerSettings)) for f in fields) + ")"
 
 
 def build_parser() -> argparse.ArgumentParser:

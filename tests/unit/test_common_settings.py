@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
 import pytest
+from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import (
@@ -15,6 +17,7 @@ from common.settings import (
     Port,
     Seconds,
     SettingsError,
+    from_values,
     load,
     parse_bool,
     setting,
@@ -139,3 +142,33 @@ def test_direct_construction_reads_no_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("EO_PORT", "8000")
     assert Demo().port == 9102
     assert load(Demo, [], prog="demo", description="d").port == 8000
+
+
+class Paired(BinarySettings):
+    model_config = SettingsConfigDict(env_prefix="EO_PAIR_")
+
+    cert_file: OptionalText = setting(None, "certificate")
+    key_file: OptionalText = setting(None, "its key")
+    interval_s: Seconds = setting(5.0, "seconds between polls", flag="--interval-seconds")
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        self.require_together("cert_file", "key_file", ": set both or neither")
+        return self
+
+
+def test_settings_that_go_together_are_refused_alone_naming_both_flags_and_variables() -> None:
+    for given in ({"cert_file": "c"}, {"key_file": "k"}):
+        with pytest.raises(SettingsError) as err:
+            from_values(Paired, given, environ={})
+        assert str(err.value) == (
+            "--cert-file and --key-file go together (EO_PAIR_CERT_FILE, EO_PAIR_KEY_FILE): set both or neither"
+        )
+    assert from_values(Paired, {"cert_file": "c", "key_file": "k"}, environ={}).key_file == "k"
+    assert from_values(Paired, {}, environ={}).cert_file is None
+
+
+def test_messages_name_a_setting_by_its_derived_flag_and_variable() -> None:
+    assert Paired.flag_for("interval_s") == "--interval-seconds"
+    assert Paired.flag_and_variable("interval_s") == "--interval-seconds / EO_PAIR_INTERVAL_SECONDS"
+    assert Paired.variables_for("cert_file", "interval_s") == "(EO_PAIR_CERT_FILE, EO_PAIR_INTERVAL_SECONDS)"
