@@ -68,6 +68,10 @@ POWERCAP = frozenset(
         "eo_powercap_state",
         "eo_powercap_latency_seconds",
         "eo_powercap_latency_target_seconds",
+        "eo_powercap_decisions_total",
+        "eo_powercap_ttft_target_seconds",
+        "eo_powercap_itl_target_seconds",
+        "eo_powercap_workload_scaling_up",
     }
 )
 
