@@ -68,6 +68,14 @@ class HttpResponse:
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(f"answer is not JSON ({type(exc).__name__})") from exc
 
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object (what every API this project reads answers with); ``HttpError``
+        when it is not JSON, or is JSON of another kind (a list, a string, a number)."""
+        doc = self.json()
+        if not isinstance(doc, dict):
+            raise HttpError("answer is not a JSON object")
+        return doc
+
 
 class _Decoder:
     """Identity, gzip or deflate, with the output of each step bounded by what the cap still allows."""

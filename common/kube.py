@@ -555,12 +555,9 @@ def _short(value: Any) -> str:
 
 def _json_object(response: HttpResponse, what: str) -> dict[str, Any]:
     try:
-        doc = response.json()
+        return response.json_object()
     except HttpError as exc:
         raise KubeError(f"{what}: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise KubeError(f"{what}: the answer is not a JSON object")
-    return doc
 
 
 def _param(value: object) -> str:

@@ -88,11 +88,11 @@ class PrometheusClient:
         if response.status != 200:
             raise PrometheusUnavailable(f"Prometheus at {server} answered HTTP {response.status}")
         try:
-            doc = response.json()
+            doc = response.json_object()
         except HttpError as exc:
-            raise PrometheusUnavailable(f"Prometheus at {server} answered no JSON") from exc
-        data = doc.get("data") if isinstance(doc, dict) else None
-        if not isinstance(doc, dict) or doc.get("status") != "success" or not isinstance(data, dict):
+            raise PrometheusUnavailable(f"Prometheus at {server} answered no JSON object") from exc
+        data = doc.get("data")
+        if doc.get("status") != "success" or not isinstance(data, dict):
             raise PrometheusUnavailable(f"Prometheus at {server} answered no query result")
         result_type = data.get("resultType")
         if result_type not in RESULT_TYPES or "result" not in data:
@@ -107,9 +107,9 @@ def _form(fields: Mapping[str, str]) -> bytes:
 def _api_error(response: Any) -> str:
     """Prometheus' own ``errorType: error`` for a refused query (its words, bounded; not arbitrary HTML)."""
     try:
-        doc = response.json()
+        doc = response.json_object()
     except HttpError:
         return f"HTTP {response.status}"
-    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+    if isinstance(doc.get("error"), str):
         return truncate(f"{doc.get('errorType', 'error')}: {doc['error']}")
     return f"HTTP {response.status}"

@@ -162,12 +162,9 @@ class RedfishClient:
         if resp.status != 200:
             raise RedfishError(f"GET {url}: HTTP {resp.status}")
         try:
-            doc = resp.json()
+            return resp.json_object()
         except HttpError as err:
             raise RedfishError(f"GET {url}: malformed JSON ({err})") from err
-        if not isinstance(doc, Mapping):
-            raise RedfishError(f"GET {url}: expected a JSON object")
-        return doc
 
     def _chassis_paths(self) -> list[str]:
         if self._config.chassis_id:

@@ -68,6 +68,28 @@ def test_redirect_is_not_followed() -> None:
     assert b.requests == ["/"]
 
 
+@pytest.mark.parametrize(
+    ("body", "refused"),
+    [
+        (b'{"kind": "Pod"}', None),
+        (b"[1, 2]", "not a JSON object"),
+        (b'"text"', "not a JSON object"),
+        (b"{", "not JSON"),
+    ],
+)
+def test_a_json_object_answer_is_the_only_one_json_object_takes(body: bytes, refused: str | None) -> None:
+    def answer(path: str, _: bytes) -> tuple[int, str, bytes]:
+        return 200, "application/json", body
+
+    with hostile_server(Behaviour(handler=answer)) as (url, _):
+        response = BoundedHttpClient().get(url + "/doc")
+    if refused is None:
+        assert response.json_object() == {"kind": "Pod"}
+    else:
+        with pytest.raises(HttpError, match=refused):
+            response.json_object()
+
+
 def test_unreachable_peer_is_an_http_error() -> None:
     with pytest.raises(HttpError):
         BoundedHttpClient(deadline_s=0.5).get("http://127.0.0.1:9/")
