@@ -260,22 +260,13 @@ class ScalerSettings(BinarySettings):
     @property
     def prometheus(self) -> PrometheusAuth:
         """How the KPI source reaches Prometheus; ``--allow-any-server-address`` lifts the restriction."""
-        return PrometheusAuth(
-            url=self.prometheus_url,
-            bearer_token_file=self.prometheus_bearer_token_file,
-            basic_auth_user=self.prometheus_basic_auth_user,
-            basic_auth_password_file=self.prometheus_basic_auth_password_file,
-            ca_file=self.prometheus_ca_file,
-            headers=self.prometheus_headers,
-            timeout_s=self.prometheus_timeout_s,
-            restrict_server_address=self.restrict_server_address and not self.allow_any_server_address,
-            allowed_metadata_headers=self.allowed_metadata_headers,
-            max_answer_bytes=self.prometheus_max_answer_bytes,
-            max_in_flight_per_server=self.prometheus_max_in_flight,
-        )
+        values = {name: getattr(self, field) for name, field in _AUTH_FIELDS.items()}
+        values["restrict_server_address"] = self.restrict_server_address and not self.allow_any_server_address
+        return PrometheusAuth(**values)
 
 
-# PrometheusAuth field -> the ScalerSettings field that declares its flag.
+# PrometheusAuth field -> the ScalerSettings field that declares its flag (both ways: a PrometheusAuth
+# given in code spreads over these fields, and ``prometheus`` builds one from them).
 _AUTH_FIELDS = {
     "url": "prometheus_url",
     "bearer_token_file": "prometheus_bearer_token_file",
