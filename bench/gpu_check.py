@@ -8,8 +8,9 @@ In one run, on the first visible GPU:
    batch);
 2. the exporter's scrape latency (each scrape's wall time, p50 and max);
 3. the clock governor's dry-run decisions against a synthetic vLLM /metrics endpoint on loopback that
-   goes through a small batch, a large one, a queue and an unparsable page (decisions only: the
-   governor is pure, and nothing here holds a setter).
+   goes through a small batch, a large one, a queue and an unparsable page: the pure ``govern()``
+   alone, and the live sidecar (``start_powercap`` with ``--dry-run --actuator clocks`` and TTFT/ITL
+   targets, on this GPU, its decisions and the target clock read back from its own /metrics).
 
 The GPU is wrapped in ``ReadOnlyGpu``, whose setters raise: a bug cannot change the GPU's limit or
 clocks. Never run ``nvidia-smi -pl/-lgc/-rgc/-pm/-r`` around it.
@@ -24,11 +25,15 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.http import BoundedHttpClient
 from common.settings import from_values
@@ -39,8 +44,11 @@ from exporter.settings import Settings as ExporterSettings
 from gpumodel.model import H100_LLAMA_8B
 from powercap.controller import ControllerConfig
 from powercap.governor import GovernorConfig, GovernorReading, govern, initial_governor_state
+from powercap.latency import MetricsEndpointSource
 from powercap.profile import IterationProfile, prior_of
 from powercap.serverstate import ServerStateError, ServerStateSource
+from powercap.settings import Settings as PowercapSettings
+from powercap.sidecar import start_powercap
 
 
 class ReadOnlyGpu:
@@ -168,6 +176,11 @@ def vllm_page(running: int, waiting: int, kv: float, ttft_total: float, tokens: 
         f'vllm:inter_token_latency_seconds_bucket{{le="+Inf",model_name="m"}} {tokens}',
         f'vllm:inter_token_latency_seconds_count{{model_name="m"}} {tokens}',
         f'vllm:inter_token_latency_seconds_sum{{model_name="m"}} {tokens * itl_s}',
+        "# TYPE vllm:e2e_request_latency_seconds histogram",  # every request done within a second
+        f'vllm:e2e_request_latency_seconds_bucket{{le="1.0",model_name="m"}} {ttft_total}',
+        f'vllm:e2e_request_latency_seconds_bucket{{le="+Inf",model_name="m"}} {ttft_total}',
+        f'vllm:e2e_request_latency_seconds_count{{model_name="m"}} {ttft_total}',
+        f'vllm:e2e_request_latency_seconds_sum{{model_name="m"}} {ttft_total * 0.5}',
     ]
     return "\n".join(lines) + "\n"
 
@@ -202,6 +215,88 @@ class SyntheticVllm:
         self._server.server_close()
 
 
+Phase = tuple[str, int, int, float, float]
+"""(name, running, waiting, KV use, mean inter-token seconds); running < 0 serves an unparsable page."""
+
+
+def script(phases: int = 4) -> list[Phase]:
+    return (
+        [("small batch", 4, 0, 0.05, 0.007)] * phases
+        + [("large batch", 200, 0, 0.6, 0.012)] * 2
+        + [("queue", 256, 12, 0.9, 0.012)] * 2
+        + [("unparsable page", -1, 0, 0.0, 0.0)]
+    )
+
+
+def scripted_server(steps: list[Phase], at: dict[str, int]) -> SyntheticVllm:
+    """The synthetic vLLM endpoint serving ``steps[at["i"]]``, counters moving on every scrape."""
+    counters = {"ttft": 0.0, "tokens": 0.0}
+
+    def page() -> str:
+        _, running, waiting, kv, itl = steps[min(at["i"], len(steps) - 1)]
+        if running < 0:
+            return 'vllm:num_requests_running{model_name="m"} not-a-number\n'
+        counters["ttft"] += 50
+        counters["tokens"] += 2000.0
+        return vllm_page(running, waiting, kv, counters["ttft"], counters["tokens"], itl)
+
+    return SyntheticVllm(page)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sidecar_check(device: GpuDevice, phases: int = 4) -> list[dict[str, object]]:
+    """The live sidecar's dry-run governor decisions on this GPU against the synthetic endpoint, and the
+    target clock it publishes on its own /metrics. Dry-run: no lock, no state file, no setter."""
+    steps, at = script(phases), {"i": 0}
+    server = scripted_server(steps, at)
+    clock = _Clock()
+    state_dir = Path(tempfile.mkdtemp(prefix="eo-gpu-check-"))
+    settings = from_values(
+        PowercapSettings,
+        {"dry_run": True, "actuator": "clocks", "latency_target_s": 10.0, "ttft_target_s": 0.25,
+         "itl_target_s": 0.025, "metrics_url": server.url, "state_dir": state_dir,
+         "listen_address": "127.0.0.1", "port": 0, "kube_events": "off"},
+        environ={},
+    )  # fmt: skip
+    source = MetricsEndpointSource(server.url, "vllm:e2e_request_latency_seconds", 0.95, 60.0)
+    handle = start_powercap(settings, [device], source, clock=clock, run_loop=False)
+    http = BoundedHttpClient(deadline_s=5.0, max_body_bytes=1024 * 1024)
+    out: list[dict[str, object]] = []
+    try:
+        for i, (phase, *_rest) in enumerate(steps):
+            at["i"] = i
+            clock.now += 5.0
+            decision = handle.sidecar.tick()
+            text = http.get(f"http://127.0.0.1:{handle.port}/metrics").text()
+            out.append(
+                {
+                    "phase": phase,
+                    "clock_mhz": decision.setpoint,
+                    "reason": decision.reason,
+                    "published_target_mhz": _target_mhz(text, device.uuid),
+                }
+            )
+    finally:
+        handle.stop()
+        server.close()
+    return out
+
+
+def _target_mhz(text: str, uuid: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "eo_powercap_target_sm_clock_hertz" and sample.labels.get("uuid") == uuid:
+                return sample.value / 1e6
+    return None
+
+
 def governor_check(device: GpuDevice, phases: int = 4) -> list[dict[str, object]]:
     """Dry-run decisions of the governor for the GPU's clock range against the synthetic endpoint."""
     clocks = sorted(float(c) for c in device.supported_sm_clocks_mhz())
@@ -213,28 +308,12 @@ def governor_check(device: GpuDevice, phases: int = 4) -> list[dict[str, object]
     config = GovernorConfig(ctrl, tuple(clocks), itl_target_s=0.025, ttft_target_s=0.25)
     profile = IterationProfile.start(prior_of(H100_LLAMA_8B), (clocks[0], high), 256)
     state = initial_governor_state(config, profile)
-    script = (
-        [("small batch", 4, 0, 0.05, 0.007)] * phases
-        + [("large batch", 200, 0, 0.6, 0.012)] * 2
-        + [("queue", 256, 12, 0.9, 0.012)] * 2
-        + [("unparsable page", -1, 0, 0.0, 0.0)]
-    )
-    step = {"i": 0}
-    counters = {"ttft": 0.0, "tokens": 0.0}
-
-    def page() -> str:
-        _, running, waiting, kv, itl = script[min(step["i"], len(script) - 1)]
-        if running < 0:
-            return 'vllm:num_requests_running{model_name="m"} not-a-number\n'
-        counters["ttft"] += 50
-        counters["tokens"] += 2000.0
-        return vllm_page(running, waiting, kv, counters["ttft"], counters["tokens"], itl)
-
-    server = SyntheticVllm(page)
+    steps, step = script(phases), {"i": 0}
+    server = scripted_server(steps, step)
     source = ServerStateSource(server.url, "vllm", window_s=60.0, timeout_s=2.0)
     out: list[dict[str, object]] = []
     try:
-        for i, (phase, *_rest) in enumerate(script):
+        for i, (phase, *_rest) in enumerate(steps):
             step["i"] = i
             now = 5.0 * i
             try:
@@ -286,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mode": "simulated" if args.simulated else "nvml",
             "energy": energy_check(backend, args.seconds, args.sample_seconds, load),
             "governor_dry_run": governor_check(backend.devices()[0]),
+            "sidecar_dry_run": sidecar_check(backend.devices()[0]),
         }
     finally:
         stop.set()

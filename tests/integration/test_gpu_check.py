@@ -33,5 +33,13 @@ def test_gpu_check_simulated_run_reports_energy_scrapes_and_dry_run_decisions() 
     queue = [d for d in decisions if d["phase"] == "queue"]
     assert queue[0]["reason"] == "queue_forming" and queue[0]["clock_mhz"] == max(clocks)
     assert decisions[-1]["read_error"] and decisions[-1]["clock_mhz"] == max(clocks)
+    # The live sidecar (dry-run, governor) on the same GPU: lowers at a small batch, publishes its
+    # target on its own /metrics, the ceiling at once for a queue and for a page it cannot parse.
+    live = report["sidecar_dry_run"]
+    live_clocks = [d["clock_mhz"] for d in live]
+    assert "feedforward" in {d["reason"] for d in live} and min(live_clocks) < max(live_clocks)
+    assert all(d["published_target_mhz"] == d["clock_mhz"] for d in live)
+    assert [d["reason"] for d in live if d["phase"] == "queue"][0] == "queue_forming"
+    assert live[-1]["clock_mhz"] == max(live_clocks)
     # Read-only: not one setter reached the GPU.
     assert report["setter_calls"] == []
