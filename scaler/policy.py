@@ -170,6 +170,9 @@ class PolicyConfig:
     itl_slo_s: float | None = None
     kv_saturation_ratio: float = 0.9
     max_burst_headroom: float = 2.0
+    # The headroom while the workload's own history is too short to size it (its first ten minutes):
+    # the usual 30% margin users provision, until the rises it has shown replace it.
+    young_burst_headroom: float = 1.3
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -187,8 +190,8 @@ class PolicyConfig:
             raise ValueError("need 0 <= roomy_latency_ratio <= near_slo_ratio")
         if self.max_breach_step_ratio < 1:
             raise ValueError("max_breach_step_ratio must be >= 1")
-        if self.max_burst_headroom < 1:
-            raise ValueError("max_burst_headroom must be >= 1")
+        if not 1 <= self.young_burst_headroom <= self.max_burst_headroom:
+            raise ValueError("need 1 <= young_burst_headroom <= max_burst_headroom")
 
     def slos(self) -> list[tuple[str, float]]:
         """``(kind, seconds)`` of the SLOs given: ``ttft``, ``itl``, ``e2e``."""
@@ -308,10 +311,13 @@ def _settled(obs: Observation) -> int:
     return max(settled, 1)
 
 
-def _breach(obs: Observation, cfg: PolicyConfig, demand: float, capacity: float | None, worst: float) -> int:
+def _breach(obs: Observation, cfg: PolicyConfig, work: _Work, worst: float) -> int:
     """Replicas an SLO breach asks for (step 3 of the module docstring); never below the current count."""
     cur = obs.current_replicas
     settled = _settled(obs)
+    capacity = work.capacity
+    # A rising load shows in the breach before the short window catches up: plan for the forecast too.
+    demand = max(work.demand, work.forecast or 0.0)
     need = _replicas_for(demand, capacity, cfg.target_utilization) if capacity is not None else None
     if need is not None and need <= settled:
         # The settled replicas carry the demand at the target utilisation: the breach is not a
@@ -350,7 +356,7 @@ def _leading(obs: Observation, cfg: PolicyConfig) -> tuple[Reason, str, int] | N
 def _headroom(obs: Observation, cfg: PolicyConfig) -> float:
     rise = obs.burst_rise
     if rise is None or not math.isfinite(rise):
-        return 1.0
+        return cfg.young_burst_headroom
     return min(max(rise, 1.0), cfg.max_burst_headroom)
 
 
@@ -364,7 +370,7 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
     worst_kind, worst = max(ratios.items(), key=lambda kv: kv[1]) if ratios else ("", 0.0)
 
     if cur > 0 and worst > 1:
-        step = _breach(obs, cfg, work.demand, capacity, worst)
+        step = _breach(obs, cfg, work, worst)
         settled = "" if obs.settled_replicas is None else f" (settled {obs.settled_replicas})"
         detail = f"{_describe(ratios)}: {worst_kind} above its SLO at {cur} replicas{settled}"
         return step, Reason.SLO_BREACH, detail

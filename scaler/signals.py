@@ -54,10 +54,14 @@ SEASON_RATE_WINDOW_S = 300.0
 # fewest 1-minute rise samples it needs.
 BURST_QUANTILE = 0.95
 HEADROOM_MIN_POINTS = 10
-# A learned-capacity minute extrapolates its per-replica load along the SLO headroom by at most this.
-LEARNED_CAPACITY_MAX_EXTRAPOLATION = 1.5
+# A learned-capacity minute extrapolates its per-replica load along the SLO headroom, by the inverse
+# square root of the worst SLO ratio (the budget used rises steeply near the knee, so 1/ratio would
+# promise too much at mid loads), by at most this.
+LEARNED_CAPACITY_MAX_EXTRAPOLATION = 2.5
 # The part holding each SLO's quantile (``latency`` is the end-to-end one, its name since the first policy).
 SLO_PART_NAMES = {"ttft": "ttft", "itl": "itl", "e2e": "latency"}
+# An error budget is judged over at least this many misses' worth of observations (BudgetUsed).
+BUDGET_MIN_OBSERVATIONS = 2.0
 # Rates below this are "nothing" when dividing by them (requests/s).
 TINY_RATE = 0.05
 
@@ -167,29 +171,38 @@ def _le_pattern(bound: float) -> str:
 
 @dataclass(frozen=True, eq=False)
 class BudgetUsed(Expr):
-    """Share of the SLO's error budget used over the window: the share of observations above the SLO
-    (read at the bucket whose bound is the SLO) over ``1 - q``. Exact where a quantile read inside a
-    wide bucket is not (the share says how much room is left, the interpolated quantile cannot); absent
-    when the SLO is not a bucket bound (the quantile ratio is then the reading)."""
+    """Share of the SLO's error budget used over the window: the observations above the SLO (read at
+    the bucket whose bound is the SLO) over ``1 - q`` of the observations. Exact where a quantile read
+    inside a wide bucket is not (the share says how much room is left, the interpolated quantile
+    cannot). A window with fewer than ``BUDGET_MIN_OBSERVATIONS / (1 - q)`` observations is judged as
+    if it had that many: one slow request among 60 is not 1.7% of a p99 budget but one miss, and one
+    is not yet a breach. Absent without observations, or when the SLO is not a bucket bound (the
+    quantile ratio is then the reading)."""
 
     histogram: str
     slo_s: float
     q: float
     window_s: float = SHORT_WINDOW_S
 
+    def floor_rate(self) -> float:
+        return BUDGET_MIN_OBSERVATIONS / (1 - self.q) / self.window_s
+
     def promql(self, sel: str) -> str:
         w = _seconds(self.window_s)
         bucket_sel = sel[:-1] + f',le=~"{_le_pattern(self.slo_s)}"}}'
         within = f"sum(rate({self.histogram}_bucket{bucket_sel}[{w}]))"
         total = f"sum(rate({self.histogram}_count{sel}[{w}]))"
-        # clamp_min: rounding can leave 1 - share a hair below 0 when nothing missed.
-        return f"clamp_min(1 - {within} / {total}, 0) / {_number(1 - self.q)}"
+        # clamp_min: rounding can leave total - within a hair below 0 when nothing missed.
+        used = f"clamp_min({total} - {within}, 0) / clamp_min({total}, {_number(self.floor_rate())})"
+        return f"({used} / {_number(1 - self.q)}) and on() ({total} > 0)"
 
     def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
         share = view.share_within(self.histogram, self.slo_s, self.window_s, at_s)
-        if share is None or math.isnan(share):
-            return share
-        return max(1 - share, 0.0) / (1 - self.q)
+        total = view.counter_rate(f"{self.histogram}_count", self.window_s, at_s)
+        if share is None or total is None or not total > 0:
+            return None
+        misses = max(total - share * total, 0.0)
+        return misses / max(total, self.floor_rate()) / (1 - self.q)
 
 
 @dataclass(frozen=True, eq=False)
@@ -303,6 +316,20 @@ class Filter(Expr):
     def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
         v = self.expr.value(view, at_s, memo)
         return v if v is not None and _CMP[self.op](v, self.threshold) else None
+
+
+@dataclass(frozen=True, eq=False)
+class Sqrt(Expr):
+    expr: Expr
+
+    def promql(self, sel: str) -> str:
+        return f"sqrt({self.expr.promql(sel)})"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        v = self.expr.value(view, at_s, memo)
+        if v is None or math.isnan(v):
+            return v
+        return math.sqrt(v) if v >= 0 else math.nan
 
 
 @dataclass(frozen=True, eq=False)
@@ -498,12 +525,12 @@ def worst_ratio(slos: Sequence[SloSignal]) -> Expr:
 
 def capacity_sample(slos: Sequence[SloSignal], replicas: Expr) -> Expr:
     """One minute's per-replica capacity in tokens/s (prompt + generation): what each replica served while
-    every SLO held and no queue had formed, extrapolated along the SLO headroom by at most
-    ``LEARNED_CAPACITY_MAX_EXTRAPOLATION`` (a quiet minute cannot promise much; the policy's own
-    consolidation then shows a fuller one)."""
+    every SLO held and no queue had formed, extrapolated along the SLO headroom by
+    ``1 / sqrt(worst ratio)``, at most ``LEARNED_CAPACITY_MAX_EXTRAPOLATION`` (a quiet minute cannot
+    promise much; the policy's own consolidation then shows a fuller one)."""
     worst = worst_ratio(slos)
     per_replica = BinOp("/", Filter(Rate(TOKENS, SHORT_WINDOW_S), ">", 0.0), replicas)
-    stretch = Clamp(BinOp("/", Const(1.0), worst), 1.0, LEARNED_CAPACITY_MAX_EXTRAPOLATION)
+    stretch = Clamp(BinOp("/", Const(1.0), Sqrt(worst)), 1.0, LEARNED_CAPACITY_MAX_EXTRAPOLATION)
     held = And(BinOp("*", per_replica, stretch), Filter(worst, "<=", 1.0))
     return And(held, Filter(Gauge(WAITING, "sum"), ">", 0.0), negate=True)
 

@@ -33,6 +33,9 @@ from sim.slo import Slos
 # The gateway's arrival rate over this window is the demand (the activationQuery a scale-from-zero
 # deployment needs: at zero replicas nothing else sees demand).
 DEMAND_WINDOW_S = 60.0
+# The HPA behaviour of manifests/examples/scaledobject.yaml: the scaler applies its own scale-down
+# window (stabilizationWindowSeconds), so the HPA's is short.
+HPA_SCALE_DOWN_WINDOW_S = 60.0
 _HISTOGRAMS = {sig.E2E_HISTOGRAM: "e2e", sig.TTFT_HISTOGRAM: "ttft", sig.ITL_HISTOGRAM: "itl"}
 
 
@@ -278,7 +281,11 @@ def eo_policy(
         name,
         trigger=trigger,
         caps=EoCapController(caps, profile) if caps is not None else None,
-        hpa=HpaConfig(min_replicas=trigger.config.min_replicas, max_replicas=trigger.config.max_replicas),
+        hpa=HpaConfig(
+            min_replicas=trigger.config.min_replicas,
+            max_replicas=trigger.config.max_replicas,
+            scale_down_window_s=HPA_SCALE_DOWN_WINDOW_S,
+        ),
         initial_replicas=initial_replicas,
     )
 

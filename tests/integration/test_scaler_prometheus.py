@@ -226,12 +226,23 @@ def test_llm_signals_from_real_prometheus(prometheus: Prometheus) -> None:
 
 def test_learned_capacity_and_settled_replicas_in_real_promql(prometheus: Prometheus) -> None:
     trigger = parse_metadata({"workload": "llama", "latencySloSeconds": "2"}, "demo")
-    # 5,000 tokens/s per pod at p95 0.4875 s: 5,000 x min(2 / 0.4875, 1.5) per replica.
+    # 5,000 tokens/s per pod at p95 0.4875 s (2 s is no bucket bound: the quantile ratio, 0.244):
+    # 5,000 / sqrt(0.244) per replica.
     sample = prometheus.query(capacity_sample_expr(trigger))
-    assert len(sample) == 1 and float(sample[0]["value"][1]) == pytest.approx(7500.0, rel=0.1)
-    # Every SLO held, worst at 47%: 5,000 x 1.5 as well; one SLO broken: no sample.
+    assert len(sample) == 1 and float(sample[0]["value"][1]) == pytest.approx(
+        5000 / 0.4875**0.5 * 2**0.5, rel=0.05
+    )
+    # Every SLO held, worst at 47% (quantile ratios): 5,000 / sqrt(0.47); one SLO broken: no sample.
     llm = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.5", "itlSloSeconds": "0.05"}, "demo")
-    assert float(prometheus.query(capacity_sample_expr(llm))[0]["value"][1]) == pytest.approx(7500.0, rel=0.1)
+    sample = prometheus.query(capacity_sample_expr(llm))
+    assert float(sample[0]["value"][1]) == pytest.approx(5000 / 0.47**0.5, rel=0.05)
+    # SLOs on bucket bounds: nothing above them, no error budget used: at most 2.5 x what was served.
+    bounds = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.25", "itlSloSeconds": "0.025"}, "demo")
+    assert float(prometheus.query(capacity_sample_expr(bounds))[0]["value"][1]) == pytest.approx(
+        12500, rel=0.05
+    )
+    o = PrometheusKpiSource(PrometheusAuth(url=prometheus.url)).observe(bounds)
+    assert (o.ttft_ratio, o.itl_ratio) == (0.0, 0.0) and o.ttft_s is not None
     broken = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.5", "itlSloSeconds": "0.02"}, "demo")
     assert prometheus.query(capacity_sample_expr(broken)) == []
     # Latency above the SLO: no sample (the minute does not count).

@@ -155,10 +155,14 @@ def test_query_has_one_tagged_part_per_signal() -> None:
     )
     assert "capacity" not in parts(parse_metadata({**BASE, "replicaCapacityRps": "5"}, "ns"))
     # Learned capacity: tokens per replica while every SLO held and no queue formed, extrapolated along
-    # the SLO headroom by at most 1.5.
+    # the SLO headroom (1 / sqrt(worst ratio)) by at most 2.5.
     capacity = parts(t)["capacity"]
     assert capacity.startswith("max_over_time(") and capacity.endswith("[3600s:60s])")
-    assert "sum(rate(eo_pod_tokens_total{" in capacity and "1.0, 1.5)" in capacity
+    assert (
+        "sum(rate(eo_pod_tokens_total{" in capacity
+        and "(1.0) / (sqrt(" in capacity
+        and "1.0, 2.5)" in capacity
+    )
     assert "(2.5)" in capacity and "<= 1.0" in capacity and "unless on() " in capacity
     assert parts(t)["settled_replicas"].startswith("min_over_time((count(group by (pod)")
     assert parts(t)["settled_replicas"].endswith("[120s:15s])")

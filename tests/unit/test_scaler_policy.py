@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 
 from scaler.policy import Observation, PolicyConfig, Reason, ReplicaDecision, advisory, budget_ceiling, decide
 
-CFG = PolicyConfig(min_replicas=1, max_replicas=20, latency_slo_s=2.0, replica_capacity_rps=10.0)
+# No standing headroom in the worked examples (each test gives a burst_rise where it matters).
+CFG = PolicyConfig(
+    min_replicas=1, max_replicas=20, latency_slo_s=2.0, replica_capacity_rps=10.0, young_burst_headroom=1.0
+)
 
 
 def obs(**kw: object) -> Observation:
@@ -151,7 +154,14 @@ def test_config_is_validated() -> None:
 
 # ---- LLM-native SLOs, leading signals, learned capacity, headroom, forecast -------------------------
 
-LLM = PolicyConfig(min_replicas=0, max_replicas=20, ttft_slo_s=0.5, itl_slo_s=0.05, replica_capacity_rps=10.0)
+LLM = PolicyConfig(
+    min_replicas=0,
+    max_replicas=20,
+    ttft_slo_s=0.5,
+    itl_slo_s=0.05,
+    replica_capacity_rps=10.0,
+    young_burst_headroom=1.0,
+)
 
 
 def llm(**kw: object) -> Observation:
@@ -253,6 +263,18 @@ def test_burst_headroom_from_history_holds_replicas_for_the_next_cold_start() ->
     assert decide(llm(current_replicas=3, burst_rise=50.0, **at), LLM).replicas == 5  # x2: ceil(40 / 9)
 
 
+def test_a_young_workload_gets_the_usual_margin_until_its_history_sizes_the_headroom() -> None:
+    young = replace(LLM, young_burst_headroom=1.3)
+    at = {"load_rps": 18.0, "peak_load_rps": 18.0}
+    d = decide(llm(current_replicas=2, **at), young)
+    assert (d.replicas, d.reason) == (3, Reason.BURST_HEADROOM)  # ceil(18 x 1.3 / 9); 2 carry 18 rps
+    assert "headroom x1.30" in d.detail
+    # Once ten minutes of rises exist, they replace it (here: a workload that never rose).
+    assert decide(llm(current_replicas=2, burst_rise=1.0, **at), young).reason is Reason.HOLD
+    with pytest.raises(ValueError, match="young_burst_headroom"):
+        replace(LLM, young_burst_headroom=3.0)
+
+
 def test_forecast_floor_scales_up_ahead_and_holds_consolidation() -> None:
     at = {"load_rps": 20.0, "peak_load_rps": 20.0}  # 3 replicas now
     d = decide(llm(current_replicas=3, forecast_rps=40.0, **at), LLM)
@@ -261,6 +283,10 @@ def test_forecast_floor_scales_up_ahead_and_holds_consolidation() -> None:
     # A falling forecast never lowers the reactive answer.
     assert decide(llm(current_replicas=3, forecast_rps=1.0, **at), LLM).reason is Reason.HOLD
     assert decide(llm(current_replicas=3, forecast_rps=math.inf, **at), LLM).reason is Reason.HOLD
+    # A breach on a rising load plans for the forecast too, not one replica at a time.
+    breach = decide(llm(current_replicas=3, ttft_s=0.7, forecast_rps=40.0, **at), LLM)
+    assert (breach.replicas, breach.reason) == (5, Reason.SLO_BREACH)
+    assert decide(llm(current_replicas=3, ttft_s=0.7, **at), LLM).replicas == 4
 
 
 # ---- properties ---------------------------------------------------------------------------------
