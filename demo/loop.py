@@ -3,7 +3,9 @@
 Started here, in one process: the exporter (simulated GPUs, pod attribution) and its node agent, eo-scaler,
 a KEDA/HPA driver polling it over gRPC, a Deployment of simulated vLLM replicas whose load replays a real
 trace, one eo-powercap sidecar per replica (unprivileged: it asks the node agent, which alone sets the
-GPUs, as in the default manifests), and a webhook receiver to which Alertmanager delivers the alerts.
+GPUs, as in the default manifests; moving clocks, it runs the clock governor with TTFT and ITL targets
+and the cold-start bridge read from eo-scaler's series in Prometheus), and a webhook receiver to which
+Alertmanager delivers the alerts.
 Started as processes: Prometheus (with the project's rules, time-compressed) and Alertmanager.
 Everything stops on the way out, Ctrl-C included.
 """
@@ -17,9 +19,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,7 @@ from powercap.sidecar import start_powercap
 from scaler.server import start_scaler
 from scaler.settings import ScalerSettings
 from sim.keda import HpaConfig
-from sim.scenario import default_slo_s, load_test_capacity
+from sim.scenario import default_itl_slo_s, default_slo_s, default_ttft_slo_s, load_test_capacity
 from sim.server import ServerConfig
 from sim.trace import load_trace
 
@@ -73,6 +76,11 @@ class DemoConfig:
     """The scaler's ``idleBeforeZeroSeconds`` (its smallest allowed value)."""
     capacity_rps: float | None = None
     actuator: str = "power"
+    ttft_slo_s: float | None = None
+    """The sidecars' clock governor holds this TTFT at ``latency_quantile`` (default: the simulator's
+    SLO, twice the unloaded p99); with ``actuator="clocks"`` only (the governor moves clocks)."""
+    itl_slo_s: float | None = None
+    """Likewise for the inter-token latency (each request's mean time per output token)."""
     row_interval_s: float = 5.0
     out_dir: Path = Path("out")
 
@@ -131,6 +139,27 @@ def observe(
         slo_s=slo_s,
         alerts=firing,
     )
+
+
+@dataclass
+class GovernedDemoResult(DemoResult):
+    """The demo's result with the sidecars' decisions by reason (the governor's included: how often it
+    moved by feedforward, held for a forming queue or bridged a cold start)."""
+
+    decisions: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "sidecar_decisions_by_reason": dict(sorted(self.decisions.items()))}
+
+
+def decision_counts(registry: Any) -> Counter[str]:
+    """One sidecar's ``eo_powercap_decisions_total`` by reason."""
+    counts: Counter[str] = Counter()
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == "eo_powercap_decisions_total":
+                counts[sample.labels["reason"]] += int(sample.value)
+    return counts
 
 
 class SidecarTargets:
@@ -224,6 +253,24 @@ def run_demo(
     gpus = [SimulatedGpu(i) for i in range(config.gpus)]
     work = Path(tempfile.mkdtemp(prefix="eo-demo-"))
     sidecar_targets = SidecarTargets(work / "sidecars.json")
+    governed: dict[str, Any] = {}
+    if config.actuator == "clocks":
+        # The clock governor with the simulator's TTFT and ITL SLOs (whole: the TTFT one sits on a vLLM
+        # bucket bound, where the share of misses reads exactly; a share of it would be interpolated),
+        # at the demo's quantile; the bridge reads eo-scaler's decision for this workload from Prometheus.
+        governed = {
+            "ttft_target_s": config.ttft_slo_s or default_ttft_slo_s(trace, server),
+            "itl_target_s": config.itl_slo_s or default_itl_slo_s(trace, server),
+            "target_quantile": config.latency_quantile,
+            "workload": WORKLOAD,
+            "pod_namespace": NAMESPACE,
+            "prometheus_timeout_s": 1.0,
+        }
+        log.info("sidecars govern clocks: TTFT %.3f s, ITL %.3f s at p%g", governed["ttft_target_s"],
+                 governed["itl_target_s"], config.latency_quantile * 100)  # fmt: skip
+    prometheus_url: dict[str, str] = {}
+    decisions: Counter[str] = Counter()
+    decisions_lock = threading.Lock()
 
     def start_sidecar(gpu: GpuDevice, pod: str, metrics_url: str) -> StartedSidecar:
         # environ={}: the demo's sidecars take exactly these settings, whatever EO_* the shell holds.
@@ -239,6 +286,10 @@ def run_demo(
                 "state_dir": work / "powercap" / gpu.uuid,
                 "listen_address": "127.0.0.1",
                 "port": 0,
+                "metrics_url": metrics_url,
+                "latency_window_s": 20.0,
+                **governed,
+                **({"prometheus_url": prometheus_url["url"]} if governed and prometheus_url else {}),
             },
             environ={},
         )
@@ -251,6 +302,8 @@ def run_demo(
         def stop() -> None:
             sidecar_targets.remove(pod)
             handle.stop()
+            with decisions_lock:
+                decisions.update(decision_counts(handle.sidecar.metrics.registry))
 
         return StartedSidecar(stop, handle.port)
 
@@ -334,6 +387,7 @@ def run_demo(
         ]
         prom.start()
         stack.callback(prom.stop)
+        prometheus_url["url"] = prom.url
         keda = KedaDriver(
             f"127.0.0.1:{scaler.port}",
             WORKLOAD,
@@ -400,6 +454,9 @@ def run_demo(
         restored = all(
             g.power_limit_mw() == g.power_limit_default_mw() and g.locked_sm_clock_mhz is None for g in gpus
         )
-    return DemoResult(rows, slo_s, capacity, len(requests), finished, energy, changes, alerts_seen,
-                      restored, max_desired, final_desired, config.actuator, by_phase,
-                      alerts_delivered={a.name for a in delivered if a.status == "firing"})  # fmt: skip
+        log.info("sidecar decisions by reason over the run: %s",
+                 ", ".join(f"{r} {n}" for r, n in decisions.most_common()) or "none")  # fmt: skip
+    return GovernedDemoResult(rows, slo_s, capacity, len(requests), finished, energy, changes, alerts_seen,
+                              restored, max_desired, final_desired, config.actuator, by_phase,
+                              alerts_delivered={a.name for a in delivered if a.status == "firing"},
+                              decisions=dict(decisions))  # fmt: skip

@@ -223,7 +223,13 @@ class DemoDeployment:
                 if self._start_sidecar is not None:
                     pod.sidecar = self._start_sidecar(ReadOnlyGpu(pod.gpu), pod.name, pod.server.url)
             if pod.server is not None:
-                pod.server.set_running(replica.batch)
+                # The governor's inputs, as vLLM publishes them: the batch, the requests waiting for
+                # it, and KV-cache use (the model keeps no KV accounting: a full batch is a full cache).
+                pod.server.set_running(
+                    replica.batch,
+                    waiting=replica.waiting,
+                    kv_cache_usage=min(1.0, replica.running / replica.config.max_batch),
+                )
 
     def _release(self, pod: Pod) -> None:
         if pod.sidecar is not None:

@@ -144,6 +144,7 @@ class Sidecar:
         self._condition: str | None = None
         self._state_signal: str | None = None
         self._scale_up_signal: str | None = None
+        self._scaling_up: bool | None = None
         self.last_decision: CapDecision | None = None
         self._started_s = clock()
         self._last_usable_s: float | None = None
@@ -324,6 +325,14 @@ class Sidecar:
             log.warning(
                 "cold-start bridge: %s (no bridge while it lasts; never a reason to lower clocks)", detail
             )
+        if answer is not None and answer != self._scaling_up:
+            # Said when it turns, whichever rule sets the clock meanwhile (a breach wins over it).
+            log.info(
+                "workload %s",
+                "scaling up: the bridge holds the ceiling" if answer else "no longer scaling up",
+            )
+        if answer is not None:
+            self._scaling_up = answer
         self._scale_up_signal = signal
         m = self.metrics.scaling_up
         m.set(math.nan if answer is None else 1.0 if answer else 0.0)

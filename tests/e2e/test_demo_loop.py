@@ -47,6 +47,14 @@ def test_sidecars_move_the_gpus_and_restore_them(result: DemoResult) -> None:
     assert result.gpus_restored
 
 
+def test_the_sidecars_govern_clocks_and_bridge_the_cold_starts(result: DemoResult) -> None:
+    """Moving clocks, the sidecars run the governor: feedforward moves from the batch, and the bridge
+    while the surge's replicas cold-start (reasons from the sidecars' own decision counters)."""
+    decisions = result.summary()["sidecar_decisions_by_reason"]
+    assert decisions.get("feedforward", 0) > 0, decisions
+    assert decisions.get("scale_up_bridge", 0) > 0, decisions
+
+
 def test_the_slo_holds_while_capacity_suffices(result: DemoResult) -> None:
     served, held = result.by_phase["warm-up"]
     assert served > 0 and held / served >= 0.99
