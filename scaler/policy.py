@@ -60,6 +60,9 @@ from enum import StrEnum
 _EPS = 1e-9
 _HUGE = 10**6  # more replicas than any cluster runs; keeps int() away from inf
 _TINY_RPS = 0.05  # below this a tokens-per-request ratio is noise
+# Fewer minutes of rise history than this and the burst headroom is not the workload's own yet
+# (scaler.signals.HEADROOM_MIN_POINTS: the burst_rise part is absent until then).
+YOUNG_HISTORY_MINUTES = 10.0
 
 
 class Reason(StrEnum):
@@ -106,6 +109,8 @@ class Observation:
     running_requests: requests running now, None unknown.
     kv_usage_ratio: the fullest pod's KV-cache use (0..1), None unknown.
     burst_rise: how far the rate rose within one cold start, at a high quantile over the lookback.
+    history_minutes: minutes of rise history behind ``burst_rise`` (None: the source does not say; a
+        young workload, under ``YOUNG_HISTORY_MINUTES``, plans with ``young_burst_headroom``).
     ttft_ratio, itl_ratio, latency_ratio: how close each SLO is to breaking, 1 at the SLO: the share of
         its error budget used (requests over the SLO over ``1 - quantile``, exact where the SLO is a
         bucket bound), else the quantile over the SLO; None: the policy divides the reading itself.
@@ -144,6 +149,7 @@ class Observation:
     ttft_ratio: float | None = None
     itl_ratio: float | None = None
     latency_ratio: float | None = None
+    history_minutes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -356,7 +362,8 @@ def _leading(obs: Observation, cfg: PolicyConfig) -> tuple[Reason, str, int] | N
 def _headroom(obs: Observation, cfg: PolicyConfig) -> float:
     rise = obs.burst_rise
     if rise is None or not math.isfinite(rise):
-        return cfg.young_burst_headroom
+        young = obs.history_minutes is not None and obs.history_minutes < YOUNG_HISTORY_MINUTES
+        return cfg.young_burst_headroom if young else 1.0
     return min(max(rise, 1.0), cfg.max_burst_headroom)
 
 

@@ -350,6 +350,8 @@ def observation_from_values(trigger: TriggerConfig, v: dict[str, float]) -> Obse
     peak = _amount(v, "peak") or 0.0
     peak_tokens = _amount(v, "peak_tokens")
     rise = _amount(v, "burst_rise")
+    # Minutes of rise history: none at all (the part absent) is a workload with no history yet.
+    history = _amount(v, "rise_minutes") or 0.0
     forecasts = [f for f in (_amount(v, "forecast_trend"), _amount(v, "forecast_season")) if f is not None]
     forecast = max(forecasts) if forecasts else None
     settled = _count(v, "settled_replicas") if "settled_replicas" in v else None
@@ -378,6 +380,7 @@ def observation_from_values(trigger: TriggerConfig, v: dict[str, float]) -> Obse
             learned_capacity_tps=capacity,
             burst_rise=rise,
             forecast_rps=forecast,
+            history_minutes=history,
         )
     load = _amount(v, "load")
     if load is None:
@@ -418,4 +421,5 @@ def observation_from_values(trigger: TriggerConfig, v: dict[str, float]) -> Obse
         kv_usage_ratio=kv,
         burst_rise=rise,
         forecast_rps=forecast,
+        history_minutes=history,
     )

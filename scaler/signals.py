@@ -577,7 +577,9 @@ def build_signals(
     rise = burst_rise(cold_start_s)
     # Off until ten minutes of rises exist: a young workload's first rates cover part of their window
     # (Prometheus extrapolates little), so its first "rises" are artefacts of the start.
-    rises = Filter(OverTime("count", rise, lookback_s, COARSE_STEP_S), ">=", float(HEADROOM_MIN_POINTS))
+    minutes = OverTime("count", rise, lookback_s, COARSE_STEP_S)
+    parts["rise_minutes"] = minutes  # how much history the headroom has (the policy's "young" test)
+    rises = Filter(minutes, ">=", float(HEADROOM_MIN_POINTS))
     parts["burst_rise"] = And(OverTime("quantile", rise, lookback_s, COARSE_STEP_S, q=BURST_QUANTILE), rises)
     # Trend: a line through the last 10 minutes, one cold start ahead; off while history is short.
     trend = OverTime("predict_linear", load, FORECAST_RANGE_S, FINE_STEP_S, ahead_s=cold_start_s)

@@ -41,7 +41,8 @@ PART_NAMES += [
     "running",
     "kv_usage",
 ]
-PART_NAMES += ["burst_rise", "forecast_trend", "forecast_season"]
+PART_NAMES += ["burst_rise", "rise_minutes", "forecast_trend", "forecast_season"]
+PART_NAMES += ["ttft_ratio", "itl_ratio", "latency_ratio"]
 
 
 class StubSource:

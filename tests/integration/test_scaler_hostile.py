@@ -37,6 +37,7 @@ GOOD_PARTS = {
     "peak": "16",
     "latency": "1.0",
     "recent_requests": "100",
+    "rise_minutes": "60",  # a workload with an hour of history (no young-workload margin)
     "age": "1",  # asked by older versions of the combined query
 }
 _PART_RE = re.compile(r'"eo_part", "([a-z_]+)"')

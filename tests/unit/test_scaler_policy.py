@@ -11,10 +11,7 @@ from hypothesis import strategies as st
 
 from scaler.policy import Observation, PolicyConfig, Reason, ReplicaDecision, advisory, budget_ceiling, decide
 
-# No standing headroom in the worked examples (each test gives a burst_rise where it matters).
-CFG = PolicyConfig(
-    min_replicas=1, max_replicas=20, latency_slo_s=2.0, replica_capacity_rps=10.0, young_burst_headroom=1.0
-)
+CFG = PolicyConfig(min_replicas=1, max_replicas=20, latency_slo_s=2.0, replica_capacity_rps=10.0)
 
 
 def obs(**kw: object) -> Observation:
@@ -266,11 +263,16 @@ def test_burst_headroom_from_history_holds_replicas_for_the_next_cold_start() ->
 def test_a_young_workload_gets_the_usual_margin_until_its_history_sizes_the_headroom() -> None:
     young = replace(LLM, young_burst_headroom=1.3)
     at = {"load_rps": 18.0, "peak_load_rps": 18.0}
-    d = decide(llm(current_replicas=2, **at), young)
+    d = decide(llm(current_replicas=2, history_minutes=3.0, **at), young)
     assert (d.replicas, d.reason) == (3, Reason.BURST_HEADROOM)  # ceil(18 x 1.3 / 9); 2 carry 18 rps
     assert "headroom x1.30" in d.detail
-    # Once ten minutes of rises exist, they replace it (here: a workload that never rose).
-    assert decide(llm(current_replicas=2, burst_rise=1.0, **at), young).reason is Reason.HOLD
+    # Once ten minutes of rises exist, they replace it (here: a workload that never rose); a source
+    # that does not say how much history it has gets no margin.
+    assert (
+        decide(llm(current_replicas=2, burst_rise=1.0, history_minutes=30.0, **at), young).reason
+        is Reason.HOLD
+    )
+    assert decide(llm(current_replicas=2, **at), young).reason is Reason.HOLD
     with pytest.raises(ValueError, match="young_burst_headroom"):
         replace(LLM, young_burst_headroom=3.0)
 
