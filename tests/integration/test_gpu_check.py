@@ -39,7 +39,7 @@ def test_gpu_check_simulated_run_reports_energy_scrapes_and_dry_run_decisions() 
     live_clocks = [d["clock_mhz"] for d in live]
     assert "feedforward" in {d["reason"] for d in live} and min(live_clocks) < max(live_clocks)
     assert all(d["published_target_mhz"] == d["clock_mhz"] for d in live)
-    assert [d["reason"] for d in live if d["phase"] == "queue"][0] == "queue_forming"
+    assert next(d["reason"] for d in live if d["phase"] == "queue") == "queue_forming"
     assert live[-1]["clock_mhz"] == max(live_clocks)
     # Read-only: not one setter reached the GPU.
     assert report["setter_calls"] == []
