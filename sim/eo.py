@@ -7,8 +7,8 @@
   calls the real ``scaler.policy.decide``; KEDA trigger metadata is parsed by the real
   ``scaler.metadata.parse_metadata``, so the simulator takes exactly what a ScaledObject holds.
 * ``EoCapController`` runs the real ``powercap.controller.step`` per replica with the
-  ``ControllerConfig`` the sidecar derives from its settings (``powercap.settings.Settings``
-  defaults, bounds intersected with the GPU's range as ``sidecar.py`` does).
+  ``ControllerConfig`` the sidecar derives from its settings: ``powercap.settings.controller_config``
+  over ``powercap.settings.Settings`` (its defaults, the flags the simulator exposes) and the GPU's range.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.settings import from_values
 from gpumodel.model import ServerProfile
+from powercap import settings as powercap_settings
 from powercap.controller import ControllerConfig, ControllerState, Reading, initial_state, step
-from powercap.settings import Settings
+from powercap.settings import GpuRange, Settings
 from scaler import signals as sig
 from scaler.metadata import TriggerConfig, parse_metadata
 from scaler.policy import Observation, decide
@@ -152,42 +154,30 @@ class CapOptions:
     """The sidecar's ``--floor-mhz`` (clock actuator): the lowest SM clock it may lock."""
 
 
-def controller_config(options: CapOptions, profile: ServerProfile) -> tuple[ControllerConfig, float]:
-    """(config, original setting) as ``sidecar.py`` derives them for a GPU of ``profile``.
+def sidecar_settings(options: CapOptions) -> Settings:
+    """The sidecar's ``Settings`` for ``options``: the flags given, ``Settings``' defaults for the rest."""
+    values: dict[str, object] = {"latency_target_s": options.latency_target_s, "actuator": options.actuator}
+    if options.floor_mhz is not None:
+        values["floor_mhz"] = options.floor_mhz
+    return from_values(Settings, values, environ={})
 
-    Power: per GPU, as the sidecar sets the same limit on each of the pod's GPUs: floor = the GPU's
-    minimum limit, ceiling = its original (default) limit. Clocks: between the GPU's minimum and maximum
-    SM clock, original = the maximum.
+
+def controller_config(options: CapOptions, profile: ServerProfile) -> tuple[ControllerConfig, float]:
+    """(config, original setting) as the sidecar derives them for a GPU of ``profile``: its own
+    ``powercap.settings.controller_config`` over the GPU's range.
+
+    Power: per GPU, as the sidecar sets the same limit on each of the pod's GPUs: between the GPU's
+    minimum and its original (default) limit. Clocks: between the GPU's minimum and maximum SM clock,
+    original = the maximum.
     """
-    s = Settings(latency_target_s=options.latency_target_s, actuator=options.actuator)
     n = profile.num_gpus
     if options.actuator == "power":
-        low, original = profile.power_limit_min_w / n, profile.power_limit_default_w / n
-        floor = max(s.floor_w if s.floor_w is not None else low, low)
-        ceiling = min(s.ceiling_w if s.ceiling_w is not None else original, original)
-        step_size = s.max_step_w
+        default_w = profile.power_limit_default_w / n
+        gpus = GpuRange(low=profile.power_limit_min_w / n, high=default_w, original=default_w)
     else:
-        low, original = float(profile.min_sm_clock_mhz), float(profile.max_sm_clock_mhz)
-        floor_mhz = options.floor_mhz if options.floor_mhz is not None else s.floor_mhz
-        floor = min(max(floor_mhz if floor_mhz is not None else low, low), original)
-        ceiling = min(s.ceiling_mhz if s.ceiling_mhz is not None else original, original)
-        step_size = s.max_step_mhz
-    config = ControllerConfig(
-        actuator="power" if options.actuator == "power" else "clocks",
-        floor=floor,
-        ceiling=ceiling,
-        target_latency_s=s.latency_target_s,
-        max_step_down=step_size,
-        lower_below_ratio=s.lower_below_ratio,
-        raise_above_ratio=s.raise_above_ratio,
-        raise_fraction=s.raise_fraction,
-        settle_s=s.settle_s,
-        stale_after_s=s.stale_after_s,
-        thermal_margin_c=s.thermal_margin_c,
-        breach_memory_s=s.breach_memory_s,
-        load_jump_ratio=s.load_jump_ratio,
-    )
-    return config, original
+        top_mhz = float(profile.max_sm_clock_mhz)
+        gpus = GpuRange(low=float(profile.min_sm_clock_mhz), high=top_mhz, original=top_mhz)
+    return powercap_settings.controller_config(sidecar_settings(options), gpus), gpus.original
 
 
 class EoCapController:
@@ -196,7 +186,7 @@ class EoCapController:
     def __init__(self, options: CapOptions, profile: ServerProfile, name: str = "eo-powercap") -> None:
         self.options = options
         self.config, self.original = controller_config(options, profile)
-        self.interval_s = Settings(latency_target_s=options.latency_target_s).interval_s
+        self.interval_s = sidecar_settings(options).interval_s
         self.window_s = options.latency_window_s
         self.quantile = options.latency_quantile
         self.name = name
