@@ -17,8 +17,9 @@ import math
 from collections import Counter, deque
 from dataclasses import dataclass
 
+from common.settings import from_values
 from gpumodel.model import ServerProfile
-from powercap.controller import ControllerConfig
+from powercap import settings as powercap_settings
 from powercap.governor import (
     GovernorConfig,
     GovernorReading,
@@ -28,7 +29,7 @@ from powercap.governor import (
     initial_governor_state,
 )
 from powercap.profile import IterationProfile, prior_of
-from powercap.settings import Settings
+from powercap.settings import GpuRange, Settings
 from sim.observe import TTFT_BUCKETS_S
 from sim.policies import CapReading, CapSetting, ReplicaScrape
 
@@ -48,36 +49,31 @@ class GovernorOptions:
     """A power limit per GPU held alongside the clocks (None: no budget actuator)."""
 
 
+def sidecar_settings(options: GovernorOptions) -> Settings:
+    """The sidecar's ``Settings`` in governor mode: clocks, the targets and quantile given (the whole
+    target: ``--target-share`` keeps its default 1), ``Settings``' defaults for the rest."""
+    values = {
+        "latency_target_s": 1.0,  # required; the governor's controller judges latency/target ratios
+        "actuator": "clocks",
+        "ttft_target_s": options.ttft_target_s,
+        "itl_target_s": options.itl_target_s,
+        "target_quantile": options.quantile,
+    }
+    return from_values(Settings, values, environ={})
+
+
 def governor_config(options: GovernorOptions, profile: ServerProfile) -> GovernorConfig:
-    """The governor's config as the sidecar derives it: the clock bounds of ``Settings``' defaults
-    within the GPU's range, the control law's tuning, targets as given."""
-    s = Settings(latency_target_s=1.0, actuator="clocks")
+    """The governor's config as the sidecar derives it (``powercap.settings.governor_config``): the
+    clock bounds of ``Settings``' defaults within the GPU's range, the control law's tuning, the GPU's
+    clocks every ``CLOCK_STEP_MHZ`` up to its maximum, targets as given."""
     low, high = float(profile.min_sm_clock_mhz), float(profile.max_sm_clock_mhz)
-    floor = max(s.floor_mhz if s.floor_mhz is not None else low, low)
-    ceiling = min(s.ceiling_mhz if s.ceiling_mhz is not None else high, high)
-    ctrl = ControllerConfig(
-        actuator="clocks",
-        floor=floor,
-        ceiling=ceiling,
-        target_latency_s=1.0,
-        max_step_down=s.max_step_mhz,
-        lower_below_ratio=s.lower_below_ratio,
-        raise_above_ratio=s.raise_above_ratio,
-        raise_fraction=s.raise_fraction,
-        settle_s=s.settle_s,
-        stale_after_s=s.stale_after_s,
-        thermal_margin_c=s.thermal_margin_c,
-        breach_memory_s=s.breach_memory_s,
-        load_jump_ratio=s.load_jump_ratio,
-    )
     clocks = tuple(
         float(c) for c in range(profile.min_sm_clock_mhz, profile.max_sm_clock_mhz + 1, CLOCK_STEP_MHZ)
     )
     if clocks[-1] != high:
         clocks = (*clocks, high)
-    return GovernorConfig(
-        ctrl, clocks, options.itl_target_s, options.ttft_target_s, quantile=options.quantile
-    )
+    gpus = GpuRange(low=low, high=high, original=high)
+    return powercap_settings.governor_config(sidecar_settings(options), gpus, clocks)
 
 
 class _Replica:
@@ -98,7 +94,7 @@ class EoGovernorController:
     def __init__(self, options: GovernorOptions, profile: ServerProfile, name: str = "eo-governor") -> None:
         self.options = options
         self.config = governor_config(options, profile)
-        self.interval_s = Settings(latency_target_s=1.0).interval_s
+        self.interval_s = sidecar_settings(options).interval_s
         self.window_s = options.window_s
         self.quantile = options.quantile
         self.name = name
