@@ -97,9 +97,10 @@ class Settings(BinarySettings):
     @model_validator(mode="after")
     def _reads_fit_the_window(self) -> Self:
         if self.poll_interval_s + self.request_timeout_s >= self.stale_after_s:
+            fields = ("poll_interval_s", "request_timeout_s", "stale_after_s")
+            poll, timeout, stale = (self.flag_for(f) for f in fields)
             raise ValueError(
-                "--poll-interval-seconds plus --request-timeout-seconds must be under --stale-after-seconds "
-                "(EO_POLL_INTERVAL_SECONDS, EO_REQUEST_TIMEOUT_SECONDS, EO_STALE_AFTER_SECONDS): a live "
+                f"{poll} plus {timeout} must be under {stale} {self.variables_for(*fields)}: a live "
                 "sidecar would otherwise look stale"
             )
         return self

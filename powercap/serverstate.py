@@ -118,7 +118,7 @@ class ServerStateSource:
                     name = sample.name
                     if name in wanted:
                         metric = next(m for m in gauges.values() if name in m.names)
-                        if all(sample.labels.get(k) == v for k, v in metric.labels):
+                        if metric.has_labels(sample.labels):
                             values[name] = values.get(name, 0.0) + sample.value
                     elif name.endswith("_bucket") and name[:-7] in ttft_names:
                         le = float(sample.labels["le"])

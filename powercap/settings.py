@@ -32,9 +32,6 @@ from common.settings import (
     OptionalText,
     Port,
     Seconds,
-    env_name,
-    env_prefix,
-    flag_of,
     setting,
 )
 from powercap.controller import ACTUATORS, ControllerConfig
@@ -292,60 +289,61 @@ class Settings(BinarySettings):
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Self:
+        flag, variables = self.flag_for, self.variables_for
         for low, high in (("floor_w", "ceiling_w"), ("floor_mhz", "ceiling_mhz")):
             floor, ceiling = getattr(self, low), getattr(self, high)
             if floor is not None and ceiling is not None and floor > ceiling:
                 raise ValueError(
-                    f"{_flag(low)} ({floor}) is above {_flag(high)} ({ceiling}) {_variables(low, high)}"
+                    f"{flag(low)} ({floor}) is above {flag(high)} ({ceiling}) {variables(low, high)}"
                 )
         if not self.lower_below_ratio < self.raise_above_ratio:
             raise ValueError(
-                f"{_flag('lower_below_ratio')} and {_flag('raise_above_ratio')}: need 0 < lower < raise "
+                f"{flag('lower_below_ratio')} and {flag('raise_above_ratio')}: need 0 < lower < raise "
                 f"<= 1, got {self.lower_below_ratio} and {self.raise_above_ratio} "
-                f"{_variables('lower_below_ratio', 'raise_above_ratio')}"
+                f"{variables('lower_below_ratio', 'raise_above_ratio')}"
             )
         return self
 
     @model_validator(mode="after")
     def _latency_readable(self) -> Self:
+        flag, variables = self.flag_for, self.variables_for
         if self.latency_source == "prometheus":
             if self.prometheus_query is None and not (self.pod_name and self.pod_namespace):
                 raise ValueError(
-                    f"{_flag('prometheus_query')}, or {_flag('pod_name')} and {_flag('pod_namespace')} "
-                    f"for the default query {_variables('prometheus_query', 'pod_name', 'pod_namespace')}"
+                    f"{flag('prometheus_query')}, or {flag('pod_name')} and {flag('pod_namespace')} "
+                    f"for the default query {variables('prometheus_query', 'pod_name', 'pod_namespace')}"
                 )
         elif self.latency_metric is None:
             try:
                 preset(self.server, self.latency_kind)
             except ValueError as exc:
-                raise ValueError(f"{exc} {_variables('server', 'latency_kind', 'latency_metric')}") from None
+                raise ValueError(f"{exc} {variables('server', 'latency_kind', 'latency_metric')}") from None
         return self
 
     @model_validator(mode="after")
     def _governor_consistent(self) -> Self:
+        flag, variables = self.flag_for, self.variables_for
         targets = self.ttft_target_s is not None or self.itl_target_s is not None
         if self.control == "governor" and not targets:
             raise ValueError(
-                f"{_flag('control')} governor needs {_flag('ttft_target_s')} or {_flag('itl_target_s')} "
-                f"{_variables('control', 'ttft_target_s', 'itl_target_s')}"
+                f"{flag('control')} governor needs {flag('ttft_target_s')} or {flag('itl_target_s')} "
+                f"{variables('control', 'ttft_target_s', 'itl_target_s')}"
             )
         if self.governs and self.actuator != "clocks":
             raise ValueError(
-                f"the governor moves SM clocks: set {_flag('actuator')} clocks, or {_flag('control')} "
-                f"feedback {_variables('actuator', 'control', 'ttft_target_s', 'itl_target_s')}"
+                f"the governor moves SM clocks: set {flag('actuator')} clocks, or {flag('control')} "
+                f"feedback {variables('actuator', 'control', 'ttft_target_s', 'itl_target_s')}"
             )
         if self.power_budget_w is not None and self.actuator != "clocks":
             raise ValueError(
-                f"{_flag('power_budget_w')} is held alongside the clocks: set {_flag('actuator')} clocks "
-                f"(with the power actuator, {_flag('ceiling_w')} is the budget) "
-                f"{_variables('power_budget_w', 'actuator', 'ceiling_w')}"
+                f"{flag('power_budget_w')} is held alongside the clocks: set {flag('actuator')} clocks "
+                f"(with the power actuator, {flag('ceiling_w')} is the budget) "
+                f"{variables('power_budget_w', 'actuator', 'ceiling_w')}"
             )
         for field in ("workload", "pod_namespace"):
             value = getattr(self, field)
             if value and not valid_name(value):
-                raise ValueError(
-                    f"{_flag(field)}: {value[:60]!r} is not a Kubernetes name {_variables(field)}"
-                )
+                raise ValueError(f"{flag(field)}: {value[:60]!r} is not a Kubernetes name {variables(field)}")
         return self
 
     # -- derived ---------------------------------------------------------------------------------------
@@ -412,14 +410,6 @@ class Settings(BinarySettings):
         )
         load = f"sum(rate(eo_pod_request_latency_seconds_count{{{pod}}}[{window}]))"
         return latency, self.prometheus_load_query or load
-
-
-def _flag(field: str) -> str:
-    return flag_of(Settings.model_fields[field], field)
-
-
-def _variables(*fields: str) -> str:
-    return "(" + ", ".join(env_name(_flag(f), env_prefix(Settings)) for f in fields) + ")"
 
 
 @dataclass(frozen=True)
