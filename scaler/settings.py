@@ -8,8 +8,8 @@ health port apart from the gRPC port) are the model validators below, once.
 
 How to reach Prometheus is handed to the KPI source as one ``PrometheusAuth`` (``settings.prometheus``);
 its defaults are declared on ``PrometheusAuth`` and taken from there, so an in-process source and the
-binary behave alike. In-process callers (tests, the demo) may also pass ``prometheus=PrometheusAuth(...)``
-instead of the flat ``prometheus_*`` fields.
+binary behave alike. In-process callers (tests, the demo) give the flat ``prometheus_*`` fields, e.g.
+``common.settings.from_values(ScalerSettings, {"prometheus_url": url}, environ={})``.
 """
 
 from __future__ import annotations
@@ -222,20 +222,6 @@ class ScalerSettings(BinarySettings):
     log_level: LogLevel = setting("info", "debug, info, warning, error or critical (any case)")
     log_format: Literal["text", "json"] = setting("text", "log line format: text or json")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _prometheus_auth_given(cls, data: Any) -> Any:
-        """``prometheus=PrometheusAuth(...)`` (in-process callers) spread over the flat fields."""
-        if not isinstance(data, dict) or "prometheus" not in data:
-            return data
-        values = dict(data)
-        auth = values.pop("prometheus")
-        if not isinstance(auth, PrometheusAuth):
-            raise ValueError("prometheus: expected a PrometheusAuth")
-        for name, field in _AUTH_FIELDS.items():
-            values[field] = getattr(auth, name)  # given in the call: over any EO_* variable
-        return values
-
     @model_validator(mode="after")
     def _tls_material_complete(self) -> Self:
         self.require_together("tls_cert_file", "tls_key_file")
@@ -265,8 +251,8 @@ class ScalerSettings(BinarySettings):
         return PrometheusAuth(**values)
 
 
-# PrometheusAuth field -> the ScalerSettings field that declares its flag (both ways: a PrometheusAuth
-# given in code spreads over these fields, and ``prometheus`` builds one from them).
+# PrometheusAuth field -> the ScalerSettings field that declares its flag (``prometheus`` builds one
+# from them).
 _AUTH_FIELDS = {
     "url": "prometheus_url",
     "bearer_token_file": "prometheus_bearer_token_file",

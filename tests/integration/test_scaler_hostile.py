@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
+from common.settings import from_values
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
 from scaler.kpi_source import PrometheusAuth, PrometheusKpiSource
@@ -75,17 +76,19 @@ META = {"workload": "llama", "latencySloSeconds": "2", "replicaCapacityRps": "10
 
 
 def _settings(url: str, **kw: Any) -> ScalerSettings:
-    auth = {"url": url, "timeout_s": 1.0, **kw.pop("auth", {})}
-    return ScalerSettings(
-        listen_address="127.0.0.1",
-        port=0,
-        metrics_address="127.0.0.1",
-        metrics_port=0,
-        prometheus=PrometheusAuth(**auth),
-        cache_ttl_s=0.05,
-        cache_serve_stale_s=0.05,
+    """Loopback ports, short caches, ``url`` as the Prometheus; ``kw`` are more (or other) fields."""
+    values = {
+        "listen_address": "127.0.0.1",
+        "port": 0,
+        "metrics_address": "127.0.0.1",
+        "metrics_port": 0,
+        "prometheus_url": url,
+        "prometheus_timeout_s": 1.0,
+        "cache_ttl_s": 0.05,
+        "cache_serve_stale_s": 0.05,
         **kw,
-    )
+    }
+    return from_values(ScalerSettings, values, environ={})
 
 
 def _call(
@@ -122,12 +125,10 @@ def scaler(good: tuple[str, Behaviour], tmp_path: Path) -> Iterator[ScalerHandle
     handle = start_scaler(
         _settings(
             good[0],
-            auth={
-                "restrict_server_address": False,
-                "allowed_metadata_headers": ("X-Scope-OrgID", "X-Team"),
-                "headers": (("X-Scope-OrgID", "team-a"),),
-                "bearer_token_file": token,
-            },
+            restrict_server_address=False,
+            allowed_metadata_headers=("X-Scope-OrgID", "X-Team"),
+            prometheus_headers=(("X-Scope-OrgID", "team-a"),),
+            prometheus_bearer_token_file=token,
         )
     )
     yield handle
@@ -325,7 +326,7 @@ def test_distinct_valid_values_keep_the_caches_and_labels_bounded(scaler: Scaler
 def test_waiters_on_one_slow_fetch_time_out(good: tuple[str, Behaviour]) -> None:
     """Many polls of one workload while its only fetch hangs: each waits at most the query deadline."""
     with hostile_server(Behaviour(mode="hang")) as (url, seen):
-        handle = start_scaler(_settings(url, auth={"timeout_s": 0.5}))
+        handle = start_scaler(_settings(url, prometheus_timeout_s=0.5))
         try:
             with ThreadPoolExecutor(20) as pool:
                 t0 = time.monotonic()

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from common.settings import from_values
 from demo.prometheus import Prometheus
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
@@ -166,13 +167,17 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
 
 @pytest.fixture(scope="module")
 def scaler(prometheus: Prometheus) -> Iterator[ScalerHandle]:
-    settings = ScalerSettings(
-        listen_address="127.0.0.1",
-        port=0,
-        metrics_address="127.0.0.1",
-        metrics_port=0,
-        prometheus=PrometheusAuth(url=prometheus.url),
-        cache_ttl_s=60,
+    settings = from_values(
+        ScalerSettings,
+        {
+            "listen_address": "127.0.0.1",
+            "port": 0,
+            "metrics_address": "127.0.0.1",
+            "metrics_port": 0,
+            "prometheus_url": prometheus.url,
+            "cache_ttl_s": 60,
+        },
+        environ={},
     )
     handle = start_scaler(settings)
     yield handle

@@ -211,7 +211,7 @@ def test_in_process_settings_need_no_environment(monkeypatch: pytest.MonkeyPatch
     assert from_values(ScalerSettings, {"metrics_port": 0}, environ={}).port == 6000
 
 
-def test_in_process_callers_may_pass_a_prometheus_auth() -> None:
+def test_in_process_callers_give_the_flat_prometheus_fields() -> None:
     auth = PrometheusAuth(
         url="http://prom:9090",
         headers=(("X-Scope-OrgID", "a"),),
@@ -220,11 +220,19 @@ def test_in_process_callers_may_pass_a_prometheus_auth() -> None:
         allowed_metadata_headers=("X-Team",),
         max_in_flight_per_server=2,
     )
-    settings = from_values(ScalerSettings, {"prometheus": auth, "cache_ttl_s": 1.0}, environ={})
+    values = {
+        "prometheus_url": "http://prom:9090",
+        "prometheus_headers": (("X-Scope-OrgID", "a"),),
+        "prometheus_timeout_s": 1.0,
+        "restrict_server_address": False,
+        "allowed_metadata_headers": ("X-Team",),
+        "prometheus_max_in_flight": 2,
+        "cache_ttl_s": 1.0,
+    }
+    settings = from_values(ScalerSettings, values, environ={})
     assert settings.prometheus == auth and settings.cache_ttl_s == 1.0
     with pytest.raises(SettingsError, match="X-Forwarded-For"):
-        from_values(
-            ScalerSettings,
-            {"prometheus": PrometheusAuth(allowed_metadata_headers=("X-Forwarded-For",))},
-            environ={},
-        )
+        from_values(ScalerSettings, {"allowed_metadata_headers": ("X-Forwarded-For",)}, environ={})
+    # One way in: a PrometheusAuth is what the settings give, not what they take.
+    with pytest.raises(SettingsError, match="prometheus"):
+        from_values(ScalerSettings, {"prometheus": auth}, environ={})
