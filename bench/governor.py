@@ -25,6 +25,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.simbench import print_table, trace
 from gpumodel.model import H100_LLAMA_8B
 from sim.engine import Policy
 from sim.eo import CapOptions, caps_only_policy, eo_policy
@@ -33,26 +36,6 @@ from sim.policies import CapSetting, StaticSchedule
 from sim.report import summarize
 from sim.scenario import Scenario, make_scenario, static_peak
 from sim.server import ServerConfig
-from sim.synth import synthetic_trace
-from sim.trace import Trace, compress, load_trace
-
-TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces"
-CANDIDATES = [TRACES, Path("/work/shared/data/traces"), Path.cwd().parent / "shared" / "data" / "traces"]
-
-
-def find(name: str) -> Path:
-    for base in CANDIDATES:
-        if (base / name).is_file():
-            return base / name
-    sys.exit(f"bench/governor.py: {name} not found in {', '.join(map(str, CANDIDATES))}")
-
-
-def trace(label: str) -> Trace:
-    if label.startswith(("conv", "code")):
-        name, speed = label.split(" x")
-        base = load_trace(find(f"azure_llm_2023_{name}.csv"))
-        return base if speed == "1" else compress(base, float(speed))
-    return synthetic_trace(label)
 
 
 def governor_options(sc: Scenario, **kw: object) -> GovernorOptions:
@@ -143,15 +126,7 @@ def main() -> None:
                 f"{s.ttft_p99_s:.2f}", f"{s.itl_p99_s * 1000:.1f}", top,
             ])  # fmt: skip
         print(f"# {label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for r in body:
-            print("| " + " | ".join(r) + " |")
-        return
-    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    for r in [header, *body]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print_table(header, body, markdown=args.markdown)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.simbench import LABELS, print_table, trace
 from gpumodel.model import H100_LLAMA_8B
 from sim.eo import CapOptions, caps_only_policy
 from sim.report import ATTRIBUTION, Summary, summarize
@@ -36,18 +39,6 @@ from sim.scenario import (
     user_threshold,
 )
 from sim.server import ServerConfig
-from sim.synth import synthetic_trace
-from sim.trace import Trace, compress, load_trace
-
-TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces"
-CANDIDATES = [TRACES, Path("/work/shared/data/traces"), Path.cwd().parent / "shared" / "data" / "traces"]
-
-
-def find(name: str) -> Path:
-    for base in CANDIDATES:
-        if (base / name).is_file():
-            return base / name
-    sys.exit(f"bench/policy.py: {name} not found in {', '.join(map(str, CANDIDATES))}")
 
 
 def saved(a: float, b: float) -> str:
@@ -58,18 +49,6 @@ def saved(a: float, b: float) -> str:
 def over(a: float, b: float) -> str:
     """How much more energy ``a`` used than ``b``."""
     return f"{(a / b - 1) * 100:+.1f}%" if b > 0 else "n/a"
-
-
-def traces() -> list[tuple[str, Trace]]:
-    out = []
-    for name in ("conv", "code"):
-        base = load_trace(find(f"azure_llm_2023_{name}.csv"))
-        out += [(f"{name} x1", base), (f"{name} x8", compress(base, 8.0))]
-    out += [
-        ("diurnal-bursts", synthetic_trace("diurnal-bursts")),
-        ("long-context", synthetic_trace("long-context")),
-    ]
-    return out
 
 
 def run_all(sc: Scenario) -> tuple[int, int, dict[str, Summary]]:
@@ -104,11 +83,12 @@ def main() -> None:
     sidecar: list[list[str]] = []
     timings: list[str] = []
     wanted = set(args.only.split(",")) if args.only else None
-    for label, trace in traces():
+    for label in LABELS:
         if wanted is not None and label not in wanted:
             continue
+        replayed = trace(label)
         t0 = time.perf_counter()
-        sc = make_scenario(trace, server)
+        sc = make_scenario(replayed, server)
         n_static, n_min, s = run_all(sc)
         e = {k: v.energy_kwh for k, v in s.items()}
         slos = ", ".join(f"{k.upper()} {v:g}" for k, v in sc.slos.given())
@@ -145,15 +125,7 @@ def main() -> None:
 
     def show(title: str, header: list[str], body: list[list[str]]) -> None:
         print(f"\n{title}\n")
-        if md:
-            print("| " + " | ".join(header) + " |")
-            print("|" + "---|" * len(header))
-            for r in body:
-                print("| " + " | ".join(r) + " |")
-            return
-        widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-        for r in [header, *body]:
-            print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+        print_table(header, body, markdown=md, align="right")
 
     share = f"{PROVISION_UTILIZATION:.0%}"
     show(

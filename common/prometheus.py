@@ -30,6 +30,11 @@ class PrometheusRejected(Exception):
     """Prometheus refused the query (HTTP 400/422, ``bad_data``): the query itself is wrong."""
 
 
+class NoValue(Exception):
+    """``PrometheusClient.value`` got no number: the credentials could not be read, Prometheus could not
+    answer or refused, or the answer was not one number. The message starts with the query's name."""
+
+
 @dataclass(frozen=True)
 class PrometheusCredentials:
     """How the operator's Prometheus is reached; secrets live in files."""
@@ -98,6 +103,58 @@ class PrometheusClient:
         if result_type not in RESULT_TYPES or "result" not in data:
             raise PrometheusUnavailable(f"Prometheus at {server} answered an unknown result type")
         return str(result_type), data["result"]
+
+    def value(
+        self,
+        server: str,
+        expr: str,
+        *,
+        credentials: PrometheusCredentials,
+        deadline_s: float,
+        what: str,
+    ) -> float | None:
+        """The one number an instant query answers (``one_value``): None for an empty vector; NaN and
+        Inf as they come. Raises ``NoValue`` with ``what`` (the query's name) leading the message."""
+        try:
+            headers = credentials.request_headers()
+        except OSError as exc:
+            raise NoValue(f"{what}: cannot read the credentials: {exc}") from exc
+        try:
+            result_type, result = self.query(server, expr, headers=headers, deadline_s=deadline_s)
+        except (PrometheusUnavailable, PrometheusRejected) as exc:
+            raise NoValue(f"{what}: {exc}") from exc
+        try:
+            return one_value(result_type, result)
+        except ValueError as exc:
+            raise NoValue(f"{what} {exc}") from None
+
+
+def one_value(result_type: str, result: Any) -> float | None:
+    """The one number of an instant query's answer: a scalar, or a vector of at most one series (None
+    when it has none). ``ValueError`` for any other shape, its message saying what came back
+    (``returned 2 series, need one``), to follow the query's name."""
+    if result_type == "scalar":
+        return _sample_value(result)
+    if result_type != "vector" or not isinstance(result, list):
+        raise ValueError(f"returned a {result_type} result, need a scalar or one series")
+    if not result:
+        return None
+    if len(result) > 1:
+        raise ValueError(f"returned {len(result)} series, need one")
+    series = result[0]
+    if not isinstance(series, dict) or not isinstance(series.get("metric", {}), dict):
+        raise ValueError("returned a series of an unexpected shape")
+    return _sample_value(series.get("value"))
+
+
+def _sample_value(pair: Any) -> float:
+    """Prometheus' ``[timestamp, "value"]`` pair; the value is a decimal string (NaN and Inf spelled out)."""
+    if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], str):
+        raise ValueError("returned a sample of an unexpected shape")
+    try:
+        return float(pair[1])
+    except ValueError:
+        raise ValueError("returned a sample value that is not a number") from None
 
 
 def _form(fields: Mapping[str, str]) -> bytes:

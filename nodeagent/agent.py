@@ -15,10 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from prometheus_client import CollectorRegistry
 
-from common.metrics_server import MetricsServerHandle, registry_renderer, serve_metrics
+from common import daemon
+from common.daemon import GuardedLoops, serve_or_refuse, write_lock_or_not
+from common.metrics_server import MetricsServerHandle
 from devices.base import GpuDevice, GpuError
 from exporter.pods.accounting import PodKey
 from exporter.pods.kubelet import PodResourcesUnavailable
@@ -49,14 +52,22 @@ from powercap.events import CapEvent
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_BUDGET_S = 5.0
-WRITE_LOCK_WAIT_S = 1.0
-WATCHDOG_MAX_PERIOD_S = 1.0
+SHUTDOWN_BUDGET_S = daemon.SHUTDOWN_BUDGET_S
+"""``NodeAgentHandle.stop`` (SIGTERM) restores and returns within this, whatever a cycle is reading."""
 _QUIET_RESTORES = {"no_cap_requested", "request_withdrawn", SHUTDOWN}
-_JOIN_S = 0.5
 AGENT_ERROR = "agent_error"
 AGENT_RESTART = "agent_restart"
 GPU_ERROR = "gpu_error"
+
+
+class AgentParts(TypedDict, total=False):
+    """What a test or the demo may put in place of the defaults (no Events, a private registry, the
+    wall clock, the bounded HTTP request reader)."""
+
+    events: PodEvents | None
+    registry: CollectorRegistry | None
+    wall_clock: Callable[[], float]
+    reader: RequestReader | None
 
 
 class NodeAgent:
@@ -66,23 +77,19 @@ class NodeAgent:
         devices: Sequence[GpuDevice],
         kubelet: AllocationSource,
         pods: PodMetadataSource,
-        *,
-        events: PodEvents | None = None,
-        registry: CollectorRegistry | None = None,
-        wall_clock: Callable[[], float] = time.time,
-        reader: RequestReader | None = None,
+        **parts: Unpack[AgentParts],
     ) -> None:
         if not devices:
             raise StartupRefused("no GPU visible to the node agent (NVIDIA_VISIBLE_DEVICES=all?)")
         self.settings = settings
         self._kubelet = kubelet
         self._pods = pods
-        self._events: PodEvents = events or NullPodEvents()
-        self._clock = wall_clock
-        self._reader = reader or RequestReader(settings.request_timeout_s)
+        self.events: PodEvents = parts.get("events") or NullPodEvents()
+        self._clock = parts.get("wall_clock", time.time)
+        self._reader = parts.get("reader") or RequestReader(settings.request_timeout_s)
         self._bounds = settings.bounds
         self._allowed = frozenset(settings.namespaces)
-        self.metrics = AgentMetrics(registry or CollectorRegistry())
+        self.metrics = AgentMetrics(parts.get("registry") or CollectorRegistry())
         self.gpus = NodeGpus(devices, settings.state_dir, settings.locks)
         self.state = AgentState()
         self.frozen = False
@@ -109,7 +116,7 @@ class NodeAgent:
             )
             namespace, _, name = found.pod.partition("/")
             if namespace and name:
-                self._events.emit(
+                self.events.emit(
                     Pod(namespace, name),
                     CapEvent(
                         "PowerCapRestored",
@@ -211,7 +218,7 @@ class NodeAgent:
             self.state = forget(self.state, a.uuid)
             if exc.foreign_write:
                 self._released[a.uuid] = a.pod
-                self._events.emit(
+                self.events.emit(
                     a.pod, CapEvent("PowerCapForeignWrite", f"{exc}; eo-node-agent stopped", True)
                 )
             self._refused(Refuse(a.pod, a.uuid, "gpu_busy", str(exc)))
@@ -219,7 +226,7 @@ class NodeAgent:
         except GpuError as exc:
             self.state = forget(self.state, a.uuid)
             log.error("GPU %s: %s; restoring its original setting", a.uuid, exc)
-            self._events.emit(a.pod, CapEvent("PowerCapError", f"GPU {a.uuid}: {exc}; restoring", True))
+            self.events.emit(a.pod, CapEvent("PowerCapError", f"GPU {a.uuid}: {exc}; restoring", True))
             self._restore(a.uuid, a.pod, GPU_ERROR)
             return
         power = a.actuator == "power"
@@ -250,7 +257,7 @@ class NodeAgent:
         )
         log.info(message)
         verb = a.reason.capitalize()
-        self._events.emit(a.pod, CapEvent(("PowerCap" if power else "SmClockLimit") + verb, message))
+        self.events.emit(a.pod, CapEvent(("PowerCap" if power else "SmClockLimit") + verb, message))
 
     def _restore(self, uuid: str, pod: Pod, reason: str) -> None:
         try:
@@ -267,7 +274,7 @@ class NodeAgent:
         self.metrics.restores.labels(uuid=uuid, reason=reason).inc()
         message = f"GPU {uuid}: original setting restored for {pod} ({reason})"
         (log.info if reason in _QUIET_RESTORES else log.warning)(message)
-        self._events.emit(pod, CapEvent("PowerCapRestored", message, warning=reason not in _QUIET_RESTORES))
+        self.events.emit(pod, CapEvent("PowerCapRestored", message, warning=reason not in _QUIET_RESTORES))
 
     def _retry_pending(self) -> None:
         for uuid, (pod, reason) in list(self._pending.items()):
@@ -297,7 +304,7 @@ class NodeAgent:
         log.warning(message)
         if r.reason != NOT_OPTED_IN:
             # Not opted in: the operator never allowed that namespace, so the agent may post nothing there.
-            self._events.emit(r.pod, CapEvent("PowerCapRequestRefused", message, warning=True))
+            self.events.emit(r.pod, CapEvent("PowerCapRequestRefused", message, warning=True))
 
     # -- health and shutdown -------------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -322,17 +329,10 @@ class NodeAgent:
         """Stop for good: restore every GPU of ours (not waiting for a read), release the locks. True when
         every restore succeeded; a failed one leaves its state file saying controlling for the next run."""
         self._stopping = True
-        acquired = self._write_lock.acquire(timeout=WRITE_LOCK_WAIT_S)
-        if not acquired:
-            log.error("a GPU write did not finish within %gs; restoring without waiting", WRITE_LOCK_WAIT_S)
-        try:
-            decision = restore_all(self.state, SHUTDOWN)
-            self._carry_out(decision)
+        with write_lock_or_not(self._write_lock, log):
+            self._carry_out(restore_all(self.state, SHUTDOWN))
             self._retry_pending()
             return not self._pending
-        finally:
-            if acquired:
-                self._write_lock.release()
 
 
 @dataclass
@@ -340,23 +340,12 @@ class NodeAgentHandle:
     agent: NodeAgent
     port: int
     _server: MetricsServerHandle
-    _events: PodEvents
-    _stop: threading.Event
-    _threads: tuple[threading.Thread, ...] = ()
+    _loops: GuardedLoops
 
     def stop(self) -> bool:
         """Restore every GPU and stop, within ``SHUTDOWN_BUDGET_S`` whatever a cycle is reading."""
-        if self._stop.is_set():
-            return True
-        end = time.monotonic() + SHUTDOWN_BUDGET_S
-        self._stop.set()
-        ok = self.agent.close()
-        for thread in self._threads:
-            thread.join(max(0.0, min(_JOIN_S, end - time.monotonic())))
-        self._server.stop()
-        self.agent.close_reader()
-        self._events.close()
-        return ok
+        agent = self.agent
+        return self._loops.shut_down(agent.close, self._server.stop, agent.close_reader, agent.events.close)
 
 
 def start_node_agent(
@@ -365,53 +354,29 @@ def start_node_agent(
     kubelet: AllocationSource,
     pods: PodMetadataSource,
     *,
-    events: PodEvents | None = None,
-    registry: CollectorRegistry | None = None,
-    wall_clock: Callable[[], float] = time.time,
     run_loop: bool = True,
+    **parts: Unpack[AgentParts],
 ) -> NodeAgentHandle:
     """Start the agent in-process. ``run_loop=False`` leaves ``cycle`` and ``enforce_staleness`` to the
     caller (tests); otherwise a loop thread cycles every poll interval and a watchdog thread enforces
     staleness every min(poll interval, 1 s)."""
-    sink = events or NullPodEvents()
-    agent = NodeAgent(settings, devices, kubelet, pods, events=sink, registry=registry, wall_clock=wall_clock)
-    try:
-        server = serve_metrics(
-            registry_renderer(agent.metrics.registry),
-            agent.health,
-            address=settings.listen_address,
-            port=settings.port,
-            name="eo-node-agent",
-        )
-    except OSError as exc:
-        agent.close()
-        raise StartupRefused(f"cannot listen on {settings.listen_address}:{settings.port}: {exc}") from exc
-    stop = threading.Event()
-    threads: tuple[threading.Thread, ...] = ()
+    agent = NodeAgent(settings, devices, kubelet, pods, **parts)
+    server = serve_or_refuse(
+        agent.metrics.registry,
+        agent.health,
+        address=settings.listen_address,
+        port=settings.port,
+        name="eo-node-agent",
+        close=agent.close,
+        refused=StartupRefused,
+    )
+    loops = GuardedLoops("eo-node-agent", log)
     if run_loop:
-
-        def guarded(action: Callable[[], object], what: str) -> None:
-            try:
-                action()
-            except Exception:
-                # A bug must not leave a GPU capped: restore everything, keep serving, try again.
-                log.exception("%s failed; restoring every GPU", what)
-                agent.restore_everything(AGENT_ERROR)
-
-        def loop() -> None:
-            while not stop.is_set():
-                guarded(agent.cycle, "agent cycle")
-                stop.wait(settings.poll_interval_s)
-
-        def watchdog() -> None:
-            period = min(settings.poll_interval_s, WATCHDOG_MAX_PERIOD_S)
-            while not stop.wait(period):
-                guarded(agent.enforce_staleness, "staleness check")
-
-        threads = (
-            threading.Thread(target=loop, name="eo-node-agent-loop", daemon=True),
-            threading.Thread(target=watchdog, name="eo-node-agent-watchdog", daemon=True),
+        loops.start(
+            step=agent.cycle,
+            step_name="agent cycle",
+            enforce_staleness=agent.enforce_staleness,
+            interval_s=settings.poll_interval_s,
+            restore=lambda: agent.restore_everything(AGENT_ERROR),
         )
-        for thread in threads:
-            thread.start()
-    return NodeAgentHandle(agent, server.port, server, sink, stop, threads)
+    return NodeAgentHandle(agent, server.port, server, loops)

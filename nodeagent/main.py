@@ -9,20 +9,15 @@ no Kubernetes API to read the pods from, an unreadable state file).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import signal
-import sys
 import threading
 from collections.abc import Mapping, Sequence
-from types import FrameType
 
+from common.daemon import Cli, stop_on_signals
 from common.kube import KubeClient, KubeConfig, KubeError, in_cluster_config
 from common.logs import configure_logging
-from common.settings import SettingsError, load
-from common.settings import build_parser as settings_parser
-from devices.base import GpuBackend, GpuError
-from devices.simulated import SimulatedBackend, SimulatedGpu
+from devices.backends import open_backend
+from devices.base import GpuUnavailable
 from exporter.pods.kube import KubePodCache
 from exporter.pods.kubelet import PodResourcesClient
 from nodeagent.agent import start_node_agent
@@ -37,36 +32,16 @@ DESCRIPTION = (
     "operator's bounds, and restores each GPU when the pod is gone, its request goes stale, at start for "
     "what a killed run left, and on SIGTERM. The sidecars then need no privilege."
 )
-EPILOG = "Every flag --some-flag is also the variable EO_SOME_FLAG; a flag wins over its variable."
 POD_CACHE_SYNC_S = 10.0
+CLI = Cli("eo-node-agent", Settings, DESCRIPTION, StartupRefused)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return settings_parser(Settings, "eo-node-agent", DESCRIPTION, EPILOG)
+    return CLI.parser()
 
 
 def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings:
-    try:
-        return load(
-            Settings, argv, prog="eo-node-agent", description=DESCRIPTION, epilog=EPILOG, environ=environ
-        )
-    except SettingsError as exc:
-        raise StartupRefused(str(exc)) from None
-
-
-def open_backend(s: Settings) -> GpuBackend:
-    if s.gpu_backend == "simulated":
-        return SimulatedBackend(
-            [SimulatedGpu(i, privileged=not s.simulated_unprivileged) for i in range(s.simulated_gpus)]
-        )
-    try:
-        nvml = importlib.import_module("devices.nvml")
-        backend: GpuBackend = nvml.NvmlBackend()
-    except (ImportError, AttributeError) as exc:
-        raise StartupRefused(f"the NVML backend is not available in this build: {exc}") from exc
-    except GpuError as exc:
-        raise StartupRefused(f"cannot use NVML (driver or GPU missing?): {exc}") from exc
-    return backend
+    return CLI.load(argv, environ)
 
 
 def kube_config(s: Settings) -> KubeConfig:
@@ -100,7 +75,10 @@ def run(argv: Sequence[str] | None = None, stop: threading.Event | None = None) 
     if not settings.node_name:
         raise StartupRefused("--node-name / EO_NODE_NAME is required (downward API spec.nodeName)")
     config = kube_config(settings)
-    backend = open_backend(settings)
+    try:
+        backend = open_backend(settings.gpu_backend, settings.simulated_gpus, settings.simulated_unprivileged)
+    except GpuUnavailable as exc:
+        raise StartupRefused(str(exc)) from exc
     kubelet = PodResourcesClient(settings.kubelet_socket, settings.kubelet_timeout_s)
     pods = KubePodCache(KubeClient(config), settings.node_name).start()
     try:
@@ -108,15 +86,7 @@ def run(argv: Sequence[str] | None = None, stop: threading.Event | None = None) 
             log.warning("pod cache not synced after %.0f s; requests are read once it is", POD_CACHE_SYNC_S)
         events = build_events(settings, config)
         handle = start_node_agent(settings, backend.devices(), kubelet, pods, events=events)
-        stop = stop or threading.Event()
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %s: restoring the GPUs and stopping", signal.Signals(signum).name)
-            stop.set()
-
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
+        stop = stop_on_signals(stop, log)
         log.info(
             "eo-node-agent on %d GPUs of %s, serving :%d, honouring namespaces %s, state in %s",
             len(handle.agent.gpus.devices),
@@ -134,11 +104,4 @@ def run(argv: Sequence[str] | None = None, stop: threading.Event | None = None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except StartupRefused as exc:
-        print(f"eo-node-agent: refusing to start: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"eo-node-agent: refusing to start: {exc}", file=sys.stderr)
-        return 2
+    return CLI.main(lambda: run(argv))

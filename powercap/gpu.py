@@ -128,12 +128,7 @@ class ControlledGpu:
         low, high = self.limit_range_w if self.actuator == "power" else self.clock_range_mhz
         value = min(max(setpoint, floor, low), ceiling, high)
         if self.actuator == "power":
-            mw = round(value * 1000)
-            if mw != self.expected_mw:
-                self._mark_controlling()
-                self.device.set_power_limit_mw(mw)
-                self.expected_mw = mw
-            return mw / 1000
+            return self._set_power_limit_w(value)
         mhz = self._supported_clock(value)
         if mhz >= self.clock_range_mhz[1]:
             if self.locked_max_mhz is not None:
@@ -154,7 +149,11 @@ class ControlledGpu:
         low, high = self.limit_range_w
         original_w = self.record.original_power_limit_mw / 1000
         value = original_w if watts is None else min(max(watts, low), high, original_w)
-        mw = round(value * 1000)
+        return self._set_power_limit_w(value)
+
+    def _set_power_limit_w(self, watts: float) -> float:
+        """Write ``watts`` (already within bounds) unless it is in force; persisted first. Returns it (W)."""
+        mw = round(watts * 1000)
         if mw != self.expected_mw:
             self._mark_controlling()
             self.device.set_power_limit_mw(mw)

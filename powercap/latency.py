@@ -15,19 +15,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from common import servers
 from common.http import BoundedHttpClient, HttpError
-from common.prometheus import (
-    PrometheusClient,
-    PrometheusCredentials,
-    PrometheusRejected,
-    PrometheusUnavailable,
-    truncate,
-)
+from common.prometheus import NoValue, PrometheusClient, PrometheusCredentials, truncate
 from powercap.histogram import SlidingWindow, snapshot_from_buckets
 
 log = logging.getLogger(__name__)
@@ -192,39 +186,12 @@ class PrometheusSource:
         if left <= 0:
             raise LatencySourceError(f"{what}: no time left of the {self._deadline_s:g}s read deadline")
         try:
-            headers = self._credentials.request_headers()
-        except OSError as exc:
-            raise LatencySourceError(f"{what}: cannot read the credentials: {exc}") from exc
-        try:
-            result_type, result = self._client.query(self._server, query, headers=headers, deadline_s=left)
-        except (PrometheusUnavailable, PrometheusRejected) as exc:
-            raise LatencySourceError(f"{what}: {exc}") from exc
-        value = _single_value(result_type, result, what)
+            value = self._client.value(
+                self._server, query, credentials=self._credentials, deadline_s=left, what=what
+            )
+        except NoValue as exc:
+            raise LatencySourceError(str(exc)) from exc
+        if value is None:
+            raise LatencySourceError(f"{what} returned no series")
         # NaN is histogram_quantile's answer for a window without requests: no data, not an error.
         return value if math.isfinite(value) else None
-
-
-def _single_value(result_type: str, result: Any, what: str) -> float:
-    """The one number of a scalar or one-series vector answer; ``LatencySourceError`` for any other shape."""
-    if result_type == "scalar":
-        return _sample_value(result, what)
-    if result_type != "vector" or not isinstance(result, list):
-        raise LatencySourceError(f"{what} returned a {result_type} result, need a scalar or one series")
-    if not result:
-        raise LatencySourceError(f"{what} returned no series")
-    if len(result) > 1:
-        raise LatencySourceError(f"{what} returned {len(result)} series, need one")
-    series = result[0]
-    if not isinstance(series, dict) or not isinstance(series.get("metric", {}), dict):
-        raise LatencySourceError(f"{what} returned a series of an unexpected shape")
-    return _sample_value(series.get("value"), what)
-
-
-def _sample_value(pair: Any, what: str) -> float:
-    """Prometheus' ``[timestamp, "value"]`` pair; the value is a decimal string (NaN and Inf spelled out)."""
-    if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], str):
-        raise LatencySourceError(f"{what} returned a sample of an unexpected shape")
-    try:
-        return float(pair[1])
-    except ValueError:
-        raise LatencySourceError(f"{what} returned a sample value that is not a number") from None

@@ -9,20 +9,15 @@ permission, GPU controlled by someone else).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
-import signal
-import sys
 import threading
 from collections.abc import Mapping, Sequence
-from types import FrameType
 
+from common.daemon import Cli, stop_on_signals
 from common.logs import configure_logging
-from common.settings import SettingsError, load
-from common.settings import build_parser as settings_parser
-from devices.base import GpuBackend, GpuError
-from devices.simulated import SimulatedBackend, SimulatedGpu
+from devices.backends import open_backend
+from devices.base import GpuUnavailable
 from powercap.events import EventSink, KubernetesEventSink, NullEventSink, PodRef, in_cluster_api_url
 from powercap.latency import LatencySource, MetricsEndpointSource, PrometheusSource
 from powercap.selection import read_uuids_file, select_devices, visible_uuids
@@ -38,23 +33,18 @@ DESCRIPTION = (
     "on an SLO breach, and restores the original on exit, on stale metrics and on GPU errors. "
     "Run it with --dry-run first: it then only publishes what it would set."
 )
-EPILOG = "Every flag --some-flag is also the variable EO_SOME_FLAG; a flag wins over its variable."
+CLI = Cli("eo-powercap", Settings, DESCRIPTION, StartupRefused)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, derived from ``Settings`` (``--help`` lists every flag and its variable)."""
-    return settings_parser(Settings, "eo-powercap", DESCRIPTION, EPILOG)
+    return CLI.parser()
 
 
 def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``argv`` over ``environ`` (default: the process's) over the defaults; a bad value
     raises ``StartupRefused`` naming the flag and its variable."""
-    try:
-        return load(
-            Settings, argv, prog="eo-powercap", description=DESCRIPTION, epilog=EPILOG, environ=environ
-        )
-    except SettingsError as exc:
-        raise StartupRefused(str(exc)) from None
+    return CLI.load(argv, environ)
 
 
 def build_source(s: Settings) -> LatencySource:
@@ -73,21 +63,6 @@ def build_source(s: Settings) -> LatencySource:
         s.latency_labels,
         s.scrape_deadline_s,
     )
-
-
-def open_backend(s: Settings) -> GpuBackend:
-    if s.gpu_backend == "simulated":
-        gpus = [SimulatedGpu(i, privileged=not s.simulated_unprivileged) for i in range(s.simulated_gpus)]
-        return SimulatedBackend(gpus)
-    try:
-        # Imported only when asked for: NVML needs the driver's library, the simulated path must not.
-        nvml = importlib.import_module("devices.nvml")
-        backend: GpuBackend = nvml.NvmlBackend()
-    except (ImportError, AttributeError) as exc:
-        raise StartupRefused(f"the NVML backend is not available in this build: {exc}") from exc
-    except GpuError as exc:
-        raise StartupRefused(f"cannot use NVML (driver or GPU missing?): {exc}") from exc
-    return backend
 
 
 def build_events(s: Settings) -> EventSink:
@@ -113,21 +88,16 @@ def run(argv: Sequence[str] | None = None, stop: threading.Event | None = None) 
         explicit = read_uuids_file(settings.gpu_uuids_file, settings.gpu_uuids_wait_s, stop)
     wanted = visible_uuids(explicit, dict(os.environ))
     source = build_source(settings)
-    backend = open_backend(settings)
+    try:
+        backend = open_backend(settings.gpu_backend, settings.simulated_gpus, settings.simulated_unprivileged)
+    except GpuUnavailable as exc:
+        raise StartupRefused(str(exc)) from exc
     try:
         devices = select_devices(backend.devices(), wanted)
         events = build_events(settings)
         pod = f"{settings.pod_namespace}/{settings.pod_name}" if settings.pod_name else ""
         handle = start_powercap(settings, devices, source, events=events, pod=pod)
-        stop = stop or threading.Event()
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %s: restoring the GPUs and stopping", signal.Signals(signum).name)
-            stop.set()
-
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
+        stop = stop_on_signals(stop, log)
         log.info(
             "eo-powercap %son %s, serving :%d, state in %s",
             "(dry-run) " if settings.dry_run else "(through the node agent) " if settings.via_agent else "",
@@ -142,12 +112,4 @@ def run(argv: Sequence[str] | None = None, stop: threading.Event | None = None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except StartupRefused as exc:
-        print(f"eo-powercap: refusing to start: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        # State or lock directory not writable, and the like: a message, not a stack trace.
-        print(f"eo-powercap: refusing to start: {exc}", file=sys.stderr)
-        return 2
+    return CLI.main(lambda: run(argv))

@@ -25,13 +25,7 @@ import re
 from pathlib import Path
 
 from common.http import BoundedHttpClient
-from common.prometheus import (
-    PrometheusClient,
-    PrometheusCredentials,
-    PrometheusRejected,
-    PrometheusUnavailable,
-    truncate,
-)
+from common.prometheus import NoValue, PrometheusClient, PrometheusCredentials, truncate
 
 SOURCES: tuple[str, ...] = ("scaler", "kube-state-metrics", "off")
 MAX_BODY_BYTES = 256 * 1024
@@ -99,39 +93,11 @@ class ScaleUpSource:
         if not deadline > 0:
             raise ScaleUpError(f"{what}: no time left in this interval")
         try:
-            headers = self._credentials.request_headers()
-        except OSError as exc:
-            raise ScaleUpError(f"{what}: cannot read the credentials: {exc}") from exc
-        try:
-            kind, result = self._client.query(self.url, self.query, headers=headers, deadline_s=deadline)
-        except (PrometheusUnavailable, PrometheusRejected) as exc:
-            raise ScaleUpError(f"{what}: {exc}") from exc
-        value = _one_value(kind, result, what)
+            value = self._client.value(
+                self.url, self.query, credentials=self._credentials, deadline_s=deadline, what=what
+            )
+        except NoValue as exc:
+            raise ScaleUpError(str(exc)) from exc
         if value is None or not math.isfinite(value):
             return None
         return value > 0
-
-
-def _one_value(kind: str, result: object, what: str) -> float | None:
-    """The one number of a scalar or a vector of at most one series; None for an empty vector."""
-    if kind == "scalar":
-        return _number(result, what)
-    if kind != "vector" or not isinstance(result, list):
-        raise ScaleUpError(f"{what} returned a {kind} result, need a scalar or one series")
-    if not result:
-        return None
-    if len(result) > 1:
-        raise ScaleUpError(f"{what} returned {len(result)} series, need one")
-    series = result[0]
-    if not isinstance(series, dict):
-        raise ScaleUpError(f"{what} returned a series of an unexpected shape")
-    return _number(series.get("value"), what)
-
-
-def _number(pair: object, what: str) -> float:
-    if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], str):
-        raise ScaleUpError(f"{what} returned a sample of an unexpected shape")
-    try:
-        return float(pair[1])
-    except ValueError:
-        raise ScaleUpError(f"{what} returned a sample value that is not a number") from None

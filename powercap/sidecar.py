@@ -28,10 +28,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
-from common.metrics_server import MetricsServerHandle, registry_renderer, serve_metrics
+from common import daemon
+from common.daemon import GuardedLoops, serve_or_refuse, write_lock_or_not
+from common.metrics_server import MetricsServerHandle
 from devices.base import GpuDevice, GpuError
 from gpumodel.model import H100_LLAMA_8B
 from powercap.controller import CapDecision, ControllerConfig, Reading, initial_state, step
@@ -61,13 +64,9 @@ _WARNING_REASONS = {"slo_breach", "thermal", "stale_metrics"}
 # A tick that finished its latency read after stop began: it decides nothing and writes nothing.
 REASON_STOPPING = "stopping"
 
-SHUTDOWN_BUDGET_S = 5.0
+SHUTDOWN_BUDGET_S = daemon.SHUTDOWN_BUDGET_S
 """``PowercapHandle.stop`` (SIGTERM) restores and returns within this, whatever the loop is doing."""
-WRITE_LOCK_WAIT_S = 1.0
-"""How long a restore waits for a GPU write in progress before restoring without it."""
-WATCHDOG_MAX_PERIOD_S = 1.0
-"""The staleness watchdog checks every min(interval, this): a restore comes at most that late."""
-_LOOP_JOIN_S = 0.5
+
 MIN_READ_S = 0.05
 """A read with less of the interval left than this is skipped (its data counts as missing)."""
 # The governor's conditions worth one log line when they begin and end (not one per tick).
@@ -81,19 +80,27 @@ _CONDITIONS = {
 }
 
 
+class SidecarParts(TypedDict, total=False):
+    """What a test, a bench or the demo may put in place of the defaults: the clocks, the Event sink
+    (default: none), a private registry, the pod's name (``namespace/name``, written in the state
+    file), and the governor's server-state and scale-up sources (default: built from the settings)."""
+
+    clock: Callable[[], float]
+    events: EventSink | None
+    registry: CollectorRegistry | None
+    pod: str
+    wall_clock: Callable[[], float]
+    server_state: ServerStateSource | None
+    scale_up: ScaleUpSource | None
+
+
 class Sidecar:
     def __init__(
         self,
         settings: Settings,
         devices: Sequence[GpuDevice],
         source: LatencySource,
-        clock: Callable[[], float] = time.monotonic,
-        events: EventSink | None = None,
-        registry: CollectorRegistry | None = None,
-        pod: str = "",
-        wall_clock: Callable[[], float] = time.time,
-        server_state: ServerStateSource | None = None,
-        scale_up: ScaleUpSource | None = None,
+        **parts: Unpack[SidecarParts],
     ) -> None:
         if not devices:
             raise StartupRefused(
@@ -102,17 +109,20 @@ class Sidecar:
             )
         self.settings = settings
         self._source = source
+        clock = parts.get("clock", time.monotonic)
         self._clock = clock
         # The request's timestamp is wall-clock time: the node agent runs on the same node, so it can
         # tell a live request from a replayed or frozen one by comparing it with its own clock.
-        self._wall_clock = wall_clock
-        self._events = events or NullEventSink()
+        self._wall_clock = parts.get("wall_clock", time.time)
+        self.events: EventSink = parts.get("events") or NullEventSink()
         # Through the node agent this process writes nothing to the GPU: no lock, no state file, no
         # permission check; it only reads the GPU (no privilege needed) and publishes its request.
         self._sets_nothing = settings.sets_nothing
         self._publishes_request = settings.via_agent and not settings.dry_run
         self.metrics = PowercapMetrics(
-            registry or CollectorRegistry(), requests=self._publishes_request, governor=settings.governs
+            parts.get("registry") or CollectorRegistry(),
+            requests=self._publishes_request,
+            governor=settings.governs,
         )
         store = StateStore(settings.state_dir)
         self.gpus: list[ControlledGpu] = open_gpus(
@@ -120,7 +130,7 @@ class Sidecar:
             settings.actuator,
             store,
             settings.locks,
-            pod,
+            parts.get("pod", ""),
             self._sets_nothing,
             original_from_default=settings.via_agent,
         )
@@ -136,7 +146,7 @@ class Sidecar:
         self._scale_up: ScaleUpSource | None = None
         if settings.governs:
             try:
-                self._start_governor(server_state, scale_up)
+                self._start_governor(parts.get("server_state"), parts.get("scale_up"))
             except (StartupRefused, ValueError) as exc:
                 self._unlock()
                 raise StartupRefused(f"the clock governor cannot start: {exc}") from exc
@@ -341,9 +351,9 @@ class Sidecar:
     def enforce_staleness(self) -> CapDecision | None:
         """Restore now if the last usable reading is older than stale-after, whatever a tick is doing.
 
-        The watchdog thread calls this every min(interval, ``WATCHDOG_MAX_PERIOD_S``); it takes only the
-        write lock, which no latency read ever holds, so a source that trickles or hangs cannot delay
-        the restore."""
+        The watchdog thread calls this every min(interval, ``daemon.WATCHDOG_MAX_PERIOD_S``); it takes
+        only the write lock, which no latency read ever holds, so a source that trickles or hangs cannot
+        delay the restore."""
         with self._write_lock:
             if self._stopping or self.state.mode == "restored":
                 return None
@@ -434,7 +444,7 @@ class Sidecar:
             foreign = g.foreign_write(g.device.power_management_limit_mw())
             if foreign is not None:
                 g.release(foreign)
-                self._events.emit(
+                self.events.emit(
                     CapEvent(
                         "PowerCapForeignWrite",
                         f"GPU {g.uuid}: power limit set to {foreign / 1000:.0f} W by another writer; "
@@ -460,7 +470,7 @@ class Sidecar:
         g.error_since_s = now
         g.restore_pending = not self._sets_nothing and g.record.status == "controlling"
         message = f"GPU {g.uuid}: {exc}; restoring its original setting"
-        self._events.emit(CapEvent("PowerCapError", message, warning=True))
+        self.events.emit(CapEvent("PowerCapError", message, warning=True))
         self._try_restore(g)
 
     def _try_restore(self, g: ControlledGpu) -> None:
@@ -476,7 +486,7 @@ class Sidecar:
     def _restored(self, g: ControlledGpu, reason: str) -> None:
         """Count and report a restore the controller did not decide (crash recovery, error, shutdown)."""
         self.metrics.changes.labels(uuid=g.uuid, reason=reason).inc()
-        self._events.emit(
+        self.events.emit(
             CapEvent(
                 "PowerCapRestored",
                 f"GPU {g.uuid}: original setting ({g.original_w:.0f} W, clocks unlocked) restored ({reason})",
@@ -501,13 +511,7 @@ class Sidecar:
         # No usable latency is shown as NaN, never as the last number seen.
         m.latency.set(latency if latency is not None else math.nan)
         for g in self.gpus:
-            if self.config.actuator == "power":
-                m.target_watts.labels(uuid=g.uuid).set(decision.setpoint)
-            else:
-                m.target_clock.labels(uuid=g.uuid).set(decision.setpoint * 1e6)
-                budget = self._budget_of(g)
-                if budget is not None:
-                    m.target_watts.labels(uuid=g.uuid).set(budget)
+            self._set_setpoint(m.target_watts, m.target_clock, g, decision.setpoint)
             # A failing read was handled as an error this tick; the last value stays.
             with contextlib.suppress(GpuError):
                 m.applied_watts.labels(uuid=g.uuid).set(g.device.power_limit_mw() / 1000)
@@ -526,15 +530,20 @@ class Sidecar:
         the ceiling, which the agent takes as "no cap"), stamped with the time it was decided."""
         m = self.metrics
         for g in self.gpus:
-            if self.config.actuator == "power":
-                m.requested_watts.labels(uuid=g.uuid).set(decision.setpoint)
-            else:
-                m.requested_clock.labels(uuid=g.uuid).set(decision.setpoint * 1e6)
-                budget = self._budget_of(g)
-                if budget is not None:
-                    # Both actuators of one GPU in one request: the agent applies (or restores) both.
-                    m.requested_watts.labels(uuid=g.uuid).set(budget)
+            # Both actuators of one GPU in one request: the agent applies (or restores) both.
+            self._set_setpoint(m.requested_watts, m.requested_clock, g, decision.setpoint)
         m.request_timestamp.set(self._wall_clock())
+
+    def _set_setpoint(self, watts: Gauge, clock: Gauge, g: ControlledGpu, setpoint: float) -> None:
+        """``setpoint`` on ``g``'s series of the actuator (W, or the clock in Hz), and beside the clocks
+        the power limit of the budget guard, when there is one."""
+        if self.config.actuator == "power":
+            watts.labels(uuid=g.uuid).set(setpoint)
+            return
+        clock.labels(uuid=g.uuid).set(setpoint * 1e6)
+        budget = self._budget_of(g)
+        if budget is not None:
+            watts.labels(uuid=g.uuid).set(budget)
 
     def _budget_of(self, g: ControlledGpu) -> float | None:
         """The power limit the budget guard wants on ``g`` now: the budget within the GPU's range and
@@ -585,7 +594,7 @@ class Sidecar:
             name += "DryRun"
         elif self.settings.via_agent:
             name += "Requested"
-        self._events.emit(CapEvent(name, message, warning=d.reason in _WARNING_REASONS))
+        self.events.emit(CapEvent(name, message, warning=d.reason in _WARNING_REASONS))
 
     def healthy(self) -> bool:
         last = self._last_tick_s if self._last_tick_s is not None else self._started_s
@@ -601,17 +610,9 @@ class Sidecar:
 
         Takes the write lock, never the tick lock: a tick stuck in a latency read cannot delay it. If a
         GPU write holds the lock (an NVML call that does not return), it restores anyway after
-        ``WRITE_LOCK_WAIT_S``."""
-        acquired = self._write_lock.acquire(timeout=WRITE_LOCK_WAIT_S)
-        if not acquired:
-            log.error(
-                "a GPU write did not finish within %gs; restoring without waiting for it", WRITE_LOCK_WAIT_S
-            )
-        try:
+        ``daemon.WRITE_LOCK_WAIT_S``."""
+        with write_lock_or_not(self._write_lock, log):
             return self._restore_every_gpu()
-        finally:
-            if acquired:
-                self._write_lock.release()
 
     def _restore_every_gpu(self) -> bool:
         ok = True
@@ -652,9 +653,7 @@ class PowercapHandle:
     sidecar: Sidecar
     port: int
     _server: MetricsServerHandle
-    _events: EventSink
-    _stop: threading.Event
-    _threads: tuple[threading.Thread, ...] = ()
+    _loops: GuardedLoops
 
     def stop(self) -> bool:
         """Restore every GPU, stop the loop, release the locks; True when every restore succeeded.
@@ -663,18 +662,7 @@ class PowercapHandle:
         does not wait for a tick; the loop and watchdog threads are waited for briefly (they are daemons:
         one stuck in a latency read writes nothing more and ends with the process); queued Events get
         what is left of the budget."""
-        if self._stop.is_set():
-            return True
-        end = time.monotonic() + SHUTDOWN_BUDGET_S
-        self._stop.set()
-        ok = self.sidecar.close()
-        for thread in self._threads:
-            thread.join(max(0.0, min(_LOOP_JOIN_S, end - time.monotonic())))
-            if thread.is_alive():
-                log.warning("%s still busy (a latency read); it writes nothing more", thread.name)
-        self._server.stop()
-        self._events.close()
-        return ok
+        return self._loops.shut_down(self.sidecar.close, self._server.stop, self.sidecar.events.close)
 
 
 def start_powercap(
@@ -682,64 +670,35 @@ def start_powercap(
     devices: Sequence[GpuDevice],
     latency_source: LatencySource,
     *,
-    clock: Callable[[], float] = time.monotonic,
-    events: EventSink | None = None,
-    registry: CollectorRegistry | None = None,
-    pod: str = "",
     run_loop: bool = True,
-    wall_clock: Callable[[], float] = time.time,
-    server_state: ServerStateSource | None = None,
-    scale_up: ScaleUpSource | None = None,
+    **parts: Unpack[SidecarParts],
 ) -> PowercapHandle:
     """Start the sidecar in-process. ``run_loop=False`` leaves ticking (and ``enforce_staleness``) to the
     caller (tests, simulators); otherwise a loop thread ticks every interval and a watchdog thread
-    enforces staleness every min(interval, ``WATCHDOG_MAX_PERIOD_S``). With the governor, the server's
-    state and the scale-up answer come from ``server_state`` and ``scale_up`` (default: built from the
-    settings: ``--metrics-url``, ``--prometheus-url`` with ``--workload`` or ``--scale-up-query``)."""
-    sink = events or NullEventSink()
-    sidecar = Sidecar(
-        settings, devices, latency_source, clock, sink, registry, pod, wall_clock, server_state, scale_up
+    enforces staleness every min(interval, ``daemon.WATCHDOG_MAX_PERIOD_S``). With the governor, the
+    server's state and the scale-up answer come from ``server_state`` and ``scale_up`` (default: built
+    from the settings: ``--metrics-url``, ``--prometheus-url`` with ``--workload`` or
+    ``--scale-up-query``)."""
+    sidecar = Sidecar(settings, devices, latency_source, **parts)
+    server = serve_or_refuse(
+        sidecar.metrics.registry,
+        sidecar.health,
+        address=settings.listen_address,
+        port=settings.port,
+        name="eo-powercap",
+        close=sidecar.close,
+        refused=StartupRefused,
     )
-    try:
-        server = serve_metrics(
-            registry_renderer(sidecar.metrics.registry),
-            sidecar.health,
-            address=settings.listen_address,
-            port=settings.port,
-            name="eo-powercap",
-        )
-    except OSError as exc:
-        sidecar.close()
-        raise StartupRefused(f"cannot listen on {settings.listen_address}:{settings.port}: {exc}") from exc
-    stop = threading.Event()
-    threads: tuple[threading.Thread, ...] = ()
+    loops = GuardedLoops("eo-powercap", log)
     if run_loop:
-
-        def guarded(action: Callable[[], object], what: str) -> None:
-            try:
-                action()
-            except Exception:
-                # A bug must not leave a GPU capped: restore, keep serving /metrics, try again.
-                log.exception("%s failed; restoring every GPU", what)
-                sidecar.restore_all()
-
-        def loop() -> None:
-            while not stop.is_set():
-                guarded(sidecar.tick, "control step")
-                stop.wait(settings.interval_s)
-
-        def watchdog() -> None:
-            period = min(settings.interval_s, WATCHDOG_MAX_PERIOD_S)
-            while not stop.wait(period):
-                guarded(sidecar.enforce_staleness, "staleness check")
-
-        threads = (
-            threading.Thread(target=loop, name="eo-powercap-loop", daemon=True),
-            threading.Thread(target=watchdog, name="eo-powercap-watchdog", daemon=True),
+        loops.start(
+            step=sidecar.tick,
+            step_name="control step",
+            enforce_staleness=sidecar.enforce_staleness,
+            interval_s=settings.interval_s,
+            restore=sidecar.restore_all,
         )
-        for thread in threads:
-            thread.start()
-    return PowercapHandle(sidecar, server.port, server, sink, stop, threads)
+    return PowercapHandle(sidecar, server.port, server, loops)
 
 
 def _observed(sample: ServerSample | None) -> bool:
