@@ -20,7 +20,7 @@ from common.settings import build_parser as settings_parser
 from demo.data import conversation_trace_excerpt
 from demo.loop import DemoConfig, run_demo
 from demo.prometheus import PrometheusNotInstalled
-from demo.report import DemoResult, Row, format_row, header, write_outputs
+from demo.report import DemoResult, Row, decisions_line, format_row, header, write_outputs
 from demo.schedule import Phase
 
 _SHARED_TRACE = Path(__file__).resolve().parents[2] / "shared/data/traces/azure_llm_2023_conv.csv"
@@ -215,6 +215,7 @@ def print_summary(result: DemoResult, wall_s: float) -> None:
     print(f"  GPU energy               {s['gpu_energy_kj']} kJ, {s['gpu_joules_per_request']} J/request")
     print(f"  replicas                 up to {s['max_replicas']}, {s['final_replicas']} at the end")
     print(f"  sidecar setting changes  {s['sidecar_setting_changes']} ({s['sidecar_actuator']})")
+    print(f"  sidecar decisions        {decisions_line(s['sidecar_decisions_by_reason'])} (by reason)")
     print(f"  alerts that fired        {', '.join(s['alerts_fired']) or 'none'}")
     delivered = ", ".join(s["alerts_delivered_to_webhook"]) or "none"
     print(f"  alerts delivered         {delivered} (by Alertmanager, to the demo's webhook receiver)")

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from demo.alert_receiver import DeliveredAlert, WebhookReceiver
 from demo.inference import Gateway
 from demo.keda import KedaDriver
 from demo.prometheus import Alertmanager, Prometheus
-from demo.report import DemoResult, Row
+from demo.report import DemoResult, Row, decisions_line
 from demo.rules import write_compressed_rules
 from demo.schedule import Phase, phase_at, schedule_requests
 from demo.world import DemoDeployment, StartedSidecar
@@ -139,17 +139,6 @@ def observe(
         slo_s=slo_s,
         alerts=firing,
     )
-
-
-@dataclass
-class GovernedDemoResult(DemoResult):
-    """The demo's result with the sidecars' decisions by reason (the governor's included: how often it
-    moved by feedforward, held for a forming queue or bridged a cold start)."""
-
-    decisions: dict[str, int] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "sidecar_decisions_by_reason": dict(sorted(self.decisions.items()))}
 
 
 def decision_counts(registry: Any) -> Counter[str]:
@@ -454,9 +443,8 @@ def run_demo(
         restored = all(
             g.power_limit_mw() == g.power_limit_default_mw() and g.locked_sm_clock_mhz is None for g in gpus
         )
-        log.info("sidecar decisions by reason over the run: %s",
-                 ", ".join(f"{r} {n}" for r, n in decisions.most_common()) or "none")  # fmt: skip
-    return GovernedDemoResult(rows, slo_s, capacity, len(requests), finished, energy, changes, alerts_seen,
-                              restored, max_desired, final_desired, config.actuator, by_phase,
-                              alerts_delivered={a.name for a in delivered if a.status == "firing"},
-                              decisions=dict(decisions))  # fmt: skip
+        log.info("sidecar decisions by reason over the run: %s", decisions_line(decisions))
+    return DemoResult(rows, slo_s, capacity, len(requests), finished, energy, changes, alerts_seen,
+                      restored, max_desired, final_desired, config.actuator, by_phase,
+                      alerts_delivered={a.name for a in delivered if a.status == "firing"},
+                      decisions=dict(decisions))  # fmt: skip

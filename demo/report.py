@@ -69,6 +69,9 @@ class DemoResult:
     """Arrival phase -> (requests finished, of which within the SLO), in schedule order."""
     alerts_delivered: set[str] = field(default_factory=set)
     """Alerts Alertmanager delivered, firing, to the demo's webhook receiver."""
+    decisions: dict[str, int] = field(default_factory=dict)
+    """The sidecars' decisions by reason (``eo_powercap_decisions_total``), the governor's included:
+    how often it moved by feedforward, held for a forming queue or bridged a cold start."""
 
     @property
     def within_slo(self) -> int:
@@ -94,7 +97,14 @@ class DemoResult:
             "alerts_delivered_to_webhook": sorted(self.alerts_delivered),
             "sidecar_actuator": self.actuator,
             "gpus_restored_to_original_settings": self.gpus_restored,
+            "sidecar_decisions_by_reason": dict(sorted(self.decisions.items())),
         }
+
+
+def decisions_line(decisions: dict[str, int]) -> str:
+    """``feedforward 40, at_ceiling 12``: the sidecars' decisions by reason, most frequent first."""
+    ranked = sorted(decisions.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{reason} {count}" for reason, count in ranked) or "none"
 
 
 def plot(result: DemoResult, path: Path) -> None:
