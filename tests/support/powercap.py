@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from common.settings import from_values
 from powercap.latency import LatencySample, LatencySourceError
 from powercap.settings import Settings
+from tests.support.daemon import DaemonProcess, console_command
 
-REPO = Path(__file__).resolve().parents[2]
 SIM_UUID = "GPU-5e1a0000-0000-4000-8000-000000000000"
 SIM_ORIGINAL_W = 700.0
 
@@ -139,90 +129,24 @@ class HistogramFeed:
         return 200, "text/plain; version=0.0.4", body.encode()
 
 
-def eo_powercap_command() -> list[str]:
-    """The installed console script when there is one (what users run), else the module."""
-    script = Path(sys.executable).with_name("eo-powercap")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "powercap"]
+class SidecarProcess(DaemonProcess):
+    """``eo-powercap`` on a simulated GPU as a real process (``DaemonProcess``), its state file read the
+    way an operator would."""
 
-
-class SidecarProcess:
-    """``eo-powercap`` on a simulated GPU as a real process: JSON log lines collected from stderr, its
-    port learnt from the start line, its /metrics and state file read the way an operator would."""
+    name = "eo-powercap"
 
     def __init__(self, args: Sequence[str], state_dir: Path, start_timeout_s: float = 30.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EO_")}
-        env.pop("NVIDIA_VISIBLE_DEVICES", None)
-        env.pop("CUDA_VISIBLE_DEVICES", None)
-        # This checkout's code, whatever an older install of the package maps its modules to.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self.state_dir = state_dir
-        cmd = [*eo_powercap_command(), "--gpu-backend", "simulated", "--state-dir", str(state_dir)]
-        cmd += [
-            "--listen-address",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--kube-events",
-            "off",
-            "--log-format",
-            "json",
-        ]
-        self.proc = subprocess.Popen(
-            [*cmd, *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
-        self.port = 0
-        deadline = time.monotonic() + start_timeout_s
-        while not self.port:
-            for line in list(self.lines):
-                found = re.search(r"serving :(\d+)", line)
-                if found:
-                    self.port = int(found.group(1))
-            if self.proc.poll() is not None:
-                self._reader.join(2)
-                raise AssertionError(f"eo-powercap exited {self.proc.returncode}: {self.log_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"eo-powercap did not start: {self.log_text()}")
-            time.sleep(0.02)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def log_text(self) -> str:
-        return "\n".join(self.lines[-40:])
-
-    def messages(self) -> list[str]:
-        out = []
-        for line in list(self.lines):
-            try:
-                out.append(str(json.loads(line)["message"]))
-            except (ValueError, KeyError, TypeError):
-                out.append(line)
-        return out
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
-                return int(resp.status), resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        cmd = [*console_command("eo-powercap", "powercap"), "--gpu-backend", "simulated"]
+        cmd += ["--state-dir", str(state_dir), "--listen-address", "127.0.0.1", "--port", "0"]
+        cmd += ["--kube-events", "off", "--log-format", "json"]
+        super().__init__([*cmd, *args], start_timeout_s)
 
     def sample(
         self, name: str, labels: dict[str, str] | None = None, uuid: str | None = SIM_UUID
     ) -> float | None:
         """One sample of the sidecar's /metrics (per GPU unless ``uuid`` is None); None when absent."""
-        wanted = {**({"uuid": uuid} if uuid else {}), **(labels or {})}
-        _, text = self.get("/metrics")
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in wanted.items()):
-                    return float(s.value)
-        return None
+        return self.metric(name, {**({"uuid": uuid} if uuid else {}), **(labels or {})})
 
     def applied_watts(self) -> float | None:
         return self.sample("eo_powercap_applied_watts")
@@ -240,38 +164,6 @@ class SidecarProcess:
 
     def restored(self) -> bool:
         return self.applied_watts() == SIM_ORIGINAL_W and self.record_status() == "restored"
-
-    def wait_for(self, cond: Callable[[], bool], timeout_s: float, what: str) -> float:
-        """Seconds until ``cond()`` held (polled every 50 ms); AssertionError naming ``what`` after
-        ``timeout_s``."""
-        start = time.monotonic()
-        while not cond():
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"eo-powercap exited {self.proc.returncode} before {what}: {self.log_text()}"
-                )
-            if time.monotonic() - start > timeout_s:
-                raise AssertionError(f"not {what} within {timeout_s:g}s: {self.log_text()}")
-            time.sleep(0.05)
-        return time.monotonic() - start
-
-    def terminate(self, timeout_s: float) -> tuple[int | None, float]:
-        """SIGTERM; (exit status or None if still running after ``timeout_s``, seconds it took)."""
-        start = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc: int | None = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            rc = None
-        return rc, time.monotonic() - start
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stderr is not None and not self._reader.is_alive():
-            self.proc.stderr.close()
 
 
 class VllmStateFeed:
