@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from scaler.policy import PolicyConfig
+from scaler.policy import DEFAULT_SCALE_DOWN_SHARE, DEFAULT_TARGET_UTILIZATION, PolicyConfig
 
 # Kubernetes names: namespaces are DNS-1123 labels, workloads (Deployment, StatefulSet...) subdomains.
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -70,11 +70,6 @@ FORBIDDEN_HEADERS = frozenset(
 )
 FORBIDDEN_HEADER_PREFIXES = ("x-forwarded-", "proxy-")
 MAX_QUERY_TIMEOUT_S = 2.5  # KEDA's HPA path gives GetMetricSpec + GetMetrics + IsActive 3 s together.
-# Plan for 90% of the per-replica capacity at the SLO (the capacity is measured *at* the SLO, so the
-# 10% is the margin for the next minute's growth); scale down only to 8/9 of that (0.8): the band
-# between the two is the hysteresis that keeps a constant load from flapping.
-DEFAULT_TARGET_UTILIZATION = 0.9
-DEFAULT_SCALE_DOWN_SHARE = 8 / 9
 # TTFT and ITL held at P90 by default, as llm-d's SLO-aware autoscaling recipe does (P90 beat the mean);
 # the ITL histogram counts tokens, so a high token quantile over-states the per-request tail.
 DEFAULT_LLM_QUANTILE = 0.9

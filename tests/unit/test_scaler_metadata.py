@@ -26,7 +26,7 @@ def test_minimal_metadata_gets_documented_defaults() -> None:
     assert t.latency_quantile == 0.95 and t.mode is Mode.ENFORCE
     assert t.min_replicas == 0 and t.max_replicas == 100
     assert t.idle_before_zero_s == 300 and t.activation_rps == 0.05
-    assert t.target_utilization == pytest.approx(0.9) and t.scale_down_utilization == pytest.approx(0.8)
+    assert t.target_utilization == pytest.approx(1.0) and t.scale_down_utilization == pytest.approx(8 / 9)
     assert t.breach_settle_s == 120
     assert parse_metadata({**BASE, "breachSettleSeconds": "240"}, "ns").breach_settle_s == 240
 

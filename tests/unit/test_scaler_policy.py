@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 
 from scaler.policy import Observation, PolicyConfig, Reason, ReplicaDecision, advisory, budget_ceiling, decide
 
-CFG = PolicyConfig(min_replicas=1, max_replicas=20, latency_slo_s=2.0, replica_capacity_rps=10.0)
+# The worked examples plan at 0.9 and consolidate at 0.8 of capacity: round numbers, and a band wide
+# enough to show the hysteresis (the trigger's defaults are 1.0 and 8/9).
+CFG = PolicyConfig(
+    min_replicas=1,
+    max_replicas=20,
+    latency_slo_s=2.0,
+    replica_capacity_rps=10.0,
+    target_utilization=0.9,
+    scale_down_utilization=0.8,
+)
 
 
 def obs(**kw: object) -> Observation:
@@ -158,6 +167,8 @@ LLM = PolicyConfig(
     itl_slo_s=0.05,
     replica_capacity_rps=10.0,
     young_burst_headroom=1.0,
+    target_utilization=0.9,
+    scale_down_utilization=0.8,
 )
 
 
