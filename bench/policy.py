@@ -64,7 +64,7 @@ def run_all(sc: Scenario) -> tuple[int, int, dict[str, Summary]]:
         "optimum": joint_optimum(sc, replica_only),
         "eo": sc.run(sc.eo_policy("eo", sidecar=True)),
         "eo-replicas": sc.run(sc.eo_policy("eo-replicas")),
-        "eo-learned": sc.run(sc.eo_policy("eo-learned", learned=True)),
+        "eo-learned": sc.run(sc.eo_policy("eo-learned", learned=True, sidecar=True)),
     }  # fmt: skip
     return n_static, n_min, {k: summarize(r, sc.slos) for k, r in runs.items()}
 

@@ -228,7 +228,8 @@ def _eo_policy(name: str, sc: Scenario, args: SimSettings, static_n: int | None)
         n = static_n if static_n is not None else peak_replicas(sc)
         caps = CapOptions(sc.policy_slo_s, args.cap_actuator, args.latency_quantile)
         return caps_only_policy(n, caps, sc.server.profile)
-    return sc.eo_policy(name, learned=name == "eo-learned", sidecar=name == "eo")
+    # eo-learned is eo as a user without a load test deploys it: the same sidecar, no replicaCapacityRps.
+    return sc.eo_policy(name, learned=name == "eo-learned", sidecar=name in ("eo", "eo-learned"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,7 +63,7 @@ DESCRIPTIONS = {
     "optimum-replicas": "offline replica-only optimum, clocks at full (DP over 1-min slots, knows future)",
     "eo": "Energy Orchestrator: decide() via KEDA/HPA + step() caps",
     "eo-replicas": "Energy Orchestrator decide() only, no caps",
-    "eo-learned": "Energy Orchestrator decide() only, no capacity given (learned online)",
+    "eo-learned": "Energy Orchestrator as eo, no capacity given (learned online: no load test)",
     "caps-only": "eo-powercap step() alone at the static replica count",
 }
 
