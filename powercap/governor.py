@@ -117,6 +117,9 @@ class GovernorConfig:
     kv_high: float = 0.95
     """KV-cache use at or above this counts as a forming queue (preemptions come next)."""
     frozen_after_s: float = 60.0
+    ttft_window_s: float = 60.0
+    """How long each interval's first tokens stay in the feedforward's TTFT history (the sidecar's
+    ``--latency-window-seconds``)."""
 
     def __post_init__(self) -> None:
         c = self.controller
@@ -138,8 +141,10 @@ class GovernorConfig:
             raise ValueError(f"headroom: must be in (0, 1], got {self.headroom}")
         if not 0 < self.kv_high <= 1:
             raise ValueError(f"kv_high: must be in (0, 1], got {self.kv_high}")
-        if not (math.isfinite(self.frozen_after_s) and self.frozen_after_s > 0):
-            raise ValueError(f"frozen_after_s: must be a positive finite number, got {self.frozen_after_s}")
+        for name in ("frozen_after_s", "ttft_window_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: must be a positive finite number, got {value}")
         if not 0 < self.quantile < 1:
             raise ValueError(f"quantile: must be in (0, 1), got {self.quantile}")
         if not (math.isfinite(self.itl_spread) and self.itl_spread >= 1):
@@ -175,6 +180,10 @@ class GovernorReading:
     e2e_ratio: float | None = None
     """The end-to-end latency quantile over its target, where the sidecar holds one too (judged with
     the others: its breach jumps to the ceiling, its shrinking headroom raises); None without one."""
+    ttft_interval_buckets: tuple[tuple[float, float], ...] | None = None
+    """The first tokens since the previous reading, by TTFT bucket as ``ttft_buckets``: they came at
+    the clock in force over that interval, so the feedforward scales each interval's TTFTs from its own
+    clock (None: not read; the window's buckets are then scaled from the clock in force)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,9 @@ class GovernorState:
     gauges: tuple[float | None, float | None, float | None] | None = None
     gauges_since_s: float | None = None
     previous_running: float | None = None
+    ttft_history: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
+    """(reading time, clock in force over the interval, that interval's first tokens by TTFT bucket),
+    oldest first, at most ``ttft_window_s`` old: a bounded record (one entry per interval)."""
 
 
 def initial_governor_state(config: GovernorConfig, profile: IterationProfile) -> GovernorState:
@@ -210,15 +222,48 @@ def share_within(buckets: tuple[tuple[float, float], ...], bound_s: float) -> fl
     return within / total
 
 
+def tail_share_over(
+    buckets: tuple[tuple[float, float], ...], bound_s: float, empty_top: float = 0.5
+) -> float | None:
+    """Share of the observations above ``bound_s``, the survival interpolated log-linearly inside a
+    bucket (a latency tail falls off about exponentially: linear interpolation inside vLLM's wide
+    TTFT buckets, 0.1 -> 0.25 s, puts a bucket's requests evenly up to its top bound and over-states
+    the tail several times). A bucket whose upper side is empty counts as ``empty_top`` observations
+    there (half of one: none seen is "fewer than one", not zero). Exact at a bound; past the last
+    finite bound every observation left counts as over. None with no observation."""
+    total = sum(count for _, count in buckets)
+    if not total > 0:
+        return None
+    above = total  # observations above the current bucket's lower bound
+    lower = 0.0
+    for upper, count in buckets:
+        over_upper = above - count
+        if bound_s < upper:
+            if not math.isfinite(upper) or above <= 0:
+                return above / total
+            if bound_s <= lower:
+                return above / total
+            at_top = max(over_upper, min(empty_top, above))
+            fraction = (bound_s - lower) / (upper - lower)
+            return min(above, above * (at_top / above) ** fraction) / total
+        above, lower = over_upper, upper
+    return max(above, 0.0) / total
+
+
 def ttft_ratio(
     buckets: tuple[tuple[float, float], ...] | None, config: GovernorConfig, scale: float = 1.0
 ) -> float | None:
-    """TTFT misses over the miss budget (``1 - quantile``), every TTFT multiplied by ``scale`` (the
-    clock in force over a candidate clock); None without a target or an observation."""
+    """TTFT misses over the miss budget (``1 - quantile``); None without a target or an observation.
+    At ``scale`` 1 (what was observed) the share at the target, a bucket bound; otherwise every TTFT
+    multiplied by ``scale`` (the clock in force over a candidate clock), the tail read log-linearly
+    (``tail_share_over``)."""
     if config.ttft_target_s is None or not buckets:
         return None
-    share = share_within(buckets, config.ttft_target_s / scale)
-    return None if share is None else (1.0 - share) / (1.0 - config.quantile)
+    if scale == 1.0:
+        share = share_within(buckets, config.ttft_target_s)
+        return None if share is None else (1.0 - share) / (1.0 - config.quantile)
+    over = tail_share_over(buckets, config.ttft_target_s / scale)
+    return None if over is None else over / (1.0 - config.quantile)
 
 
 def worst_ratio(reading: GovernorReading, config: GovernorConfig) -> float | None:
@@ -237,6 +282,26 @@ def worst_ratio(reading: GovernorReading, config: GovernorConfig) -> float | Non
     return max(ratios) if ratios else None
 
 
+def history_ttft_ratio(state: GovernorState, config: GovernorConfig, clock: float) -> float | None:
+    """TTFT misses over the miss budget predicted at ``clock`` from the TTFT history: each interval's
+    first tokens scaled from the clock they came at (prefill is compute-bound: its time goes as
+    1 / clock), tails read log-linearly (``tail_share_over``); None without a target or a first token."""
+    if config.ttft_target_s is None:
+        return None
+    counts = [sum(c for _, c in buckets) for _, _, buckets in state.ttft_history]
+    window = sum(counts)
+    over = total = 0.0
+    for (_, observed_at, buckets), count in zip(state.ttft_history, counts, strict=True):
+        # Half an observation over the whole window where a tail is empty, shared by the intervals.
+        empty_top = 0.5 * count / window if window > 0 else 0.5
+        share = tail_share_over(buckets, config.ttft_target_s * clock / observed_at, empty_top)
+        if share is None:
+            continue
+        over += share * count
+        total += count
+    return over / total / (1.0 - config.quantile) if total > 0 else None
+
+
 def feedforward_clock(
     state: GovernorState,
     running: float,
@@ -244,18 +309,33 @@ def feedforward_clock(
     ttft_buckets: tuple[tuple[float, float], ...] | None,
     in_force: float,
 ) -> float:
-    """The lowest settable clock that holds the targets at ``running``; the highest when none does."""
+    """The lowest settable clock that holds the targets at ``running``; the highest when none does.
+    TTFT from the per-interval history where the sidecar records one, else from the window's buckets
+    scaled from the clock in force."""
     clocks = config.settable
     for clock in clocks:
         if config.itl_target_s is not None:
             predicted = state.profile.estimate_s(clock, running) * config.itl_spread
             if predicted > config.headroom * config.itl_target_s:
                 continue
-        ttft = ttft_ratio(ttft_buckets, config, in_force / clock)
+        if state.ttft_history:
+            ttft = history_ttft_ratio(state, config, clock)
+        else:
+            ttft = ttft_ratio(ttft_buckets, config, in_force / clock)
         if ttft is not None and ttft > config.headroom:
             continue
         return clock
     return clocks[-1]
+
+
+def _record_ttft(state: GovernorState, reading: GovernorReading, config: GovernorConfig) -> GovernorState:
+    """Append the interval's first tokens at the clock that was in force; drop what left the window."""
+    now = reading.now_s
+    kept = tuple(h for h in state.ttft_history if h[0] > now - config.ttft_window_s)
+    buckets = reading.ttft_interval_buckets
+    if buckets and all(math.isfinite(c) and c >= 0 for _, c in buckets) and sum(c for _, c in buckets) > 0:
+        kept = (*kept, (now, state.controller.setpoint, buckets))
+    return state if kept == state.ttft_history else replace(state, ttft_history=kept)
 
 
 def _learn(state: GovernorState, reading: GovernorReading) -> GovernorState:
@@ -282,7 +362,7 @@ def govern(
     now = reading.now_s
     ctrl_cfg = config.controller
     current = state.controller.setpoint
-    state = _track_gauges(_learn(state, reading), reading.load, now)
+    state = _track_gauges(_record_ttft(_learn(state, reading), reading, config), reading.load, now)
     ratio = worst_ratio(reading, config)
     fb_state, fb = step(
         state.controller,

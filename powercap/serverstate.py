@@ -49,6 +49,8 @@ class ServerSample:
     """Per bucket (upper bound, first tokens in the window); None when none came."""
     itl_window_mean_s: float | None
     itl_interval_mean_s: float | None
+    ttft_interval_buckets: tuple[tuple[float, float], ...] | None = None
+    """Per bucket, first tokens since the previous scrape; None on the first scrape or with none."""
 
 
 def _first(values: dict[str, float], metric: servers.Metric | None) -> float | None:
@@ -101,7 +103,10 @@ class ServerStateSource:
         while len(self._snapshots) > 1 and self._snapshots[0].at_s < now_s - self._window_s:
             self._snapshots.popleft()
         oldest = self._snapshots[0]
-        return ServerSample(load, _ttft_delta(oldest, snap), _mean(oldest, snap), _mean(previous, snap))
+        recent = _ttft_delta(previous, snap) if previous is not None else None
+        return ServerSample(
+            load, _ttft_delta(oldest, snap), _mean(oldest, snap), _mean(previous, snap), recent
+        )
 
     def _parse(self, text: str, now_s: float) -> tuple[ServerLoad | None, Snapshot]:
         s = self._server

@@ -434,6 +434,7 @@ def governor_config(settings: Settings, gpus: GpuRange, clocks_mhz: tuple[float,
         itl_target_s=settings.itl_target_s * share if settings.itl_target_s is not None else None,
         ttft_target_s=settings.ttft_target_s * share if settings.ttft_target_s is not None else None,
         quantile=settings.target_quantile,
+        ttft_window_s=settings.latency_window_s,
     )
 
 

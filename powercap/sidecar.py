@@ -294,6 +294,7 @@ class Sidecar:
             ttft_buckets=sample.ttft_buckets if sample is not None else None,
             load=sample.load if sample is not None else None,
             itl_mean_s=sample.itl_interval_mean_s if sample is not None else None,
+            ttft_interval_buckets=sample.ttft_interval_buckets if sample is not None else None,
             scaling_up=scaling_up,
             load_rps=reading.load_rps,
             temperature_c=reading.temperature_c,

@@ -126,6 +126,7 @@ class EoGovernorController:
         scrape = reading.scrape
         itl = mean = None
         ttft: tuple[tuple[float, float], ...] | None = None
+        recent: tuple[tuple[float, float], ...] | None = None
         load = None
         if scrape is not None:
             history = replica.scrapes
@@ -141,6 +142,8 @@ class EoGovernorController:
             if tokens > 0:
                 itl = (scrape.itl_sum_s - oldest.itl_sum_s) / tokens
             if previous is not None:
+                firsts = _delta(previous.ttft_counts, scrape.ttft_counts)
+                recent = tuple(zip((*TTFT_BUCKETS_S, math.inf), firsts, strict=True))
                 tokens = sum(scrape.itl_counts) - sum(previous.itl_counts)
                 if tokens > 0:
                     mean = (scrape.itl_sum_s - previous.itl_sum_s) / tokens
@@ -159,6 +162,7 @@ class EoGovernorController:
                 itl_mean_s=mean,
                 scaling_up=reading.scaling_up if self.options.bridge else None,
                 load_rps=reading.load_rps,
+                ttft_interval_buckets=recent,
             ),
             self.config,
         )

@@ -18,8 +18,10 @@ from powercap.governor import (
     ServerLoad,
     feedforward_clock,
     govern,
+    history_ttft_ratio,
     initial_governor_state,
     share_within,
+    tail_share_over,
     ttft_ratio,
 )
 from powercap.profile import MAX_BATCH_BINS, MAX_CLOCK_BINS, MAX_RATIO, IterationProfile, prior_of
@@ -131,9 +133,10 @@ def test_picks_a_lower_clock_at_small_batch_than_at_large() -> None:
 def test_ttft_misses_scaled_to_a_lower_clock_hold_it_up() -> None:
     s = fresh()
     # Every first token under 0.1 s at 1980 MHz: ITL alone would allow the floor, TTFT stops the clock
-    # about where 0.1 s stretches to the 0.25 s target (1980 * 0.1 / 0.25 = 792 MHz).
+    # about where 0.1 s stretches to the 0.25 s target (1980 * 0.1 / 0.25 = 792 MHz; a little lower,
+    # since the tail of the 0.05-0.1 s bucket is read log-linearly).
     assert feedforward_clock(s, 4, CFG, None, 1980.0) == 345.0
-    assert 700.0 < feedforward_clock(s, 4, CFG, FAST_TTFT, 1980.0) < 990.0
+    assert 600.0 < feedforward_clock(s, 4, CFG, FAST_TTFT, 1980.0) < 990.0
     # 50 of 200 between 0.1 and 0.25 s: a lower clock pushes some over the target; the governor stops
     # where the misses would use up more than the headroom's share of the budget.
     near = ((0.1, 150.0), (0.25, 50.0), (math.inf, 0.0))
@@ -150,6 +153,55 @@ def test_share_within_is_exact_at_bounds_and_counts_inf_as_over() -> None:
     assert share_within(buckets, 0.175) == pytest.approx(0.7)
     assert share_within(buckets, 1e9) == pytest.approx(0.9)
     assert share_within(((math.inf, 0.0),), 1.0) is None
+
+
+def test_tail_share_over_is_exact_at_bounds_and_log_linear_inside_a_bucket() -> None:
+    buckets = ((0.1, 890.0), (0.25, 100.0), (math.inf, 10.0))
+    assert tail_share_over(buckets, 0.1) == pytest.approx(0.11)
+    assert tail_share_over(buckets, 0.25) == pytest.approx(0.01)
+    # Half-way through the bucket, the geometric mean of the survivals at its bounds: a tail falling
+    # off exponentially, not the 6% a linear read gives.
+    assert tail_share_over(buckets, 0.175) == pytest.approx(math.sqrt(0.11 * 0.01))
+    assert 1 - (share_within(buckets, 0.175) or 0.0) == pytest.approx(0.06)
+    assert tail_share_over(buckets, 1e9) == pytest.approx(0.01)  # the +Inf bucket is over any bound
+    # Nothing seen above a bucket: half an observation there, never zero.
+    empty_top = ((0.1, 90.0), (0.25, 10.0), (math.inf, 0.0))
+    inside = tail_share_over(empty_top, 0.2)
+    assert inside == pytest.approx(0.1 * (0.5 / 10) ** (2 / 3))
+    assert tail_share_over(((math.inf, 0.0),), 1.0) is None
+
+
+def test_ttft_history_scales_each_interval_from_the_clock_it_came_at() -> None:
+    # A breach at 990 MHz (first tokens at 0.3-0.5 s), then the ceiling: read from the clock they
+    # came at, those misses say nothing bad about 1980 MHz (0.5 s at 990 is 0.25 s at 1980) ...
+    slow_at_990 = ((0.1, 0.0), (0.25, 0.0), (0.5, 20.0), (math.inf, 0.0))
+    clean_at_1980 = ((0.1, 200.0), (0.25, 0.0), (0.5, 0.0), (math.inf, 0.0))
+    s = replace(fresh(), ttft_history=((5.0, 990.0, slow_at_990), (10.0, 1980.0, clean_at_1980)))
+    at_ceiling = history_ttft_ratio(s, CFG, 1980.0)
+    at_breach = history_ttft_ratio(s, CFG, 990.0)
+    assert at_ceiling is not None and at_breach is not None
+    assert at_ceiling < CFG.headroom < at_breach
+    # ... while the window's merged buckets scaled from the clock in force (the ceiling) take them
+    # for misses at the ceiling itself.
+    merged = ((0.1, 200.0), (0.25, 0.0), (0.5, 20.0), (math.inf, 0.0))
+    naive = ttft_ratio(merged, CFG)
+    assert naive is not None and naive > 1.0
+
+
+def test_govern_records_the_interval_first_tokens_at_the_clock_in_force_and_forgets_old_ones() -> None:
+    s = fresh()
+    interval = ((0.1, 20.0), (0.25, 0.0), (math.inf, 0.0))
+    for i in range(30):
+        s, _ = govern(s, reading(5.0 * i, 4, ttft_interval_buckets=interval), CFG)
+    assert len(s.ttft_history) == CFG.ttft_window_s / 5.0  # bounded by the window
+    assert all(145.0 - CFG.ttft_window_s < at <= 145.0 for at, _, _ in s.ttft_history)
+    # Each entry carries the clock decided the interval before (the one the first tokens came at).
+    clocks = [c for _, c, _ in s.ttft_history]
+    assert clocks == sorted(clocks, reverse=True) and clocks[-1] < 1980.0
+    # Counts that are not numbers are never recorded.
+    bad = ((0.1, math.nan), (math.inf, 0.0))
+    s2, _ = govern(s, reading(150.0, 4, ttft_interval_buckets=bad), CFG)
+    assert s2.ttft_history[-1][0] == 145.0
 
 
 def test_governor_walks_down_at_small_batch_in_bounded_steps_with_reason() -> None:
