@@ -2,8 +2,10 @@
 
 Pure data and lookups (no I/O). For vLLM, SGLang, TGI and Triton it names the metrics for finished
 requests, prompt and generation tokens, the latency histograms (end-to-end, time to first token,
-inter-token latency / time per output token, each with the factor from its unit to seconds) and the
-queue and saturation gauges (requests waiting, requests running, KV-cache usage as a ratio 0..1).
+inter-token latency / time per output token with one observation per token, and each request's mean
+time per output token with one observation per finished request; each with the factor from its unit
+to seconds) and the queue and saturation gauges (requests waiting, requests running, KV-cache usage as
+a ratio 0..1).
 
 A metric may list the names older versions of the server used for it (``older``). A reader takes the
 first of ``names`` that has any sample in the page, so a server that publishes both the new name and
@@ -15,16 +17,23 @@ Names as the servers publish them (checked against their documentation and sourc
 * vLLM: ``vllm:request_success_total``, ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``,
   ``vllm:e2e_request_latency_seconds``, ``vllm:time_to_first_token_seconds``,
   ``vllm:inter_token_latency_seconds`` (>= 0.9; older ``vllm:time_per_output_token_seconds``),
-  ``vllm:num_requests_waiting``, ``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc`` (older
-  ``vllm:gpu_cache_usage_perc``; both a ratio 0..1 despite the name).
+  ``vllm:request_time_per_output_token_seconds`` (per request: its decode time over its output tokens
+  after the first, 0 for a single-token request; the same bounds, 0.01 ... 80 s; no older name: before
+  it vLLM had no per-request histogram), ``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
+  ``vllm:kv_cache_usage_perc`` (older ``vllm:gpu_cache_usage_perc``; both a ratio 0..1 despite the
+  name).
 * SGLang: ``sglang:num_requests_total``, ``sglang:prompt_tokens_total``,
   ``sglang:generation_tokens_total``, ``sglang:e2e_request_latency_seconds``,
   ``sglang:time_to_first_token_seconds``, ``sglang:inter_token_latency_seconds`` (older
-  ``sglang:time_per_output_token_seconds``), ``sglang:num_queue_reqs``, ``sglang:num_running_reqs``,
+  ``sglang:time_per_output_token_seconds``), ``sglang:request_time_per_output_token_seconds`` (per
+  finished request with more than one output token; no older name: ``sglang:time_per_output_token_seconds``
+  was per token in older releases and end-to-end latency over output tokens, first token included, in
+  later ones, neither a request's mean ITL), ``sglang:num_queue_reqs``, ``sglang:num_running_reqs``,
   ``sglang:token_usage`` (KV-cache tokens in use over the pool, 0..1).
 * TGI: ``tgi_request_success``, the sums of the token-count histograms ``tgi_request_input_length`` and
   ``tgi_request_generated_tokens``, ``tgi_request_duration``, no TTFT histogram,
-  ``tgi_request_mean_time_per_token_duration`` (each request's mean time per token), ``tgi_queue_size``,
+  ``tgi_request_mean_time_per_token_duration`` (each request's mean time per token: TGI has no
+  token-level histogram, so this one is both its ``itl`` and its ``request_itl``), ``tgi_queue_size``,
   ``tgi_batch_current_size``; no KV-cache ratio.
 * Triton: ``nv_inference_request_success``; no token counters; its request durations are counters, so
   only ``nv_inference_first_response_histogram_ms`` (milliseconds) serves as a TTFT histogram;
@@ -88,6 +97,9 @@ class InferenceServer:
     e2e_latency: Histogram | None = None
     ttft: Histogram | None = None
     itl: Histogram | None = None
+    """Inter-token latency, one observation per output token (TGI: per request, it has no other)."""
+    request_itl: Histogram | None = None
+    """Each finished request's mean time per output token after the first: the ITL a user feels."""
     requests_waiting: Metric | None = None
     requests_running: Metric | None = None
     kv_cache_usage: Metric | None = None
@@ -104,7 +116,7 @@ class InferenceServer:
 # The signals of an ``InferenceServer`` by kind, as its field names: a reader that treats every signal of
 # a kind alike (the exporter's annotation overrides, its list of wanted sample names) goes by these.
 COUNTERS: tuple[str, ...] = ("requests", "prompt_tokens", "generation_tokens")
-HISTOGRAMS: tuple[str, ...] = ("e2e_latency", "ttft", "itl")
+HISTOGRAMS: tuple[str, ...] = ("e2e_latency", "ttft", "itl", "request_itl")
 GAUGES: tuple[str, ...] = ("requests_waiting", "requests_running", "kv_cache_usage")
 SIGNALS: tuple[str, ...] = COUNTERS + HISTOGRAMS + GAUGES
 
@@ -121,6 +133,7 @@ SERVERS: Mapping[str, InferenceServer] = MappingProxyType(
             e2e_latency=Histogram("vllm:e2e_request_latency_seconds"),
             ttft=Histogram("vllm:time_to_first_token_seconds"),
             itl=Histogram("vllm:inter_token_latency_seconds", older=("vllm:time_per_output_token_seconds",)),
+            request_itl=Histogram("vllm:request_time_per_output_token_seconds"),
             requests_waiting=Metric("vllm:num_requests_waiting"),
             requests_running=Metric("vllm:num_requests_running"),
             kv_cache_usage=Metric("vllm:kv_cache_usage_perc", older=("vllm:gpu_cache_usage_perc",)),
@@ -134,6 +147,7 @@ SERVERS: Mapping[str, InferenceServer] = MappingProxyType(
             generation_tokens=Metric("tgi_request_generated_tokens_sum"),
             e2e_latency=Histogram("tgi_request_duration"),
             itl=Histogram("tgi_request_mean_time_per_token_duration"),
+            request_itl=Histogram("tgi_request_mean_time_per_token_duration"),
             requests_waiting=Metric("tgi_queue_size"),
             requests_running=Metric("tgi_batch_current_size"),
         ),
@@ -161,6 +175,7 @@ SERVERS: Mapping[str, InferenceServer] = MappingProxyType(
             itl=Histogram(
                 "sglang:inter_token_latency_seconds", older=("sglang:time_per_output_token_seconds",)
             ),
+            request_itl=Histogram("sglang:request_time_per_output_token_seconds"),
             requests_waiting=Metric("sglang:num_queue_reqs"),
             requests_running=Metric("sglang:num_running_reqs"),
             kv_cache_usage=Metric("sglang:token_usage"),

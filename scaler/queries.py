@@ -50,11 +50,13 @@ POWER_KPI = "namespace_workload:eo_pod_energy_joules:rate5m"
 JPR_KPI = "namespace_workload:eo_joules_per_request:ratio_rate5m"
 PART_LABEL = "eo_part"
 LEARNED_CAPACITY_MAX_EXTRAPOLATION = sig.LEARNED_CAPACITY_MAX_EXTRAPOLATION
-# The SLO parts: Observation field -> (part name, histogram). ``latency`` is the end-to-end one.
-SLO_PARTS = {
-    "ttft": (sig.SLO_PART_NAMES["ttft"], sig.TTFT_HISTOGRAM),
-    "itl": (sig.SLO_PART_NAMES["itl"], sig.ITL_HISTOGRAM),
-    "e2e": (sig.SLO_PART_NAMES["e2e"], sig.E2E_HISTOGRAM),
+# The SLO parts: Observation field -> (part name, histograms, preferred first). ``latency`` is the
+# end-to-end one. The ITL SLO is per request, so it reads each request's mean time per output token
+# where the server publishes it, and the token-level histogram where it does not.
+SLO_PARTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ttft": (sig.SLO_PART_NAMES["ttft"], (sig.TTFT_HISTOGRAM,)),
+    "itl": (sig.SLO_PART_NAMES["itl"], (sig.REQUEST_ITL_HISTOGRAM, sig.ITL_HISTOGRAM)),
+    "e2e": (sig.SLO_PART_NAMES["e2e"], (sig.E2E_HISTOGRAM,)),
 }
 # More pods or nodes than any workload runs: a larger count is not an answer but a broken one.
 MAX_COUNT = 1_000_000
@@ -92,11 +94,10 @@ def slo_signals(trigger: TriggerConfig) -> list[sig.SloSignal]:
     end-to-end one)."""
     out = []
     for kind, slo, q in trigger.slos():
-        histogram = SLO_PARTS[kind][1]
         if kind == "e2e" and trigger.latency_query:
-            out.append(sig.slo_signal(kind, slo, sig.Raw(trigger.latency_query), None, q))
+            out.append(sig.custom_slo_signal(kind, slo, sig.Raw(trigger.latency_query)))
         else:
-            out.append(sig.slo_signal(kind, slo, sig.Quantile(histogram, q), histogram, q))
+            out.append(sig.slo_signal(kind, slo, q, SLO_PARTS[kind][1]))
     return out
 
 
@@ -170,13 +171,6 @@ def all_parts(trigger: TriggerConfig) -> dict[str, str]:
     }
     signals = signals_for(trigger)
     out.update({name: expr.promql(sel) for name, expr in signals.parts.items()})
-    for s in signals.slos:
-        if not isinstance(s.quantile, sig.Raw):
-            # Observations behind a quantile: a NaN quantile while these flow is broken data.
-            histogram = SLO_PARTS[s.kind][1]
-            out[f"{SLO_PARTS[s.kind][0]}_rate"] = sig.Rate(f"{histogram}_count", sig.SHORT_WINDOW_S).promql(
-                sel
-            )
     lookback = _seconds(trigger.capacity_lookback_s)
     if trigger.power_budget_watts is not None and trigger.replica_power_watts is None:
         out["power"] = f"sum({POWER_KPI}{sel})"

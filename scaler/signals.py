@@ -29,7 +29,11 @@ REQUESTS = "eo_pod_requests_total"
 TOKENS = "eo_pod_tokens_total"  # kind=prompt|generation, both count as work
 E2E_HISTOGRAM = "eo_pod_request_latency_seconds"
 TTFT_HISTOGRAM = "eo_pod_time_to_first_token_seconds"
-ITL_HISTOGRAM = "eo_pod_inter_token_latency_seconds"
+ITL_HISTOGRAM = "eo_pod_inter_token_latency_seconds"  # one observation per output token
+# One observation per finished request: its mean time per output token after the first, the ITL a user
+# feels and the SLO is held on (a request of few tokens beside a long prefill barely moves the token
+# histogram, but misses here). Servers that publish none leave the ITL SLO on ITL_HISTOGRAM.
+REQUEST_ITL_HISTOGRAM = "eo_pod_request_time_per_output_token_seconds"
 WAITING = "eo_pod_requests_waiting"
 RUNNING = "eo_pod_requests_running"
 KV_USAGE = "eo_pod_kv_cache_usage_ratio"
@@ -483,20 +487,45 @@ class OverTime(Expr):
 
 @dataclass(frozen=True)
 class SloSignal:
-    """One SLO the trigger holds: its name (``ttft``, ``itl``, ``e2e``), target, the quantile part and
-    how close it is to breaking: the error budget used, else the quantile over the SLO (``ratio``)."""
+    """One SLO the trigger holds: its name (``ttft``, ``itl``, ``e2e``), target, the quantile part, how
+    close it is to breaking (the error budget used, else the quantile over the SLO: ``ratio``) and the
+    observations per second behind them (``rate``; None for custom PromQL, which has none to count)."""
 
     kind: str
     slo_s: float
     quantile: Expr
     ratio: Expr
+    rate: Expr | None = None
 
 
-def slo_signal(kind: str, slo_s: float, quantile: Expr, histogram: str | None, q: float) -> SloSignal:
-    """An SLO's parts: ``histogram`` None for custom PromQL (no buckets to read the budget from)."""
-    by_quantile = BinOp("/", quantile, Const(slo_s))
-    ratio: Expr = by_quantile if histogram is None else Or(BudgetUsed(histogram, slo_s, q), by_quantile)
-    return SloSignal(kind, slo_s, quantile, ratio)
+def _first_present(alternatives: Sequence[Expr]) -> Expr:
+    """The first alternative the workload has series of: ``a or (b or ...)``."""
+    out = alternatives[-1]
+    for alternative in reversed(alternatives[:-1]):
+        out = Or(alternative, out)
+    return out
+
+
+def slo_signal(kind: str, slo_s: float, q: float, histograms: Sequence[str]) -> SloSignal:
+    """An SLO held at quantile ``q`` on the first of ``histograms`` (preferred first) the workload
+    publishes. A histogram is chosen by its series existing, not by its window holding observations:
+    its quantile, budget and rate then all come from it (an empty window is "no reading", never the
+    other histogram's answer), and a workload without it reads the next one."""
+    if not histograms:
+        raise ValueError(f"the {kind} SLO needs at least one histogram")
+    quantiles = [Quantile(h, q) for h in histograms]
+    ratios = [
+        Or(BudgetUsed(h, slo_s, q), BinOp("/", quantile, Const(slo_s)))
+        for h, quantile in zip(histograms, quantiles, strict=True)
+    ]
+    rates = [Rate(f"{h}_count", SHORT_WINDOW_S) for h in histograms]
+    return SloSignal(kind, slo_s, _first_present(quantiles), _first_present(ratios), _first_present(rates))
+
+
+def custom_slo_signal(kind: str, slo_s: float, quantile: Expr) -> SloSignal:
+    """An SLO read by custom PromQL: no buckets to read a budget from, so its ratio is the reading
+    over the SLO."""
+    return SloSignal(kind, slo_s, quantile, BinOp("/", quantile, Const(slo_s)))
 
 
 def contains_raw(expr: Expr) -> bool:
@@ -574,6 +603,9 @@ def build_signals(
     for s in slos:
         parts[SLO_PART_NAMES[s.kind]] = s.quantile
         parts[f"{SLO_PART_NAMES[s.kind]}_ratio"] = s.ratio
+        if s.rate is not None:
+            # Observations behind the quantile: a NaN quantile while these flow is broken data.
+            parts[f"{SLO_PART_NAMES[s.kind]}_rate"] = s.rate
     rise = burst_rise(cold_start_s)
     # Off until ten minutes of rises exist: a young workload's first rates cover part of their window
     # (Prometheus extrapolates little), so its first "rises" are artefacts of the start.

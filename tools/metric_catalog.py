@@ -81,6 +81,7 @@ HISTOGRAMS = frozenset(
         "eo_pod_request_latency_seconds",
         "eo_pod_time_to_first_token_seconds",
         "eo_pod_inter_token_latency_seconds",
+        "eo_pod_request_time_per_output_token_seconds",
         "eo_scaler_query_duration_seconds",
         "eo_scaler_request_duration_seconds",
     }

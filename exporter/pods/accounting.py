@@ -89,6 +89,7 @@ class PodView:
     joules_per_request: float | None
     app_up: bool | None  # None: nothing to read / holds no GPU; False: this sample's read failed
     itl: HistogramTotals | None = None
+    request_itl: HistogramTotals | None = None
     requests_waiting: float | None = None
     requests_running: float | None = None
     kv_cache_usage: float | None = None
@@ -107,6 +108,7 @@ class _PodState:
         self.latency = MirroredHistogram()
         self.ttft = MirroredHistogram()
         self.itl = MirroredHistogram()
+        self.request_itl = MirroredHistogram()
         # The gauges of this sample's read (None when the pod was not read in it): published as read.
         self.waiting: float | None = None
         self.running: float | None = None
@@ -197,6 +199,8 @@ class Accountant:
                 state.ttft.update(reading.ttft)
             if reading.itl is not None:
                 state.itl.update(reading.itl)
+            if reading.request_itl is not None:
+                state.request_itl.update(reading.request_itl)
             state.waiting, state.running = reading.requests_waiting, reading.requests_running
             state.kv_cache_usage = reading.kv_cache_usage
             read = {
@@ -206,6 +210,7 @@ class Accountant:
                 "latency": reading.latency,
                 "ttft": reading.ttft,
                 "itl": reading.itl,
+                "request_itl": reading.request_itl,
             }
             state.fresh = frozenset(name for name, value in read.items() if value is not None)
             if prompt is None and generation is None:
@@ -297,6 +302,7 @@ class Accountant:
                     joules_per_request=s.joules_per_request,
                     app_up=s.app_up,
                     itl=s.itl.totals if "itl" in s.fresh else None,
+                    request_itl=s.request_itl.totals if "request_itl" in s.fresh else None,
                     requests_waiting=s.waiting,
                     requests_running=s.running,
                     kv_cache_usage=s.kv_cache_usage,

@@ -3,15 +3,16 @@
 Pure: samples arrive already parsed (``Sample``: name, labels, value); the HTTP reader does the I/O.
 
 The built-in servers (vllm, tgi, triton, sglang) and the names they publish come from the one registry,
-``common.servers``: requests finished, prompt / generation tokens, the end-to-end, time-to-first-token
-and inter-token-latency histograms (converted to seconds where the server's unit is another), and the
-requests-waiting, requests-running and KV-cache-usage gauges. Where a metric has older names (vLLM's
-``vllm:time_per_output_token_seconds``, ``vllm:gpu_cache_usage_perc``), the first name with any sample
-in the page is read.
+``common.servers``: requests finished, prompt / generation tokens, the end-to-end, time-to-first-token,
+inter-token-latency (per token) and per-request time-per-output-token histograms (converted to seconds
+where the server's unit is another), and the requests-waiting, requests-running and KV-cache-usage
+gauges. Where a metric has older names (vLLM's ``vllm:time_per_output_token_seconds``,
+``vllm:gpu_cache_usage_perc``), the first name with any sample in the page is read.
 
 Each is overridable per pod by annotation (prefix ``energy-orchestrator.io/``): ``metrics-port``,
 ``metrics-path``, ``server``, ``requests-metric``, ``prompt-tokens-metric``, ``generation-tokens-metric``,
-``latency-histogram``, ``ttft-histogram``, ``itl-histogram`` (histograms in seconds), ``waiting-metric``,
+``latency-histogram``, ``ttft-histogram``, ``itl-histogram``, ``request-itl-histogram`` (histograms in
+seconds), ``waiting-metric``,
 ``running-metric``, ``kv-cache-usage-metric``. A metric selector is a sample name with an optional label
 filter, e.g. ``vllm:request_success_total{finished_reason="stop"}``; every matching series is read.
 
@@ -130,6 +131,7 @@ _ANNOTATIONS: Mapping[str, str] = {
     "e2e_latency": "latency-histogram",
     "ttft": "ttft-histogram",
     "itl": "itl-histogram",
+    "request_itl": "request-itl-histogram",
     "requests_waiting": "waiting-metric",
     "requests_running": "running-metric",
     "kv_cache_usage": "kv-cache-usage-metric",
@@ -150,6 +152,7 @@ class PodScrapeConfig:
     e2e_latency: Histogram | None = None
     ttft: Histogram | None = None
     itl: Histogram | None = None
+    request_itl: Histogram | None = None
     requests_waiting: Selector | None = None
     requests_running: Selector | None = None
     kv_cache_usage: Selector | None = None
@@ -290,6 +293,8 @@ class AppReading:
     latency: HistogramSeries | None = None
     ttft: HistogramSeries | None = None
     itl: HistogramSeries | None = None
+    request_itl: HistogramSeries | None = None
+    """Each finished request's mean time per output token (one observation per request)."""
     requests_waiting: float | None = None
     """Requests queued, summed over the server's series (models, engines)."""
     requests_running: float | None = None
@@ -436,6 +441,7 @@ def extract(samples: Sequence[Sample], profile: ServerProfile) -> AppReading:
         latency=_histogram(samples, signals.e2e_latency, present),
         ttft=_histogram(samples, signals.ttft, present),
         itl=_histogram(samples, signals.itl, present),
+        request_itl=_histogram(samples, signals.request_itl, present),
         requests_waiting=_gauge(samples, signals.requests_waiting, present, sum),
         requests_running=_gauge(samples, signals.requests_running, present, sum),
         kv_cache_usage=_gauge(samples, signals.kv_cache_usage, present, max),

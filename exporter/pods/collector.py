@@ -58,6 +58,7 @@ class _PodFamilies:
     ttft: HistogramMetricFamily
     app_up: GaugeMetricFamily
     itl: HistogramMetricFamily
+    request_itl: HistogramMetricFamily
     waiting: GaugeMetricFamily
     running: GaugeMetricFamily
     kv_cache: GaugeMetricFamily
@@ -111,6 +112,12 @@ def _new_families() -> _PodFamilies:
             "Inter-token latency (time per output token after the first), mirrored from the inference "
             "server (vLLM, SGLang: one observation per token; TGI: each request's mean).",
         ),
+        request_itl=_histogram(
+            "eo_pod_request_time_per_output_token_seconds",
+            "Each finished request's mean time per output token after the first (one observation per "
+            "request: the inter-token latency a user feels), mirrored from the inference server (vLLM, "
+            "SGLang, TGI).",
+        ),
         waiting=GaugeMetricFamily(
             "eo_pod_requests_waiting",
             "Requests queued in the pod's inference server, not yet running, as it reported them in the "
@@ -159,7 +166,12 @@ def _add_pod(view: PodView, labels: list[str], f: _PodFamilies) -> None:
         f.tokens.add_metric([*labels, "generation"], view.generation_tokens)
     if view.joules_per_request is not None:
         f.jpr.add_metric(labels, view.joules_per_request)
-    for family, totals in ((f.latency, view.latency), (f.ttft, view.ttft), (f.itl, view.itl)):
+    for family, totals in (
+        (f.latency, view.latency),
+        (f.ttft, view.ttft),
+        (f.itl, view.itl),
+        (f.request_itl, view.request_itl),
+    ):
         if totals is not None:
             _add_histogram(family, labels, totals)
     for gauge, value in (

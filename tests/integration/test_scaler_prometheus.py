@@ -56,6 +56,7 @@ class Workload:
     stale_age_s: float = 0.0  # samples timestamped this far in the past
     readable: bool = True  # eo_pod_metrics_up: the exporter could read the pod's inference server
     counters: bool = True  # the exporter publishes the pod's mirrored counters
+    request_itl_s: float | None = None  # each request's mean ITL, where the server publishes it (vLLM)
     waiting: float = 0.0  # requests waiting per pod (vLLM num_requests_waiting)
 
 
@@ -83,6 +84,9 @@ class FixtureExporter(Collector):
         tokens = CounterMetricFamily("eo_pod_tokens", "fixture", labels=[*labels, "kind"])
         ttft = HistogramMetricFamily("eo_pod_time_to_first_token_seconds", "fixture", labels=labels)
         itl = HistogramMetricFamily("eo_pod_inter_token_latency_seconds", "fixture", labels=labels)
+        request_itl = HistogramMetricFamily(
+            "eo_pod_request_time_per_output_token_seconds", "fixture", labels=labels
+        )
         waiting = GaugeMetricFamily("eo_pod_requests_waiting", "fixture", labels=labels)
         running = GaugeMetricFamily("eo_pod_requests_running", "fixture", labels=labels)
         kv = GaugeMetricFamily("eo_pod_kv_cache_usage_ratio", "fixture", labels=labels)
@@ -109,10 +113,27 @@ class FixtureExporter(Collector):
                 generated = 99 * count
                 itl.add_metric(lv, [("0.01", 0.0), ("0.025", generated), ("+Inf", generated)],
                                sum_value=0.02 * generated, timestamp=ts)  # fmt: skip
+                if w.request_itl_s is not None:
+                    within = 0.0 if w.request_itl_s > 0.025 else count
+                    request_itl.add_metric(lv, [("0.025", within), ("0.05", count), ("+Inf", count)],
+                                           sum_value=w.request_itl_s * count, timestamp=ts)  # fmt: skip
                 waiting.add_metric(lv, w.waiting, timestamp=ts)
                 running.add_metric(lv, 8.0, timestamp=ts)
                 kv.add_metric(lv, 0.4, timestamp=ts)
-        yield from (info, app_up, requests, energy, latency, tokens, ttft, itl, waiting, running, kv)
+        yield from (
+            info,
+            app_up,
+            requests,
+            energy,
+            latency,
+            tokens,
+            ttft,
+            itl,
+            request_itl,
+            waiting,
+            running,
+            kv,
+        )
 
 
 def _serve(exporter: FixtureExporter) -> Any:
@@ -135,6 +156,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             ("demo", "silent"): Workload(pods=1, readable=False, counters=False),
             ("demo", "gone"): Workload(pods=1),
             ("demo", "queued"): Workload(pods=2, waiting=2.0),  # a queue all along
+            # Every token within 25 ms, but each request's mean ITL 40 ms (its few tokens shared an
+            # iteration with a long prefill): the per-request histogram is the one the SLO reads.
+            ("demo", "short"): Workload(pods=1, request_itl_s=0.04),
         },
     )
     node2 = FixtureExporter("n2", {("demo", "moved"): Workload(pods=1)})
@@ -227,6 +251,19 @@ def test_llm_signals_from_real_prometheus(prometheus: Prometheus) -> None:
     assert (o.waiting_requests, o.running_requests, o.kv_usage_ratio) == (0.0, 16.0, 0.4)
     assert o.burst_rise is None or o.burst_rise == pytest.approx(1.0, rel=0.1)  # a constant rate
     assert o.forecast_rps is None  # the trend needs ten minutes of history, the season a day
+
+
+def test_the_itl_slo_reads_each_requests_mean_where_the_server_publishes_it(prometheus: Prometheus) -> None:
+    source = PrometheusKpiSource(PrometheusAuth(url=prometheus.url))
+    metadata = {"ttftSloSeconds": "0.5", "itlSloSeconds": "0.025"}
+    short = source.observe(parse_metadata({"workload": "short", **metadata}, "demo"))
+    # Every request's mean is in (0.025, 0.05]: P90 interpolates there, and the whole budget is spent
+    # ten times over (every request missed, 10% allowed), although no token was slower than 25 ms.
+    assert short.itl_s == pytest.approx(0.025 + 0.9 * 0.025, rel=0.02)
+    assert short.itl_ratio == pytest.approx(10.0, rel=0.02)
+    # Without the per-request histogram the token histogram is read: every token within 25 ms.
+    llama = source.observe(parse_metadata({"workload": "llama", **metadata}, "demo"))
+    assert llama.itl_s == pytest.approx(0.01 + 0.9 * 0.015, rel=0.02) and llama.itl_ratio == 0.0
 
 
 def test_learned_capacity_and_settled_replicas_in_real_promql(prometheus: Prometheus) -> None:
