@@ -17,7 +17,6 @@ from common.settings import BinarySettings, Flag, OptionalPath, Seconds, Setting
 from common.settings import build_parser as settings_parser
 from gpumodel.model import PROFILES
 from sim.engine import Policy, RunResult, SimConfig
-from sim.eo import CapOptions, caps_only_policy
 from sim.keda import HpaConfig
 from sim.plot import plot, pyplot
 from sim.policies import StaticSchedule, ThresholdTrigger
@@ -225,9 +224,7 @@ def run_policies(
 
 def _eo_policy(name: str, sc: Scenario, args: SimSettings, static_n: int | None) -> Policy:
     if name == "caps-only":
-        n = static_n if static_n is not None else peak_replicas(sc)
-        caps = CapOptions(sc.policy_slo_s, args.cap_actuator, args.latency_quantile)
-        return caps_only_policy(n, caps, sc.server.profile)
+        return sc.sidecar_alone(static_n if static_n is not None else peak_replicas(sc))
     # eo-learned is eo as a user without a load test deploys it: the same sidecar, no replicaCapacityRps.
     return sc.eo_policy(name, learned=name == "eo-learned", sidecar=name in ("eo", "eo-learned"))
 
@@ -292,7 +289,7 @@ def _main(args: SimSettings) -> int:
     print(f"trace {trace.name}: {len(trace.requests)} requests over {trace.span_s / 60:.1f} min; "
           f"profile {server.profile.name}; SLOs {slos.describe(args.latency_quantile)}; "
           f"replica capacity at the SLOs {capacity:.2f} req/s")  # fmt: skip
-    if slos.e2e_s is None and any(n in ("eo", "caps-only") for n in names):
+    if sc.sidecar_governor() is None and slos.e2e_s is None and any(n in ("eo", "caps-only") for n in names):
         print(f"The clock sidecar (eo, caps-only) holds end-to-end latency {sc.sidecar_target_s():g} s "
               "(it reads end-to-end latency only); the scaler holds the SLOs above")  # fmt: skip
     print(table(summaries))

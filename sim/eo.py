@@ -29,7 +29,7 @@ from scaler.queries import observation_from_values, signals_for
 from sim.engine import Policy
 from sim.keda import HpaConfig
 from sim.observe import SimPrometheus
-from sim.policies import CapReading, CapSetting, ScalerAnswer, StaticSchedule
+from sim.policies import CapController, CapReading, CapSetting, ScalerAnswer, StaticSchedule
 from sim.slo import Slos
 
 # The gateway's arrival rate over this window is the demand (the activationQuery a scale-from-zero
@@ -259,9 +259,13 @@ def eo_policy(
     metadata: Mapping[str, str] | None = None,
     slos: Slos | None = None,
     cold_start_s: float | None = None,
+    sidecar: CapController | None = None,
 ) -> Policy:
     """Energy Orchestrator as deployed: the eo-scaler trigger (minReplicaCount 0) and, optionally, the
-    eo-powercap sidecar in every replica."""
+    eo-powercap sidecar in every replica: ``sidecar`` as given (the clock governor,
+    ``sim.governor.EoGovernorController``), or the feedback loop on ``caps``."""
+    if caps is not None and sidecar is not None:
+        raise ValueError("give caps (the feedback loop) or sidecar, not both")
     md = {
         **eo_metadata(slo_s, quantile, capacity_rps, slos=slos, cold_start_s=cold_start_s),
         **(metadata or {}),
@@ -270,7 +274,7 @@ def eo_policy(
     return Policy(
         name,
         trigger=trigger,
-        caps=EoCapController(caps, profile) if caps is not None else None,
+        caps=EoCapController(caps, profile) if caps is not None else sidecar,
         hpa=HpaConfig(
             min_replicas=trigger.config.min_replicas,
             max_replicas=trigger.config.max_replicas,
@@ -280,6 +284,10 @@ def eo_policy(
     )
 
 
-def caps_only_policy(replicas: int, caps: CapOptions, profile: ServerProfile) -> Policy:
-    """The sidecar alone: a fixed replica count, the cap controller in each replica."""
-    return Policy("caps-only", schedule=StaticSchedule(replicas), caps=EoCapController(caps, profile))
+def caps_only_policy(
+    replicas: int, caps: CapOptions | CapController, profile: ServerProfile, name: str = "caps-only"
+) -> Policy:
+    """The sidecar alone: a fixed replica count, in each replica the given sidecar (the governor) or
+    the feedback loop on ``caps``."""
+    sidecar = EoCapController(caps, profile) if isinstance(caps, CapOptions) else caps
+    return Policy(name, schedule=StaticSchedule(replicas), caps=sidecar)

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 from gpumodel.model import prefill_point
 from sim.engine import Policy, RunResult, SimConfig, simulate
-from sim.eo import CapOptions, eo_policy
+from sim.eo import CapOptions, caps_only_policy, eo_policy
+from sim.governor import EoGovernorController, GovernorOptions
 from sim.keda import HpaConfig
 from sim.observe import ITL_BUCKETS_S, LATENCY_BUCKETS_S, TTFT_BUCKETS_S
 from sim.optimum import OptimumPlan, optimum
@@ -61,10 +62,10 @@ DESCRIPTIONS = {
     "threshold-tuned": "KEDA rate threshold searched on the trace to hold the SLO target (oracle)",
     "optimum": "offline joint optimum: replicas per minute and SM clocks per 15 s (DP, knows the future)",
     "optimum-replicas": "offline replica-only optimum, clocks at full (DP over 1-min slots, knows future)",
-    "eo": "Energy Orchestrator: decide() via KEDA/HPA + step() caps",
+    "eo": "Energy Orchestrator: decide() via KEDA/HPA + the clock governor with the cold-start bridge",
     "eo-replicas": "Energy Orchestrator decide() only, no caps",
     "eo-learned": "Energy Orchestrator as eo, no capacity given (learned online: no load test)",
-    "caps-only": "eo-powercap step() alone at the static replica count",
+    "caps-only": "eo-powercap's clock governor alone at the static replica count",
 }
 
 
@@ -208,18 +209,45 @@ class Scenario:
         ratio = math.sqrt(min(1.0, max(unloaded, 1e-9) / self.slos.ttft_s))
         return max(float(self.server.profile.min_sm_clock_mhz), ratio * top)
 
-    def eo_policy(self, name: str, learned: bool = False, sidecar: bool = False) -> Policy:
+    def sidecar_governor(self, bridge: bool = True) -> EoGovernorController | None:
+        """The sidecar as eo-powercap runs by default (``--control auto`` with a TTFT or ITL target):
+        the clock governor on the scenario's TTFT and ITL SLOs at its quantile, the cold-start bridge
+        on (``bridge=False``: the ablation). None where it cannot run: the power actuator, or no TTFT
+        or ITL SLO (then the sidecar runs its feedback loop on end-to-end latency)."""
+        if self.cap_actuator != "clocks" or (self.slos.ttft_s is None and self.slos.itl_s is None):
+            return None
+        options = GovernorOptions(self.slos.itl_s, self.slos.ttft_s, self.quantile, bridge=bridge)
+        return EoGovernorController(options, self.server.profile)
+
+    def sidecar_loop(self) -> CapOptions:
+        """The sidecar's feedback loop (``--control feedback``): ``step()`` on the end-to-end target."""
+        floor = self.sidecar_floor_mhz() if self.cap_actuator == "clocks" else None
+        return CapOptions(self.sidecar_target_s(), self.cap_actuator, self.quantile, floor_mhz=floor)
+
+    def sidecar_alone(self, replicas: int) -> Policy:
+        """``caps-only``: the sidecar's default in every one of a fixed number of replicas: the
+        governor where it runs, else the loop on the end-to-end SLO itself (no scaler to leave room
+        for)."""
+        governor = self.sidecar_governor()
+        loop = CapOptions(self.policy_slo_s, self.cap_actuator, self.quantile)
+        return caps_only_policy(replicas, governor if governor is not None else loop, self.server.profile)
+
+    def eo_policy(
+        self, name: str, learned: bool = False, sidecar: bool = False, bridge: bool = True
+    ) -> Policy:
         """Energy Orchestrator on this scenario, as its trigger metadata would be written: the scenario's
         SLOs at its quantile, the load-tested capacity (none when ``learned``: learned online), the
-        server's cold start; the clock sidecar in every replica when ``sidecar``."""
-        caps = None
+        server's cold start; with ``sidecar`` the sidecar's default in every replica: the clock
+        governor with the cold-start bridge (``bridge=False``: without, the ablation), or the feedback
+        loop where the governor cannot run (``sidecar_governor``)."""
+        caps, governor = None, None
         if sidecar:
-            floor = self.sidecar_floor_mhz() if self.cap_actuator == "clocks" else None
-            caps = CapOptions(self.sidecar_target_s(), self.cap_actuator, self.quantile, floor_mhz=floor)
+            governor = self.sidecar_governor(bridge)
+            caps = self.sidecar_loop() if governor is None else None
         capacity = None if learned else self.capacity_rps
         first = self.first_minute_replicas()
         return eo_policy(name, None, self.quantile, capacity, self.server.profile, first, caps,
-                         slos=self.slos, cold_start_s=self.server.cold_start)  # fmt: skip
+                         slos=self.slos, cold_start_s=self.server.cold_start, sidecar=governor)  # fmt: skip
 
     def first_minute_replicas(self) -> int:
         first = sum(1 for r in self.trace.requests if r.arrival_s < 60.0) / 60.0

@@ -6,10 +6,13 @@ import random
 
 from gpumodel.model import H100_LLAMA_8B
 from sim.engine import Policy, SimConfig, simulate
+from sim.eo import EoCapController
 from sim.governor import EoGovernorController, GovernorOptions
 from sim.keda import HpaConfig
 from sim.policies import CapReading, CapSetting, ReplicaScrape, StaticSchedule, ThresholdTrigger
+from sim.scenario import Scenario
 from sim.server import ServerConfig
+from sim.slo import Slos
 from sim.trace import Request, Trace
 
 SERVER = ServerConfig(H100_LLAMA_8B, cold_start_s=60.0)
@@ -115,3 +118,29 @@ def test_controller_reads_a_scrape_window() -> None:
     # A queue raises at once.
     queued = ReplicaScrape(256, 9, tuple(ttft), tuple(itl), 400 * 0.008, None)
     assert ctl.control(0, CapReading(15.0, None, 1.0, queued, False)).locked_clock_mhz is None
+
+
+# -- what eo-sim's eo and caps-only runs hold ----------------------------------------------------------
+def _scenario(slos: Slos, actuator: str = "clocks") -> Scenario:
+    server = ServerConfig(H100_LLAMA_8B)
+    trace = Trace("t", (Request(0.0, 100, 10),))
+    return Scenario(trace, server, slos, capacity_rps=5.0, policy_slo_s=10.0, cap_actuator=actuator)
+
+
+def test_eo_and_caps_only_run_the_sidecars_default_the_governor_with_the_bridge() -> None:
+    sc = _scenario(Slos(ttft_s=0.25, itl_s=0.025))
+    eo = sc.eo_policy("eo", sidecar=True)
+    assert isinstance(eo.caps, EoGovernorController) and eo.caps.options.bridge
+    assert eo.trigger is not None  # the scaler too
+    ablation = sc.eo_policy("eo", sidecar=True, bridge=False)
+    assert isinstance(ablation.caps, EoGovernorController) and not ablation.caps.options.bridge
+    alone = sc.sidecar_alone(3)
+    assert isinstance(alone.caps, EoGovernorController) and alone.schedule is not None
+    assert alone.schedule.replicas_at(0.0) == 3 and alone.name == "caps-only"
+    assert sc.eo_policy("eo-replicas").caps is None
+
+
+def test_without_a_ttft_or_itl_slo_or_with_the_power_actuator_the_sidecar_runs_its_loop() -> None:
+    for sc in (_scenario(Slos(e2e_s=10.0)), _scenario(Slos(ttft_s=0.25, itl_s=0.025), "power")):
+        assert isinstance(sc.eo_policy("eo", sidecar=True).caps, EoCapController)
+        assert isinstance(sc.sidecar_alone(2).caps, EoCapController)
