@@ -4,9 +4,10 @@ Per trace, with the default TTFT + ITL SLO pair (docs/simulator.md):
 
 * sidecar alone at the static (peak) replica count: no caps; the old loop (``step()`` on the
   end-to-end SLO, clocks); the governor (``govern()`` on the TTFT and ITL targets, clocks);
-* with the scaler (eo-scaler ``decide()`` through KEDA/HPA): ``eo-replicas`` (no sidecar); ``eo`` with
-  the old loop; ``eo`` with the governor and the cold-start bridge; the same without the bridge
-  (ablation); and with a power budget per GPU held alongside (budget guard).
+* with the scaler (eo-scaler ``decide()`` through KEDA/HPA on the scenario's TTFT and ITL SLOs, as
+  eo-sim and bench/policy.py run it): ``eo-replicas`` (no sidecar); ``eo`` with the old loop; ``eo``
+  (eo-sim's default: the governor and the cold-start bridge); the same without the bridge (ablation);
+  and with a power budget per GPU held alongside (budget guard).
 
     python bench/governor.py                    # conv x1 and the diurnal day (~2-4 min on one core)
     python bench/governor.py --only "conv x8"   # conv x1, conv x8, code x1, diurnal-bursts, long-context
@@ -30,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.simbench import print_table, trace
 from gpumodel.model import H100_LLAMA_8B
 from sim.engine import Policy
-from sim.eo import CapOptions, caps_only_policy, eo_policy
+from sim.eo import CapOptions, EoCapController, caps_only_policy
 from sim.governor import EoGovernorController, GovernorOptions
-from sim.policies import CapSetting, StaticSchedule
+from sim.policies import CapSetting
 from sim.report import summarize
 from sim.scenario import Scenario, make_scenario, static_peak
 from sim.server import ServerConfig
@@ -42,34 +43,27 @@ def governor_options(sc: Scenario, **kw: object) -> GovernorOptions:
     return GovernorOptions(sc.slos.itl_s, sc.slos.ttft_s, sc.quantile, **kw)  # type: ignore[arg-type]
 
 
+def _reasons(policy: Policy) -> Counter[str]:
+    return policy.caps.reasons if isinstance(policy.caps, EoGovernorController) else Counter()
+
+
 def run_trace(sc: Scenario, budget_w: float | None) -> tuple[int, list[tuple[str, object, Counter[str]]]]:
+    """The runs of one trace, as eo-sim runs them (``Scenario.sidecar_alone``, ``Scenario.eo_policy``:
+    the scenario's TTFT and ITL SLOs in the trigger and the governor)."""
     profile = sc.server.profile
-    first = sc.first_minute_replicas()
-    slo = sc.policy_slo_s
     n_static, static = static_peak(sc)
     rows: list[tuple[str, object, Counter[str]]] = [("static (no sidecar)", static, Counter())]
-    old = caps_only_policy(n_static, CapOptions(slo, "clocks", sc.quantile), profile)
+    old = caps_only_policy(n_static, CapOptions(sc.policy_slo_s, "clocks", sc.quantile), profile)
     rows.append(("sidecar alone: old loop", sc.run(old), Counter()))
-    gov = EoGovernorController(governor_options(sc), profile)
-    rows.append(
-        (
-            "sidecar alone: governor",
-            sc.run(Policy("gov", schedule=StaticSchedule(n_static), caps=gov)),
-            gov.reasons,
-        )
-    )
-    base = eo_policy("eo-replicas", slo, sc.quantile, sc.capacity_rps, profile, first, None)
+    gov = sc.sidecar_alone(n_static)
+    rows.append(("sidecar alone: governor", sc.run(gov), _reasons(gov)))
+    base = sc.eo_policy("eo-replicas")
     rows.append(("eo-replicas", sc.run(base), Counter()))
-    old_eo = eo_policy(
-        "eo", slo, sc.quantile, sc.capacity_rps, profile, first, CapOptions(slo, "clocks", sc.quantile)
-    )
+    old_eo = dataclasses.replace(base, name="eo: old loop", caps=EoCapController(sc.sidecar_loop(), profile))
     rows.append(("eo: old loop", sc.run(old_eo), Counter()))
-    for label, options in (
-        ("eo: governor + bridge", governor_options(sc)),
-        ("eo: governor, no bridge", governor_options(sc, bridge=False)),
-    ):
-        ctl = EoGovernorController(options, profile)
-        rows.append((label, sc.run(dataclasses.replace(base, name=label, caps=ctl)), ctl.reasons))
+    for label, bridge in (("eo: governor + bridge", True), ("eo: governor, no bridge", False)):
+        policy = dataclasses.replace(sc.eo_policy("eo", sidecar=True, bridge=bridge), name=label)
+        rows.append((label, sc.run(policy), _reasons(policy)))
     if budget_w is not None:
         label = f"eo: power limit {budget_w:.0f} W only"
         limit = dataclasses.replace(base, name=label, caps=_FixedLimit(budget_w))
