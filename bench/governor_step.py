@@ -126,7 +126,7 @@ def serving(page: Callable[[str, bytes], tuple[int, str, bytes]]) -> Iterator[st
 
 def arrivals(mix: Trace, base_rps: float, step: float, step_s: float, end_s: float) -> Trace:
     rng = random.Random(1)
-    t, out = 0.0, []
+    t, out = 0.0, list[Request]()
     while True:
         t += rng.expovariate(base_rps * (step if t >= step_s else 1.0))
         if t >= end_s:
