@@ -33,6 +33,7 @@ Absence is not zero. A number is answered only from positive evidence, anything 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -64,6 +65,8 @@ MAX_COUNT = 1_000_000
 MAX_VALUE = 1e12
 # Parts that contain custom PromQL: each is its own instant query, never part of the combined one.
 CUSTOM_PARTS = ("latency", "capacity", "demand")
+# Triggers whose rendered parts are kept (as many as the scaler keeps parsed triggers).
+RENDERED_TRIGGERS = 512
 # Parts the combined query always answers (``or vector(0)``): missing from an answer means a broken one.
 COUNT_PARTS = ("visible_pods", "replicas", "unwatched_nodes")
 
@@ -183,18 +186,29 @@ def all_parts(trigger: TriggerConfig) -> dict[str, str]:
     return out
 
 
-def custom_parts(trigger: TriggerConfig) -> dict[str, str]:
-    """The parts that contain the trigger's own PromQL, each sent as a query of its own."""
+@functools.lru_cache(maxsize=RENDERED_TRIGGERS)
+def _split_parts(trigger: TriggerConfig) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """``(combined, custom)`` parts of ``trigger``, rendered once. Every refresh reads them (the
+    answer's shape, the power part) and rendering the signals costs ten times what checking an answer
+    does: rendered per refresh, they were most of the scaler's CPU per refresh (bench/scaler_polls.py)."""
     custom = {name for name, expr in signals_for(trigger).parts.items() if sig.contains_raw(expr)}
     if trigger.activation_query:
         custom.add("demand")
-    return {name: expr for name, expr in all_parts(trigger).items() if name in custom}
+    every = all_parts(trigger).items()
+    return (
+        tuple((name, expr) for name, expr in every if name not in custom),
+        tuple((name, expr) for name, expr in every if name in custom),
+    )
+
+
+def custom_parts(trigger: TriggerConfig) -> dict[str, str]:
+    """The parts that contain the trigger's own PromQL, each sent as a query of its own."""
+    return dict(_split_parts(trigger)[1])
 
 
 def parts(trigger: TriggerConfig) -> dict[str, str]:
     """The parts of the combined query: every part that contains no custom PromQL."""
-    custom = custom_parts(trigger)
-    return {name: expr for name, expr in all_parts(trigger).items() if name not in custom}
+    return dict(_split_parts(trigger)[0])
 
 
 def build_query(trigger: TriggerConfig) -> str:

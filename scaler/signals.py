@@ -556,12 +556,16 @@ def capacity_sample(slos: Sequence[SloSignal], replicas: Expr) -> Expr:
     """One minute's per-replica capacity in tokens/s (prompt + generation): what each replica served while
     every SLO held and no queue had formed, extrapolated along the SLO headroom by
     ``1 / sqrt(worst ratio)``, at most ``LEARNED_CAPACITY_MAX_EXTRAPOLATION`` (a quiet minute cannot
-    promise much; the policy's own consolidation then shows a fuller one)."""
-    worst = worst_ratio(slos)
+    promise much; the policy's own consolidation then shows a fuller one).
+
+    The worst ratio appears once: the filter "every SLO held" sits inside the stretch, so a minute that
+    breached (or has no reading, or NaN) has no stretch and no sample. Written as ``stretch and on()
+    (worst <= 1)`` PromQL would evaluate the worst ratio twice at each of the lookback's minutes, and
+    it is most of what this subquery costs Prometheus (bench/prometheus_cost.py)."""
+    held_ratio = Filter(worst_ratio(slos), "<=", 1.0)
     per_replica = BinOp("/", Filter(Rate(TOKENS, SHORT_WINDOW_S), ">", 0.0), replicas)
-    stretch = Clamp(BinOp("/", Const(1.0), Sqrt(worst)), 1.0, LEARNED_CAPACITY_MAX_EXTRAPOLATION)
-    held = And(BinOp("*", per_replica, stretch), Filter(worst, "<=", 1.0))
-    return And(held, Filter(Gauge(WAITING, "sum"), ">", 0.0), negate=True)
+    stretch = Clamp(BinOp("/", Const(1.0), Sqrt(held_ratio)), 1.0, LEARNED_CAPACITY_MAX_EXTRAPOLATION)
+    return And(BinOp("*", per_replica, stretch), Filter(Gauge(WAITING, "sum"), ">", 0.0), negate=True)
 
 
 def burst_rise(cold_start_s: float) -> Expr:

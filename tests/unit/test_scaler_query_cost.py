@@ -1,0 +1,92 @@
+"""What a refresh costs: Prometheus evaluates the learned-capacity sample's worst SLO ratio once per
+lookback minute, and the scaler renders a trigger's parts once, not on every answer it checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scaler import queries
+from scaler import signals as sig
+from scaler.metadata import parse_metadata
+
+LLM = {"workload": "llm", "ttftSloSeconds": "1", "itlSloSeconds": "0.05", "latencySloSeconds": "2.5"}
+
+
+def test_the_capacity_sample_evaluates_the_worst_ratio_once() -> None:
+    trigger = parse_metadata(LLM, "ns")
+    sel = queries.selector("ns", "llm")
+    worst = sig.worst_ratio(queries.slo_signals(trigger)).promql(sel)
+    sample = queries.capacity_sample_expr(trigger)
+    # Every histogram quantile in the sample is one of the worst ratio's fallbacks, each rendered once.
+    assert sample.count("histogram_quantile(") == worst.count("histogram_quantile(") == 4
+    assert sample.count(worst) == 1
+
+
+class View:
+    """One replica serving 1,000 tokens/s, ``waiting`` queued; the worst SLO ratio is ``ratio``
+    (the TTFT budget used, the only SLO)."""
+
+    def __init__(self, ratio: float | None, waiting: float = 0.0) -> None:
+        self.ratio, self.waiting = ratio, waiting
+
+    def counter_rate(self, metric: str, window_s: float, at_s: float) -> float | None:
+        if metric == sig.TOKENS:
+            return 1000.0
+        return None if self.ratio is None else 10.0
+
+    def quantile(self, metric: str, q: float, window_s: float, at_s: float) -> float | None:
+        return None
+
+    def share_within(self, metric: str, bound_s: float, window_s: float, at_s: float) -> float | None:
+        if self.ratio is None:
+            return None
+        # budget used = (1 - share) / (1 - q) with q = 0.9 and the 10/s rate above the floor
+        return 1 - self.ratio * 0.1
+
+    def gauge(self, metric: str, aggregation: str, at_s: float) -> float | None:
+        return self.waiting if metric == sig.WAITING else None
+
+    def replicas(self, at_s: float) -> int:
+        return 1
+
+
+@pytest.mark.parametrize(
+    ("ratio", "waiting", "expected"),
+    [
+        (0.0, 0.0, 2500.0),  # no miss at all: stretched by the most, 2.5
+        (0.25, 0.0, 2000.0),  # 1 / sqrt(0.25)
+        (0.64, 0.0, 1250.0),  # 1 / sqrt(0.64)
+        (1.5, 0.0, None),  # a breached minute is no sample
+        (None, 0.0, None),  # no reading is no sample
+        (0.25, 3.0, None),  # nor is a minute with a queue
+    ],
+)
+def test_the_capacity_sample_keeps_its_meaning(
+    ratio: float | None, waiting: float, expected: float | None
+) -> None:
+    slo = sig.slo_signal("ttft", 1.0, 0.9, (sig.TTFT_HISTOGRAM,))
+    value = sig.capacity_sample([slo], sig.Replicas("unused")).value(View(ratio, waiting), 60.0)
+    if expected is None:
+        assert value is None
+    else:
+        assert value is not None and math.isclose(value, expected, rel_tol=1e-9)
+
+
+def test_parts_are_rendered_once_per_trigger(monkeypatch: pytest.MonkeyPatch) -> None:
+    trigger = parse_metadata({**LLM, "workload": "rendered-once"}, "ns")
+    names = list(queries.parts(trigger))
+
+    def not_again(_trigger: object) -> sig.Signals:
+        raise AssertionError("the parts were rendered again")
+
+    monkeypatch.setattr(queries, "signals_for", not_again)
+    answer = [{"metric": {queries.PART_LABEL: n}, "value": [0, "1"]} for n in ("heartbeat_age",)]
+    answer += [{"metric": {queries.PART_LABEL: n}, "value": [0, "0"]} for n in queries.COUNT_PARTS]
+    observation = queries.to_observation(trigger, answer)
+    assert observation.current_replicas == 0
+    # Callers get their own copy: changing it changes nothing kept.
+    mine = queries.parts(trigger)
+    mine.clear()
+    assert list(queries.parts(trigger)) == names
