@@ -152,6 +152,7 @@ class PrometheusKpiSource:
         )
         self._allowed_headers = frozenset(name.lower() for name in auth.allowed_metadata_headers)
         self._slots = _ServerSlots(auth.max_in_flight_per_server)
+        self._keys: BoundedCache[TriggerConfig, bytes] = BoundedCache(512, 600.0)
 
     def server_for(self, trigger: TriggerConfig) -> str:
         url = (trigger.server_address or self._own_url or "").rstrip("/")
@@ -184,6 +185,12 @@ class PrometheusKpiSource:
         return {**{k: v for k, v in headers.items() if k.lower() not in lowered}, **operator}
 
     def cache_key(self, trigger: TriggerConfig) -> bytes:
+        """A digest of everything the answer depends on; computed once per trigger (KEDA repeats the
+        same metadata on every poll, and hashing the whole query set was a fifth of a cache hit's time).
+        A trigger the operator's settings refuse raises here on every poll (refusals are not kept)."""
+        return self._keys.get_or_compute(trigger, lambda: self._digest(trigger))
+
+    def _digest(self, trigger: TriggerConfig) -> bytes:
         server = self.server_for(trigger)
         self._metadata_headers(trigger)
         combined, custom = queries_for(trigger)
