@@ -164,7 +164,7 @@ def simulate(
         sample_energy += outcome.energy_j
         prom.record_slot([b for _, _, b in outcome.finished], outcome.arrivals, cluster.ready_count(t),
                          outcome.first_token_buckets, outcome.itl_tokens, outcome.tokens, outcome.waiting,
-                         outcome.running)  # fmt: skip
+                         outcome.running, outcome.request_itl_buckets)  # fmt: skip
         if caps is not None:
             for rid, done in outcome.per_replica.items():
                 window = windows.get(rid)

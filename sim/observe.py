@@ -2,14 +2,17 @@
 
 The controllers must see what they would see live, not the simulator's exact internals: request
 rates are counter increases over a window divided by the window, and latency quantiles come from
-histogram buckets interpolated the way PromQL's ``histogram_quantile`` does. Three histograms, on
+histogram buckets interpolated the way PromQL's ``histogram_quantile`` does. Four histograms, on
 vLLM's own bucket boundaries, as the exporter mirrors them:
 
 * end-to-end latency (``vllm:e2e_request_latency_seconds``): one observation per finished request;
 * time to first token (``vllm:time_to_first_token_seconds``): one per request, at its first token;
 * inter-token latency (``vllm:inter_token_latency_seconds``, older ``time_per_output_token_seconds``):
   one observation per output token after the first, valued at the iteration that produced it, so the
-  counts are token counts (fractional within a slot: a slot can end inside an iteration).
+  counts are token counts (fractional within a slot: a slot can end inside an iteration);
+* each request's mean time per output token (``vllm:request_time_per_output_token_seconds``): one
+  observation per finished request, its decode time over its output tokens after the first, 0 for a
+  request of one token (as vLLM observes it), on the ITL bounds. The ITL SLO is held on this one.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class SimPrometheus:
         self._buckets: list[tuple[int, ...]] = [(0,) * N_BUCKETS]  # cumulative bucket counts
         self._ttft: list[tuple[int, ...]] = [(0,) * N_TTFT_BUCKETS]
         self._itl: list[tuple[float, ...]] = [(0.0,) * N_ITL_BUCKETS]
+        self._request_itl: list[tuple[int, ...]] = [(0,) * N_ITL_BUCKETS]
         self._ready: list[int] = [0]  # pods reporting during each slot
         self._tokens: list[float] = [0.0]  # prompt + generated tokens up to the end of each slot
         self._waiting: list[int] = [0]  # requests waiting / running at the end of each slot
@@ -92,12 +96,15 @@ class SimPrometheus:
         tokens: float = 0.0,
         waiting: int = 0,
         running: int = 0,
+        request_itl_buckets: Sequence[int] = (),
     ) -> None:
         """One slot: the e2e bucket of each request finished, arrivals, pods reporting, the TTFT bucket
         of each first token, output tokens per ITL bucket (``N_ITL_BUCKETS`` long, or None), prompt and
-        generated tokens processed, and the requests waiting and running at its end."""
+        generated tokens processed, the requests waiting and running at its end, and the ITL bucket of
+        each finished request's mean time per output token."""
         self._buckets.append(_cumulate(self._buckets[-1], finished_buckets))
         self._ttft.append(_cumulate(self._ttft[-1], ttft_buckets))
+        self._request_itl.append(_cumulate(self._request_itl[-1], request_itl_buckets))
         if itl_tokens is None or not any(itl_tokens):
             self._itl.append(self._itl[-1])
         else:
@@ -152,6 +159,24 @@ class SimPrometheus:
         a, b = self._itl[start], self._itl[end]
         return histogram_quantile(q, [y - x for x, y in zip(a, b, strict=True)], ITL_BUCKETS_S)
 
+    def request_itl_quantile(self, q: float, window_s: float, now_s: float) -> float | None:
+        """The same over each finished request's mean time per output token (a quantile over requests)."""
+        start, end = self._window(window_s, now_s)
+        a, b = self._request_itl[start], self._request_itl[end]
+        return histogram_quantile(q, [y - x for x, y in zip(a, b, strict=True)], ITL_BUCKETS_S)
+
+    def _histogram(self, histogram: str) -> tuple[Sequence[tuple[float, ...]], tuple[float, ...]]:
+        """The cumulative counts per slot and the bounds of ``e2e``, ``ttft``, ``itl`` or ``request_itl``."""
+        table: dict[str, tuple[Sequence[tuple[float, ...]], tuple[float, ...]]] = {
+            "e2e": (self._buckets, LATENCY_BUCKETS_S),
+            "ttft": (self._ttft, TTFT_BUCKETS_S),
+            "itl": (self._itl, ITL_BUCKETS_S),
+            "request_itl": (self._request_itl, ITL_BUCKETS_S),
+        }
+        if histogram not in table:
+            raise ValueError(f"unknown histogram {histogram!r}: one of {'|'.join(table)}")
+        return table[histogram]
+
     def replicas(self, now_s: float) -> int:
         """``count(count by (pod) (requests_total))``: pods reporting in the slot just ended."""
         return self._ready[self._slot(now_s)]
@@ -162,19 +187,17 @@ class SimPrometheus:
         return (self._tokens[end] - self._tokens[start]) / max(min(window_s, now_s), self.step_s)
 
     def count_rate(self, histogram: str, window_s: float, now_s: float) -> float:
-        """``sum(rate(<histogram>_count[window]))`` of ``e2e``, ``ttft`` or ``itl`` (tokens)."""
-        series: list[tuple[int, ...]] | list[tuple[float, ...]]
-        series = {"e2e": self._buckets, "ttft": self._ttft}.get(histogram) or self._itl
+        """``sum(rate(<histogram>_count[window]))`` of ``e2e``, ``ttft``, ``itl`` (tokens) or
+        ``request_itl``."""
+        series = self._histogram(histogram)[0]
         start, end = self._window(window_s, now_s)
         return (sum(series[end]) - sum(series[start])) / max(min(window_s, now_s), self.step_s)
 
     def share_within(self, histogram: str, bound_s: float, window_s: float, now_s: float) -> float | None:
-        """Share of the window's ``e2e``/``ttft``/``itl`` observations at most ``bound_s`` (the bucket
-        ``le="<bound>"`` over the count); None when ``bound_s`` is not one of its bounds, NaN when the
-        window observed nothing."""
-        bounds = {"e2e": LATENCY_BUCKETS_S, "ttft": TTFT_BUCKETS_S}.get(histogram, ITL_BUCKETS_S)
-        series: list[tuple[int, ...]] | list[tuple[float, ...]]
-        series = {"e2e": self._buckets, "ttft": self._ttft}.get(histogram) or self._itl
+        """Share of the window's ``e2e``/``ttft``/``itl``/``request_itl`` observations at most ``bound_s``
+        (the bucket ``le="<bound>"`` over the count); None when ``bound_s`` is not one of its bounds,
+        NaN when the window observed nothing."""
+        series, bounds = self._histogram(histogram)
         index = next((i for i, b in enumerate(bounds) if abs(b - bound_s) <= 1e-12 * max(1.0, b)), None)
         if index is None:
             return None

@@ -16,7 +16,8 @@ with the batch constant between events. Nothing iterates token by token:
 * Inter-token latency (ITL): each later token takes one iteration, ``t(b)`` plus the prefill chunk the
   iteration carries, so ITL grows with the batch and with other requests' prefills. Per request the
   log keeps its mean (decode time over output tokens after the first); per slot each replica counts
-  its tokens per ITL histogram bucket, as vLLM's ``inter_token_latency_seconds`` observes them.
+  its tokens per ITL histogram bucket, as vLLM's ``inter_token_latency_seconds`` observes them, and the
+  ITL bucket of each finished request's mean, as its ``request_time_per_output_token_seconds`` does.
 * Power: idle (model resident) with nothing running; otherwise the time-weighted mix of decode power
   ``P(b)`` and prefill power, both at the clock the cap/lock allows.
 * Admission: at most ``max_batch`` requests in prefill + decode; the rest wait in the replica's queue.
@@ -303,6 +304,9 @@ class SlotOutcome:
     """At the slot's end: requests whose prefill has not started (gateway and replicas)."""
     running: int = 0
     """At the slot's end: requests decoding or in prefill."""
+    request_itl_buckets: list[int] = field(default_factory=list)
+    """ITL bucket of each finished request's mean time per output token (0 s for one token), all
+    replicas."""
 
 
 class Cluster:
@@ -399,8 +403,16 @@ class Cluster:
         self.energy_j += energy
         waiting = len(self._gateway) + sum(r.not_started for r in self.replicas)
         running = sum(r.load - r.not_started for r in self.replicas)
+        request_itl = [self._mean_itl_bucket(req) for ids in finished_ids.values() for req in ids]
         return SlotOutcome(finished, per_replica, energy, arrivals, finished_ids, first_tokens, itl, tokens,
-                           waiting, running)  # fmt: skip
+                           waiting, running, request_itl)  # fmt: skip
+
+    def _mean_itl_bucket(self, req: int) -> int:
+        """The ITL bucket of a finished request's mean time per output token after the first (vLLM
+        observes 0 for a request of one token)."""
+        n = self.requests[req].output_tokens
+        decode_s = self.log.end_s[req] - self.log.first_token_s[req]
+        return itl_bucket_index(decode_s / (n - 1) if n > 1 else 0.0)
 
     @property
     def pending(self) -> int:

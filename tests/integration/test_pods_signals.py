@@ -131,3 +131,55 @@ def test_the_demo_server_feeds_the_new_signals(rig: PodRig) -> None:
         assert gauges(rig, "d") == (3, 12, 0.4)
     finally:
         server.stop()
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "servers"
+
+
+@pytest.mark.parametrize("names", [VLLM, SGLANG], ids=["vllm", "sglang"])
+def test_each_requests_mean_itl_is_mirrored_apart_from_the_token_histogram(
+    rig: PodRig, names: ServerNames
+) -> None:
+    rig.add_pod("a", [G0], names=names)
+    server = rig.servers["a"]
+    server.finish(6, itl_s=0.02, request_itl_s=0.02)
+    server.finish(4, itl_s=0.02, request_itl_s=0.08)  # few tokens beside a long prefill
+    rig.sample()
+    assert rig.value("eo_pod_inter_token_latency_seconds_bucket", "a", le="0.025") == 10
+    assert rig.value("eo_pod_request_time_per_output_token_seconds_bucket", "a", le="0.025") == 6
+    assert rig.value("eo_pod_request_time_per_output_token_seconds_bucket", "a", le="0.1") == 10
+    assert rig.value("eo_pod_request_time_per_output_token_seconds_sum", "a") == pytest.approx(
+        6 * 0.02 + 4 * 0.08
+    )
+    server.restart()  # the mirror stays monotonic across a restart of the server
+    server.finish(2, request_itl_s=0.02)
+    rig.sample()
+    assert rig.value("eo_pod_request_time_per_output_token_seconds_count", "a") == 12
+
+
+def test_an_older_server_without_the_per_request_histogram_has_no_mirror_of_it(rig: PodRig) -> None:
+    rig.add_pod("a", [G0])
+    server = rig.servers["a"]
+    server.finish(3)
+    # vLLM before the per-request histogram: the page lacks it, the other mirrors stay.
+    server.transform = lambda text: b"\n".join(
+        line for line in text.split(b"\n") if b"request_time_per_output_token" not in line
+    )
+    rig.sample()
+    assert rig.value("eo_pod_request_time_per_output_token_seconds_count", "a") is None
+    assert rig.value("eo_pod_inter_token_latency_seconds_count", "a") == 3
+
+
+def test_a_vllm_page_with_both_itl_histograms(rig: PodRig) -> None:
+    rig.add_pod("a", [G0])
+    rig.servers["a"].body_override = (FIXTURES / "vllm_0_11_metrics.txt").read_bytes()
+    rig.sample()
+    token = "eo_pod_inter_token_latency_seconds"
+    request = "eo_pod_request_time_per_output_token_seconds"
+    assert rig.value(f"{token}_bucket", "a", le="0.025") == 994 and rig.value(f"{token}_count", "a") == 1000
+    # Per request: 7 of 10 within 25 ms, where 99.4% of the tokens were.
+    assert rig.value(f"{request}_bucket", "a", le="0.025") == 7
+    assert rig.value(f"{request}_bucket", "a", le="0.075") == 10
+    assert rig.value(f"{request}_count", "a") == 10
+    assert rig.value(f"{request}_sum", "a") == pytest.approx(0.32)
+    assert rig.value("eo_pod_requests_total", "a") == 10

@@ -59,6 +59,7 @@ class Slot:
     e2e: list[int]  # bucket index of each finished request
     ttft: list[int]  # TTFT bucket of each first token
     itl: list[float]  # tokens per ITL bucket
+    request_itl: list[int]  # ITL bucket of each finished request's mean
     tokens: float
     waiting: int
     running: int
@@ -77,19 +78,43 @@ def history(seed: int = 7) -> list[Slot]:
         e2e = [bucket_index(rng.uniform(1.0, 2.0) + 0.6 * load) for _ in range(n)]
         ttft = [ttft_bucket_index(rng.uniform(0.05, 0.2) * (1 + load / 3)) for _ in range(n)]
         itl = [0.0] * N_ITL_BUCKETS
+        request_itl = []
         for _ in range(n):
             itl[itl_bucket_index(0.012 + 0.006 * load * rng.uniform(0.5, 1.5))] += 80.0 + rng.random()
+            # Per request: most near the tokens' latency, one in five of few tokens beside a long
+            # prefill, far slower (the token histogram barely sees those).
+            slow = rng.random() < 0.2
+            request_itl.append(
+                itl_bucket_index((0.04 if slow else 0.012) + 0.006 * load * rng.uniform(0.5, 1.5))
+            )
         waiting = max(0, round((rate - 5.5) * 2))  # a queue near the swing's peaks
-        slots.append(Slot(pods, e2e, ttft, itl, n * 512.5, waiting, n, min(1.0, 0.12 * load)))
+        slots.append(Slot(pods, e2e, ttft, itl, request_itl, n * 512.5, waiting, n, min(1.0, 0.12 * load)))
     return slots
 
 
 class _WithKv(SimSeries):
-    """The simulator's view plus the KV gauge it does not model (the history has one)."""
+    """The simulator's view plus the KV gauge it does not model (the history has one), and each
+    request's mean ITL (the per-request histogram) read from ``SimPrometheus``."""
 
     def __init__(self, prom: SimPrometheus, kv: list[float]) -> None:
         super().__init__(prom)
         self.kv = kv
+
+    def counter_rate(self, metric: str, window_s: float, at_s: float) -> float | None:
+        if metric == f"{sig.REQUEST_ITL_HISTOGRAM}_count":
+            return self.prom.count_rate("request_itl", window_s, at_s) if at_s > 0 else None
+        return super().counter_rate(metric, window_s, at_s)
+
+    def quantile(self, metric: str, q: float, window_s: float, at_s: float) -> float | None:
+        if metric == sig.REQUEST_ITL_HISTOGRAM:
+            value = self.prom.request_itl_quantile(q, window_s, at_s) if at_s >= 0 else None
+            return math.nan if value is None else value
+        return super().quantile(metric, q, window_s, at_s)
+
+    def share_within(self, metric: str, bound_s: float, window_s: float, at_s: float) -> float | None:
+        if metric == sig.REQUEST_ITL_HISTOGRAM:
+            return self.prom.share_within("request_itl", bound_s, window_s, at_s) if at_s > 0 else None
+        return super().share_within(metric, bound_s, window_s, at_s)
 
     def gauge(self, metric: str, aggregation: str, at_s: float) -> float | None:
         if metric == sig.KV_USAGE:
@@ -101,7 +126,9 @@ class _WithKv(SimSeries):
 def simulator_view(slots: list[Slot]) -> tuple[SimPrometheus, list[float]]:
     prom = SimPrometheus(STEP_S)
     for s in slots:
-        prom.record_slot(s.e2e, len(s.e2e), s.pods, s.ttft, s.itl, s.tokens, s.waiting, s.running)
+        prom.record_slot(
+            s.e2e, len(s.e2e), s.pods, s.ttft, s.itl, s.tokens, s.waiting, s.running, s.request_itl
+        )
     return prom, [s.kv for s in slots]
 
 
@@ -134,6 +161,10 @@ def openmetrics(slots: list[Slot], base_s: int) -> str:
                 counts[b] += 1
             incs.update({f"{name}:{le}": c for le, c in _cumulative(counts, bounds)})
         incs.update({f"itl:{le}": c for le, c in _cumulative(s.itl, ITL_BUCKETS_S)})
+        per_request = [0.0] * (len(ITL_BUCKETS_S) + 1)
+        for b in s.request_itl:
+            per_request[b] += 1
+        incs.update({f"request_itl:{le}": c for le, c in _cumulative(per_request, ITL_BUCKETS_S)})
         add(
             "eo_exporter_collector_up",
             "gauge",
@@ -155,6 +186,7 @@ def openmetrics(slots: list[Slot], base_s: int) -> str:
                 ("e2e", sig.E2E_HISTOGRAM),
                 ("ttft", sig.TTFT_HISTOGRAM),
                 ("itl", sig.ITL_HISTOGRAM),
+                ("request_itl", sig.REQUEST_ITL_HISTOGRAM),
             ):
                 buckets = [(key.split(":", 1)[1], v) for key, v in c.items() if key.startswith(f"{name}:")]
                 for le, v in buckets:
@@ -222,6 +254,9 @@ def test_prometheus_and_the_simulator_give_the_same_observation(
             a, b = getattr(live, f.name), getattr(simulated, f.name)
             assert _same(a, b), f"at {at:.0f} s, {f.name}: Prometheus {a!r}, simulator {b!r}"
             seen.setdefault(f.name, set()).add(a is not None and a != 0)
+        # The ITL SLO is read from each request's mean, not from the tokens (whose quantile differs).
+        assert live.itl_s == pytest.approx(sim_prom.request_itl_quantile(0.9, sig.SHORT_WINDOW_S, at))
+        assert live.itl_s != pytest.approx(sim_prom.itl_quantile(0.9, sig.SHORT_WINDOW_S, at))
     # The history exercises every signal: each is present at some instant (and the learned capacity,
     # the queue and both forecasts among them).
     for name in ("ttft_s", "itl_s", "latency_s", "ttft_ratio", "itl_ratio", "latency_ratio", "learned_capacity_tps", "waiting_requests", "kv_usage_ratio",

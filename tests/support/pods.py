@@ -44,6 +44,7 @@ class ServerNames:
     running: str
     kv_cache: str
     finished_reason: bool  # the requests counter carries a finished_reason label
+    request_itl: str | None = None  # each request's mean time per output token (None: not published)
 
 
 VLLM = ServerNames(
@@ -57,6 +58,7 @@ VLLM = ServerNames(
     "vllm:num_requests_running",
     "vllm:kv_cache_usage_perc",
     finished_reason=True,
+    request_itl="vllm:request_time_per_output_token_seconds",
 )
 SGLANG = ServerNames(
     "sglang:num_requests",
@@ -69,6 +71,7 @@ SGLANG = ServerNames(
     "sglang:num_running_reqs",
     "sglang:token_usage",
     finished_reason=False,
+    request_itl="sglang:request_time_per_output_token_seconds",
 )
 
 
@@ -122,6 +125,15 @@ class VllmServer:
             self._ttft = Histogram(names.ttft, "TTFT.", model, buckets=ttft_buckets, registry=self.registry)
             itl_buckets = (0.01, 0.025, 0.05, 0.1)
             self._itl = Histogram(names.itl, "ITL.", model, buckets=itl_buckets, registry=self.registry)
+            self._request_itl: Histogram | None = None
+            if names.request_itl:
+                self._request_itl = Histogram(
+                    names.request_itl,
+                    "Mean ITL per request.",
+                    model,
+                    buckets=itl_buckets,
+                    registry=self.registry,
+                )
             self._waiting = Gauge(names.waiting, "Waiting requests.", model, registry=self.registry)
             self._running = Gauge(names.running, "Running requests.", model, registry=self.registry)
             self._kv_cache = Gauge(
@@ -146,8 +158,10 @@ class VllmServer:
         latency_s: float = 1.0,
         reason: str = "stop",
         itl_s: float = 0.02,
+        request_itl_s: float | None = None,
     ) -> None:
-        """``requests`` finished, each with one inter-token latency observation of ``itl_s``."""
+        """``requests`` finished, each with one inter-token latency observation of ``itl_s`` and a mean
+        time per output token of ``request_itl_s`` (by default ``itl_s``)."""
         with self._lock:
             labels = (self.model, reason) if self.names.finished_reason else (self.model,)
             self._success.labels(*labels).inc(requests)
@@ -157,6 +171,10 @@ class VllmServer:
                 self._e2e.labels(self.model).observe(latency_s)
                 self._ttft.labels(self.model).observe(latency_s / 10)
                 self._itl.labels(self.model).observe(itl_s)
+                if self._request_itl is not None:
+                    self._request_itl.labels(self.model).observe(
+                        itl_s if request_itl_s is None else request_itl_s
+                    )
 
     def set_load(self, waiting: float, running: float, kv_cache_usage: float) -> None:
         """The queue and saturation gauges, as the server would report them now."""

@@ -194,3 +194,21 @@ def test_sim_prometheus_ttft_and_itl_histograms() -> None:
     assert p50 is not None and ITL_BUCKETS_S[0] < p50 <= 0.025  # a quantile over tokens
     assert p99 is not None and 0.075 < p99 <= 0.1
     assert prom.itl_quantile(0.99, 60.0, 0.0) is None  # nothing observed yet
+
+
+def test_sim_prometheus_per_request_itl_histogram() -> None:
+    prom = SimPrometheus(step_s=1.0)
+    tokens = [0.0] * N_ITL_BUCKETS
+    tokens[itl_bucket_index(0.02)] = 1000.0  # per token, everything within 25 ms
+    for _ in range(60):
+        # each second 10 requests finish: 8 at a 20-ms mean, 2 at 60 ms (few tokens beside a prefill)
+        requests = [itl_bucket_index(0.02)] * 8 + [itl_bucket_index(0.06)] * 2
+        prom.record_slot([0] * 10, 10, 1, itl_tokens=tokens, request_itl_buckets=requests)
+    assert prom.share_within("itl", 0.025, 60.0, 60.0) == 1.0
+    assert prom.share_within("request_itl", 0.025, 60.0, 60.0) == pytest.approx(0.8)
+    assert prom.count_rate("request_itl", 60.0, 60.0) == pytest.approx(10.0)
+    p90 = prom.request_itl_quantile(0.9, 60.0, 60.0)
+    assert p90 is not None and 0.05 < p90 <= 0.075  # a quantile over requests
+    assert prom.request_itl_quantile(0.9, 60.0, 0.0) is None  # nothing observed yet
+    with pytest.raises(ValueError, match="unknown histogram"):
+        prom.count_rate("tpot", 60.0, 60.0)

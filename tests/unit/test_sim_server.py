@@ -148,3 +148,27 @@ def test_ttft_includes_waiting_for_a_batch_slot() -> None:
     run(cluster, 10.0)
     ttft = [f - a for a, f in zip(cluster.log.arrival_s, cluster.log.first_token_s, strict=True)]
     assert ttft[2] > ttft[1] + 400 * operating_point(P, 2).iteration_time_s * 0.9  # queued behind both
+
+
+def test_each_finished_request_observes_its_mean_itl_once() -> None:
+    """The per-request histogram (vLLM's request_time_per_output_token_seconds): one observation per
+    finished request, in the bucket of its mean ITL; a request of one token observes 0 s."""
+    # Eight long decoders, then two short requests decoding while a long prompt's prefill shares their
+    # iterations.
+    decoders = tuple(Request(0.0, 0, 301) for _ in range(8))
+    reqs = (*decoders, Request(0.5, 0, 3), Request(0.5, 0, 3), Request(0.505, 30_000, 3), Request(1.0, 0, 1))
+    cluster = Cluster(ServerConfig(P), reqs)
+    cluster.scale_to(1, 0.0, warm=True)
+    observed: list[int] = []
+    t = 0.0
+    while t < 20.0:
+        observed.extend(cluster.step(t, t + 0.25).request_itl_buckets)
+        t += 0.25
+    log = cluster.log
+    itl = RequestLatencies.of(log.arrival_s, log.first_token_s, log.end_s, [r.output_tokens for r in reqs])
+    expected = [itl_bucket_index(0.0 if x != x else x) for x in itl.itl_s]
+    assert sorted(observed) == sorted(expected)  # each finished request once, at its own mean
+    assert itl_bucket_index(0.0) in observed  # the single-token request
+    # The short requests' means are well above the decoders': per request they show, per token they
+    # are 4 intervals among 2,400.
+    assert min(itl.itl_s[8:10]) > 2 * max(itl.itl_s[:8])
