@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from gpumodel.model import H100_LLAMA_8B
 from sim.engine import Policy, SimConfig, simulate
 from sim.eo import EoCapController
 from sim.governor import EoGovernorController, GovernorOptions
 from sim.keda import HpaConfig
 from sim.policies import CapReading, CapSetting, ReplicaScrape, StaticSchedule, ThresholdTrigger
-from sim.scenario import Scenario
+from sim.scenario import Scenario, sidecar_quantile
 from sim.server import ServerConfig
 from sim.slo import Slos
 from sim.trace import Request, Trace
@@ -138,6 +140,18 @@ def test_eo_and_caps_only_run_the_sidecars_default_the_governor_with_the_bridge(
     assert isinstance(alone.caps, EoGovernorController) and alone.schedule is not None
     assert alone.schedule.replicas_at(0.0) == 3 and alone.name == "caps-only"
     assert sc.eo_policy("eo-replicas").caps is None
+
+
+def test_beside_the_scaler_the_governor_spends_half_the_error_budget_alone_all_of_it() -> None:
+    assert sidecar_quantile(0.99) == pytest.approx(0.995)
+    assert sidecar_quantile(0.9) == pytest.approx(0.95)
+    sc = _scenario(Slos(ttft_s=0.25, itl_s=0.025))  # the scenario's quantile: 0.99
+    eo = sc.eo_policy("eo", sidecar=True)
+    assert isinstance(eo.caps, EoGovernorController)
+    assert eo.caps.options.quantile == pytest.approx(0.995)
+    alone = sc.sidecar_alone(3)
+    assert isinstance(alone.caps, EoGovernorController)
+    assert alone.caps.options.quantile == pytest.approx(0.99)
 
 
 def test_without_a_ttft_or_itl_slo_or_with_the_power_actuator_the_sidecar_runs_its_loop() -> None:
