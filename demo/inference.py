@@ -111,6 +111,13 @@ class SimulatedVllmServer(MetricsEndpoint):
             buckets=ITL_BUCKETS_S,
             registry=self.registry,
         ).labels(**labels)
+        self._request_itl = Histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of each request's mean time per output token in seconds.",
+            ["model_name"],
+            buckets=ITL_BUCKETS_S,
+            registry=self.registry,
+        ).labels(**labels)
         self._running = Gauge(
             "vllm:num_requests_running", "Number of requests in model execution batches.", ["model_name"],
             registry=self.registry,
@@ -127,14 +134,17 @@ class SimulatedVllmServer(MetricsEndpoint):
 
     def record(self, prompt_tokens: int, output_tokens: int, ttft_s: float, e2e_s: float) -> None:
         """One finished request. Its inter-token latency is observed once, as its mean over its output
-        tokens after the first (vLLM observes every token; once per request keeps the demo cheap)."""
+        tokens after the first (vLLM observes every token; once per request keeps the demo cheap), and
+        that mean in the per-request histogram (0 s for one output token, as vLLM observes it)."""
         self._success.inc()
         self._prompt.inc(prompt_tokens)
         self._generation.inc(output_tokens)
         self._ttft.observe(ttft_s)
         self._e2e.observe(e2e_s)
+        mean_itl_s = max(e2e_s - ttft_s, 0.0) / (output_tokens - 1) if output_tokens > 1 else 0.0
         if output_tokens > 1:
-            self._itl.observe(max(e2e_s - ttft_s, 0.0) / (output_tokens - 1))
+            self._itl.observe(mean_itl_s)
+        self._request_itl.observe(mean_itl_s)
 
     def set_running(self, batch: int, waiting: int = 0, kv_cache_usage: float | None = None) -> None:
         """The queue and saturation gauges: requests in the batch, requests waiting, and KV-cache use

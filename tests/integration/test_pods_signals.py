@@ -128,6 +128,8 @@ def test_the_demo_server_feeds_the_new_signals(rig: PodRig) -> None:
         rig.sample()
         assert rig.value("eo_pod_inter_token_latency_seconds_bucket", "d", le="0.1") == 1
         assert rig.value("eo_pod_inter_token_latency_seconds_bucket", "d", le="0.075") == 0
+        assert rig.value("eo_pod_request_time_per_output_token_seconds_bucket", "d", le="0.1") == 1
+        assert rig.value("eo_pod_request_time_per_output_token_seconds_bucket", "d", le="0.075") == 0
         assert gauges(rig, "d") == (3, 12, 0.4)
     finally:
         server.stop()
