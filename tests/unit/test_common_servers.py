@@ -43,6 +43,22 @@ def test_latency_histograms_per_server(server: str, kind: str, expected: Histogr
 
 
 @pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        # One observation per finished request: its mean time per output token. No older names: the
+        # older vLLM and SGLang time_per_output_token histograms counted tokens (or, in SGLang, the
+        # end-to-end latency over the tokens), not a request's mean ITL.
+        ("vllm", Histogram("vllm:request_time_per_output_token_seconds")),
+        ("sglang", Histogram("sglang:request_time_per_output_token_seconds")),
+        ("tgi", Histogram("tgi_request_mean_time_per_token_duration")),
+        ("triton", None),
+    ],
+)
+def test_per_request_itl_histogram_per_server(server: str, expected: Histogram | None) -> None:
+    assert servers.server(server).request_itl == expected
+
+
+@pytest.mark.parametrize(
     ("server", "waiting", "running", "kv"),
     [
         (
