@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ANSWER_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT_PER_SERVER = 8
+MAX_CACHE_KEYS = 4096
 # Built queries, by trigger: KEDA repeats the same metadata on every poll.
 _QUERIES: BoundedCache[TriggerConfig, tuple[str, tuple[tuple[str, str], ...]]] = BoundedCache(512, 600.0)
 
@@ -152,7 +153,9 @@ class PrometheusKpiSource:
         )
         self._allowed_headers = frozenset(name.lower() for name in auth.allowed_metadata_headers)
         self._slots = _ServerSlots(auth.max_in_flight_per_server)
-        self._keys: BoundedCache[TriggerConfig, bytes] = BoundedCache(512, 600.0)
+        # As many as the parsed triggers (scaler.service.MAX_TRIGGERS): a poll that misses renders the
+        # trigger's whole query set again.
+        self._keys: BoundedCache[TriggerConfig, bytes] = BoundedCache(MAX_CACHE_KEYS, 600.0)
 
     def server_for(self, trigger: TriggerConfig) -> str:
         url = (trigger.server_address or self._own_url or "").rstrip("/")

@@ -34,8 +34,11 @@ log = logging.getLogger(__name__)
 
 MAX_STATUS_CHARS = 400
 # Parsed metadata, by a digest of it: KEDA sends the same metadata on every poll. Errors are not kept,
-# so bad metadata is re-checked (and costs nothing to keep).
-_PARSED: BoundedCache[bytes, TriggerConfig] = BoundedCache(512, 600.0)
+# so bad metadata is re-checked (and costs nothing to keep). As many as the answers the cache keeps:
+# KEDA polls its ScaledObjects in turn, so an LRU smaller than their number misses on every poll (at
+# 1,000 ScaledObjects a 512-entry one made each poll parse and render its trigger again: 5x the time).
+MAX_TRIGGERS = 4096
+_PARSED: BoundedCache[bytes, TriggerConfig] = BoundedCache(MAX_TRIGGERS, 600.0)
 
 
 def _parse_cached(metadata: Mapping[str, str], namespace: str) -> TriggerConfig:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from scaler import kpi_source, telemetry
+from scaler import kpi_source, service, telemetry
 from scaler.kpi_source import PrometheusAuth, PrometheusKpiSource
 from scaler.metadata import parse_metadata
 from scaler.policy import Reason, ReplicaDecision
@@ -85,3 +85,18 @@ def test_settings_come_back_after_their_label_set_was_dropped(monkeypatch: pytes
     assert 'eo_scaler_latency_slo_seconds{namespace="ns",workload="first"} 2.0' in _shown(
         metrics, "eo_scaler_latency_slo_seconds"
     )
+
+
+def test_more_scaledobjects_than_512_polled_in_turn_still_hit(monkeypatch: pytest.MonkeyPatch) -> None:
+    metadata = [{"workload": f"turn-{i}", "ttftSloSeconds": "1"} for i in range(600)]
+    source = PrometheusKpiSource(PrometheusAuth(url=URL))
+    for meta in metadata:  # KEDA's first round fills the caches
+        source.cache_key(service._parse_cached(meta, "ns"))
+
+    def not_again(*_args: object, **_kwargs: object) -> object:
+        raise AssertionError("parsed or rendered again")
+
+    monkeypatch.setattr(service, "parse_metadata", not_again)
+    monkeypatch.setattr(kpi_source, "queries_for", not_again)
+    for meta in metadata:  # the next round: every poll a hit
+        source.cache_key(service._parse_cached(meta, "ns"))
