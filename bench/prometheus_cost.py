@@ -3,9 +3,10 @@
 Setup: a real Prometheus (the Debian binary, through ``demo.prometheus``) holding an hour of history for
 ``--workloads`` workloads of ``--pods`` pods each (200 x 8 by default): every series the trigger's
 queries read, as the exporter publishes them (docs/architecture.md's contract metrics: request and token
-counters, the TTFT, ITL and end-to-end histograms with vLLM's bucket bounds, the queue, running and KV
-gauges, ``eo_pod_metrics_up``, ``eo_gpu_pod_info``, the energy counter and the pods heartbeat), sampled
-every 15 s, written as OpenMetrics and loaded with ``promtool tsdb create-blocks-from openmetrics``.
+counters; the TTFT, ITL (per token and per request) and end-to-end histograms with vLLM's bucket bounds;
+the queue, running and KV gauges, ``eo_pod_metrics_up``, ``eo_gpu_pod_info``, the energy counter and the
+pods heartbeat), sampled every 15 s, written as OpenMetrics and loaded with
+``promtool tsdb create-blocks-from openmetrics``.
 
 The recording rules the trigger reads (its power and J/request parts, and any rule a signal reads
 instead of a subquery) are backfilled from recording_rules/ with ``promtool tsdb create-blocks-from
@@ -218,6 +219,7 @@ class History:
         for family, bounds, median, sigma, per in (
             (sig.TTFT_HISTOGRAM, TTFT_BOUNDS, lambda u: 0.15 * (1 + 4 * _over_knee(u)), 0.8, "request"),
             (sig.ITL_HISTOGRAM, ITL_BOUNDS, lambda u: 0.02 * (1 + 2 * _over_knee(u)), 0.5, "token"),
+            (sig.REQUEST_ITL_HISTOGRAM, ITL_BOUNDS, lambda u: 0.02 * (1 + 2 * _over_knee(u)), 0.3, "request"),
             (sig.E2E_HISTOGRAM, E2E_BOUNDS, lambda u: 1.2 * (1 + 2 * _over_knee(u)), 0.6, "request"),
         ):  # fmt: skip
             out.write(f"# TYPE {family} histogram\n")
