@@ -10,24 +10,29 @@ CC-BY 4.0) at ``--base-rps``, then ``--step`` times that. The replica publishes 
 GPU, ticked on the simulated clock every ``--interval-seconds``), and the clock it locks on the
 simulated GPU is the clock the replica runs at.
 
-"What the new load needs" is the lowest clock the governor settles at under it: the median of its
-clock over the second half of the run. Printed per interval: the time from the step to the first clock
-at or above that (the reaction), to the first raise, and attainment (share of requests within both
-SLOs) in the minute before and the minute after the step.
+"The clock the new state needs" comes from the model, not from the governor: the lowest of the
+simulated GPU's clocks at which the same replica, locked there, holds both SLOs for ``--quantile`` of
+the requests of a ``--needed-minutes`` Poisson stream at the post-step rate (same request mix, its own
+seed); found by bisection (attainment grows with the clock). Printed per interval: the clock the
+governor held in the minute before the step (median), the needed clock after it, the time from the
+step to the first raise and to the first clock at or above the needed one, the median clock over the
+minute after the step, and attainment (share of requests within both SLOs) in the minute before, the
+minute after the step, and over the run.
 
-    .venv/bin/python bench/governor_step.py [--intervals 5,2,1] [--base-rps 4] [--step 1.5]
+    .venv/bin/python bench/governor_step.py [--intervals 5,1] [--base-rps 4] [--step 1.5]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import shutil
 import statistics
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,6 +50,7 @@ from powercap.sidecar import start_powercap
 from sim.observe import ITL_BUCKETS_S, TTFT_BUCKETS_S
 from sim.scenario import default_slos
 from sim.server import Cluster, ServerConfig
+from sim.slo import Slos
 from sim.trace import Request, Trace
 
 DT_S = 0.05
@@ -88,6 +94,8 @@ class ReplicaPage:
         lines += [
             f'vllm:time_to_first_token_seconds_bucket{{le="+Inf",model_name="m"}} {total}',
             f"vllm:time_to_first_token_seconds_count{m} {total}",
+            f"vllm:time_to_first_token_seconds_sum{m} {r.ttft_sum_s!r}",
+            f"vllm:prompt_tokens_total{m} {r.prompt_tokens_total!r}",
         ]
         tokens = sum(r.itl_counts_total)
         assert len(r.itl_counts_total) == len(ITL_BUCKETS_S) + 1
@@ -135,7 +143,58 @@ def arrivals(mix: Trace, base_rps: float, step: float, step_s: float, end_s: flo
         out.append(Request(t, r.prompt_tokens, r.output_tokens))
 
 
-def run(interval_s: float, args: argparse.Namespace, mix: Trace) -> list[str]:
+def poisson(mix: Trace, rps: float, end_s: float, seed: int) -> Trace:
+    rng = random.Random(seed)
+    t, out = 0.0, list[Request]()
+    while True:
+        t += rng.expovariate(rps)
+        if t >= end_s:
+            return Trace("steady", tuple(out))
+        r = mix.requests[rng.randrange(len(mix.requests))]
+        out.append(Request(t, r.prompt_tokens, r.output_tokens))
+
+
+def attainment_at(server: ServerConfig, load: Trace, clock_mhz: float, slos: Slos) -> float:
+    """Share of ``load``'s requests within both SLOs on one replica locked at ``clock_mhz``."""
+    cluster = Cluster(server, load.requests)
+    cluster.scale_to(1, 0.0, warm=True)
+    cluster.replicas[0].locked_clock_mhz = clock_mhz
+    t, end = 0.0, load.requests[-1].arrival_s
+    while t < end or cluster.pending:
+        cluster.step(t, t + 0.25)
+        t += 0.25
+    return _within(cluster, load, slos, range(len(load.requests)))
+
+
+def needed_clock(
+    server: ServerConfig, load: Trace, slos: Slos, clocks: list[float], quantile: float
+) -> float:
+    """The lowest of ``clocks`` (ascending) at which ``load`` keeps ``quantile`` within both SLOs."""
+    lo, hi = 0, len(clocks) - 1
+    if attainment_at(server, load, clocks[hi], slos) < quantile:
+        return clocks[hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if attainment_at(server, load, clocks[mid], slos) >= quantile:
+            hi = mid
+        else:
+            lo = mid + 1
+    return clocks[lo]
+
+
+def _within(cluster: Cluster, load: Trace, slos: Slos, idx: Iterable[int]) -> float:
+    log, ok, n = cluster.log, 0, 0
+    for i in idx:
+        first, end = log.first_token_s[i], log.end_s[i]
+        out = load.requests[i].output_tokens
+        ttft = first - log.arrival_s[i]
+        itl = (end - first) / (out - 1) if out > 1 else 0.0
+        ok += ttft <= (slos.ttft_s or math.inf) and itl <= (slos.itl_s or math.inf)
+        n += 1
+    return ok / n if n else math.nan
+
+
+def run(interval_s: float, args: argparse.Namespace, mix: Trace, needed: float) -> list[str]:
     server = ServerConfig(H100_LLAMA_8B)
     slos = default_slos(mix, server)
     load = arrivals(mix, args.base_rps, args.step, args.step_at_s, args.minutes * 60.0)
@@ -163,8 +222,16 @@ def run(interval_s: float, args: argparse.Namespace, mix: Trace) -> list[str]:
                     k += 1
                     clock.now = k * DT_S
                     if k % every == 0:
-                        handle.sidecar.tick()
+                        decision = handle.sidecar.tick()
                         trail.append((clock.now, gpu.locked_sm_clock_mhz or top))
+                        if args.trail and abs(clock.now - args.step_at_s) <= args.trail:
+                            gs = handle.sidecar.governor_state
+                            ratio = (
+                                gs.prefill.ratio if gs is not None and gs.prefill is not None else math.nan
+                            )
+                            print(f"  {interval_s:g} s interval, t {clock.now - args.step_at_s:+6.1f} s: "
+                                  f"{trail[-1][1]:.0f} MHz {decision.reason} (prefill ratio {ratio:.2f})",
+                                  file=sys.stderr)  # fmt: skip
                     if clock.now > args.minutes * 60.0 + 300.0:
                         break
             finally:
@@ -172,23 +239,14 @@ def run(interval_s: float, args: argparse.Namespace, mix: Trace) -> list[str]:
     finally:
         shutil.rmtree(state, ignore_errors=True)
     step_s = args.step_at_s
-    settled = [c for t, c in trail if t >= (step_s + args.minutes * 60.0) / 2]
-    needed = statistics.median(settled)
     before = [c for t, c in trail if step_s - 60.0 <= t < step_s]
+    after = [c for t, c in trail if step_s <= t < step_s + 60.0]
     reached = next((t - step_s for t, c in trail if t >= step_s and c >= needed), None)
     raised = next((t - step_s for t, c in trail if t >= step_s and c > trail_at(trail, step_s)), None)
-    log = cluster.log
 
     def within(lo: float, hi: float) -> str:
-        idx = [i for i, a in enumerate(log.arrival_s) if lo <= a < hi]
-        ok = 0
-        for i in idx:
-            first, end = log.first_token_s[i], log.end_s[i]
-            n = load.requests[i].output_tokens
-            ttft = first - log.arrival_s[i]
-            itl = (end - first) / (n - 1) if n > 1 else 0.0
-            ok += ttft <= (slos.ttft_s or 1e9) and itl <= (slos.itl_s or 1e9)
-        return f"{ok / len(idx):.2%} of {len(idx)}" if idx else "—"
+        idx = [i for i, a in enumerate(cluster.log.arrival_s) if lo <= a < hi]
+        return f"{_within(cluster, load, slos, idx):.2%} of {len(idx)}" if idx else "—"
 
     return [
         f"{interval_s:g} s",
@@ -196,6 +254,7 @@ def run(interval_s: float, args: argparse.Namespace, mix: Trace) -> list[str]:
         f"{needed:.0f}",
         f"{raised:.1f} s" if raised is not None else "never",
         f"{reached:.1f} s" if reached is not None else "never",
+        f"{statistics.median(after):.0f}" if after else "—",
         within(step_s - 60.0, step_s),
         within(step_s, step_s + 60.0),
         within(0.0, args.minutes * 60.0),
@@ -214,14 +273,25 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=1.5)
     ap.add_argument("--step-at-s", type=float, default=300.0)
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--quantile", type=float, default=0.99, help="share held within both SLOs")
+    ap.add_argument("--needed-minutes", type=float, default=10.0)
+    ap.add_argument("--trail", type=float, default=0.0, help="log each decision this close to the step (s)")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     mix = named_trace("conv x1")
+    server = ServerConfig(H100_LLAMA_8B)
+    slos = default_slos(mix, server)
+    clocks = sorted(float(c) for c in SimulatedGpu(0).supported_sm_clocks_mhz())
+    steady = poisson(mix, args.base_rps * args.step, args.needed_minutes * 60.0, seed=2)
+    needed = needed_clock(server, steady, slos, clocks, args.quantile)
     header = ["interval", "clock before MHz", "needed after MHz", "first raise", "reaches needed",
-              "in SLOs, minute before", "in SLOs, minute after", "in SLOs, run"]  # fmt: skip
-    body = [run(float(x), args, mix) for x in args.intervals.split(",")]
+              "median clock, minute after", "in SLOs, minute before", "in SLOs, minute after",
+              "in SLOs, run"]  # fmt: skip
+    body = [run(float(x), args, mix, needed) for x in args.intervals.split(",")]
 
-    print(f"# step {args.base_rps:g} -> {args.base_rps * args.step:g} req/s at {args.step_at_s:g} s")
+    print(f"# step {args.base_rps:g} -> {args.base_rps * args.step:g} req/s at {args.step_at_s:g} s; "
+          f"SLOs TTFT {slos.ttft_s:g} s, ITL {slos.itl_s:g} s at {args.quantile:g}; needed clock: the "
+          f"lowest locked clock holding both at {args.base_rps * args.step:g} req/s")  # fmt: skip
     print_table(header, body, markdown=args.markdown)
 
 

@@ -16,6 +16,16 @@ chunk). TTFT is judged by the share of requests over the target, read at a bucke
 bound are exact; vLLM's TTFT buckets jump 0.1 -> 0.25 s, where an interpolated p99 reads 0.24 s for a
 true 0.17 s). Its ratio is misses over the budget ``1 - quantile``: above 1 the SLO is breached.
 
+Feedforward from the prompt-token rate (``powercap.prefill``): TTFT is prefill plus the wait behind
+other prompts, and the prefill work arriving per second is the server's prompt-token counter's rate. At
+each candidate clock an M/G/1 queue of prompts at the larger of the last interval's and the window's
+prompt rate predicts the TTFT at ``quantile``; the clock must keep it within ``headroom`` of the target.
+A step in arrivals moves that rate, and so the clock, in the next interval; the observed first tokens
+(the TTFT history above) would show it only once the slower ones fill the tail. The prefill rate per
+clock is learned each interval from the observed mean TTFT. The counter unreadable (missing from a page
+whose server names one, NaN, negative; the first scrape), or frozen (first tokens came but no prompt
+token was counted), puts the clock at the ceiling (``prompt_rate_unusable``, ``prompt_counter_frozen``).
+
 A waiting queue or a KV cache near full means the server is out of batch slots: the clock goes to the
 ceiling in the same interval (``queue_forming``).
 
@@ -55,6 +65,7 @@ from powercap.controller import (
     initial_state,
     step,
 )
+from powercap.prefill import PrefillProfile
 from powercap.profile import IterationProfile
 
 REASON_FEEDFORWARD = "feedforward"
@@ -64,6 +75,8 @@ REASON_QUEUE = "queue_forming"
 REASON_BRIDGE = "scale_up_bridge"
 REASON_STATE_UNUSABLE = "state_unusable"
 REASON_STATE_FROZEN = "state_frozen"
+REASON_PROMPT_UNUSABLE = "prompt_rate_unusable"
+REASON_PROMPT_FROZEN = "prompt_counter_frozen"
 
 GOVERNOR_REASONS: tuple[str, ...] = (
     REASON_FEEDFORWARD,
@@ -72,6 +85,8 @@ GOVERNOR_REASONS: tuple[str, ...] = (
     REASON_BRIDGE,
     REASON_STATE_UNUSABLE,
     REASON_STATE_FROZEN,
+    REASON_PROMPT_UNUSABLE,
+    REASON_PROMPT_FROZEN,
 )
 
 # The controller's rules that win over the feedforward whatever it predicts.
@@ -94,6 +109,40 @@ class ServerLoad:
         if self.waiting is not None and not (math.isfinite(self.waiting) and self.waiting >= 0):
             return False
         return self.kv_usage is None or (math.isfinite(self.kv_usage) and 0 <= self.kv_usage <= 1.0)
+
+
+@dataclass(frozen=True)
+class PromptLoad:
+    """The prompt-token counter's readings (common.servers ``prompt_tokens``) with the TTFT histogram's
+    count and sum: over the last interval and over the window. None inside: not readable this time."""
+
+    tokens_per_s: float | None
+    """Prompt tokens counted per second over the last interval."""
+    first_tokens: float | None = None
+    """First tokens over the last interval (the TTFT histogram's count delta)."""
+    ttft_mean_s: float | None = None
+    """Mean TTFT of those first tokens (the TTFT histogram's sum over count deltas)."""
+    window_tokens_per_s: float | None = None
+    window_mean_tokens: float | None = None
+    """Prompt tokens per first token over the window (None: no first token in it)."""
+
+    def usable(self) -> bool:
+        """The interval's rate is a finite number >= 0, and so is every other reading given."""
+        values = (self.tokens_per_s, self.first_tokens, self.ttft_mean_s, self.window_tokens_per_s,
+                  self.window_mean_tokens)  # fmt: skip
+        if self.tokens_per_s is None:
+            return False
+        return all(v is None or (math.isfinite(v) and v >= 0) for v in values)
+
+    def frozen(self) -> bool:
+        """First tokens came over the interval but the counter did not move: every first token comes
+        with its prompt counted (vLLM counts a prompt's tokens at its first token)."""
+        return bool(self.first_tokens and self.first_tokens > 0 and self.tokens_per_s == 0)
+
+    def interval_mean_tokens(self, interval_s: float | None) -> float | None:
+        if not (self.first_tokens and self.tokens_per_s is not None and interval_s):
+            return None
+        return self.tokens_per_s * interval_s / self.first_tokens
 
 
 @dataclass(frozen=True)
@@ -184,6 +233,11 @@ class GovernorReading:
     """The first tokens since the previous reading, by TTFT bucket as ``ttft_buckets``: they came at
     the clock in force over that interval, so the feedforward scales each interval's TTFTs from its own
     clock (None: not read; the window's buckets are then scaled from the clock in force)."""
+    prompt: PromptLoad | None = None
+    """The prompt-token rate; None where the sidecar reads none (its server publishes no counter):
+    then no prompt feedforward."""
+    interval_s: float | None = None
+    """Seconds the ``prompt`` interval readings span."""
 
 
 @dataclass(frozen=True)
@@ -193,14 +247,21 @@ class GovernorState:
     gauges: tuple[float | None, float | None, float | None] | None = None
     gauges_since_s: float | None = None
     previous_running: float | None = None
-    ttft_history: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
-    """(reading time, clock in force over the interval, that interval's first tokens by TTFT bucket),
-    oldest first, at most ``ttft_window_s`` old: a bounded record (one entry per interval)."""
+    ttft_history: tuple[tuple[float, float, tuple[tuple[float, float], ...], float | None], ...] = ()
+    """(reading time, clock in force over the interval, that interval's first tokens by TTFT bucket,
+    the prompt tokens per second counted with them or None), oldest first, at most ``ttft_window_s``
+    old: a bounded record (one entry per interval)."""
+    prefill: PrefillProfile | None = None
+    """The prompt feedforward's learned model; None: no prompt feedforward."""
+    prompt: PromptLoad | None = None
+    """The last usable prompt reading (what the feedforward plans for)."""
 
 
-def initial_governor_state(config: GovernorConfig, profile: IterationProfile) -> GovernorState:
+def initial_governor_state(
+    config: GovernorConfig, profile: IterationProfile, prefill: PrefillProfile | None = None
+) -> GovernorState:
     ctrl = initial_state(config.controller.ceiling, config.controller)
-    return GovernorState(ctrl, profile)
+    return GovernorState(ctrl, profile, prefill=prefill)
 
 
 def share_within(buckets: tuple[tuple[float, float], ...], bound_s: float) -> float | None:
@@ -282,19 +343,46 @@ def worst_ratio(reading: GovernorReading, config: GovernorConfig) -> float | Non
     return max(ratios) if ratios else None
 
 
+def _ttft_scale(state: GovernorState, clock: float, observed_at: float, rate_then: float | None) -> float:
+    """How much longer a first token observed at ``observed_at`` MHz and ``rate_then`` prompt tokens
+    per second would take at ``clock`` and the planned prompt rate. Prefill is compute-bound, so with
+    no prompt model it goes as 1 / clock; with one, as the prompt queue's mean TTFT (its wait grows
+    with the load and as the clock lowers, ``powercap.prefill``), which at no load is that same ratio.
+    The observed distribution keeps its shape: the model moves its scale, the tail stays observed."""
+    prompt, prefill = state.prompt, state.prefill
+    mean = prompt.window_mean_tokens if prompt is not None else None
+    if prefill is None or prompt is None or rate_then is None or mean is None or not mean > 0:
+        return observed_at / clock
+    now = prefill.mean_ttft_s(clock, planned_rate(prompt), mean)
+    then = prefill.mean_ttft_s(observed_at, rate_then, mean)
+    if not math.isfinite(then) or then <= 0:
+        return observed_at / clock  # saturated then: the observed tail already says so
+    return now / then
+
+
+def planned_rate(prompt: PromptLoad) -> float:
+    """The prompt rate the feedforward plans for: the larger of the last interval's and the window's,
+    so a rise counts at once and a fall only as the window forgets the busier seconds."""
+    return max(prompt.tokens_per_s or 0.0, prompt.window_tokens_per_s or 0.0)
+
+
 def history_ttft_ratio(state: GovernorState, config: GovernorConfig, clock: float) -> float | None:
     """TTFT misses over the miss budget predicted at ``clock`` from the TTFT history: each interval's
-    first tokens scaled from the clock they came at (prefill is compute-bound: its time goes as
-    1 / clock), tails read log-linearly (``tail_share_over``); None without a target or a first token."""
+    first tokens scaled from the clock and prompt load they came at to ``clock`` and the planned load
+    (``_ttft_scale``), tails read log-linearly (``tail_share_over``); None without a target or a first
+    token."""
     if config.ttft_target_s is None:
         return None
-    counts = [sum(c for _, c in buckets) for _, _, buckets in state.ttft_history]
+    counts = [sum(c for _, c in buckets) for _, _, buckets, _ in state.ttft_history]
     window = sum(counts)
     over = total = 0.0
-    for (_, observed_at, buckets), count in zip(state.ttft_history, counts, strict=True):
+    for (_, observed_at, buckets, rate_then), count in zip(state.ttft_history, counts, strict=True):
         # Half an observation over the whole window where a tail is empty, shared by the intervals.
         empty_top = 0.5 * count / window if window > 0 else 0.5
-        share = tail_share_over(buckets, config.ttft_target_s * clock / observed_at, empty_top)
+        scale = _ttft_scale(state, clock, observed_at, rate_then)
+        if not math.isfinite(scale):
+            return math.inf  # the planned load saturates prefill at this clock
+        share = tail_share_over(buckets, config.ttft_target_s / scale, empty_top)
         if share is None:
             continue
         over += share * count
@@ -324,8 +412,50 @@ def feedforward_clock(
             ttft = ttft_ratio(ttft_buckets, config, in_force / clock)
         if ttft is not None and ttft > config.headroom:
             continue
+        if prompt_ttft_s(state, config, clock) > config.headroom * (config.ttft_target_s or math.inf):
+            continue
         return clock
     return clocks[-1]
+
+
+def prompt_ttft_s(state: GovernorState, config: GovernorConfig, clock: float) -> float:
+    """The prompt queue's predicted TTFT at ``quantile`` at ``clock`` (``powercap.prefill``) at the
+    planned prompt rate; 0 without a prompt reading or a prompt (nothing queues)."""
+    prompt, prefill = state.prompt, state.prefill
+    if prompt is None or prefill is None or prompt.tokens_per_s is None or config.ttft_target_s is None:
+        return 0.0
+    rate = planned_rate(prompt)
+    mean = prompt.window_mean_tokens
+    if not rate > 0 or mean is None or not mean > 0:
+        return 0.0
+    return prefill.ttft_quantile_s(clock, rate, mean, config.quantile)
+
+
+def _learn_prefill(state: GovernorState, reading: GovernorReading) -> GovernorState:
+    """The interval's observed mean TTFT at the clock in force and its prompt rate corrects the
+    prefill model; the reading becomes what the feedforward plans for (an unusable one is dropped:
+    the governor then holds the ceiling)."""
+    prompt = reading.prompt
+    if state.prefill is None:
+        return state
+    if prompt is None or not prompt.usable() or prompt.frozen():
+        return replace(state, prompt=None)
+    prefill = state.prefill
+    mean_tokens = prompt.interval_mean_tokens(reading.interval_s)
+    if (
+        prompt.tokens_per_s is not None
+        and prompt.first_tokens
+        and prompt.ttft_mean_s
+        and mean_tokens is not None
+    ):
+        prefill = prefill.observe(
+            state.controller.setpoint,
+            prompt.tokens_per_s,
+            mean_tokens,
+            prompt.ttft_mean_s,
+            prompt.first_tokens,
+        )
+    return replace(state, prefill=prefill, prompt=prompt)
 
 
 def _record_ttft(state: GovernorState, reading: GovernorReading, config: GovernorConfig) -> GovernorState:
@@ -334,7 +464,10 @@ def _record_ttft(state: GovernorState, reading: GovernorReading, config: Governo
     kept = tuple(h for h in state.ttft_history if h[0] > now - config.ttft_window_s)
     buckets = reading.ttft_interval_buckets
     if buckets and all(math.isfinite(c) and c >= 0 for _, c in buckets) and sum(c for _, c in buckets) > 0:
-        kept = (*kept, (now, state.controller.setpoint, buckets))
+        prompt = reading.prompt
+        usable = prompt is not None and prompt.usable() and not prompt.frozen()
+        rate = prompt.tokens_per_s if usable and prompt is not None else None
+        kept = (*kept, (now, state.controller.setpoint, buckets, rate))
     return state if kept == state.ttft_history else replace(state, ttft_history=kept)
 
 
@@ -362,7 +495,8 @@ def govern(
     now = reading.now_s
     ctrl_cfg = config.controller
     current = state.controller.setpoint
-    state = _track_gauges(_record_ttft(_learn(state, reading), reading, config), reading.load, now)
+    state = _learn_prefill(_learn(state, reading), reading)
+    state = _track_gauges(_record_ttft(state, reading, config), reading.load, now)
     ratio = worst_ratio(reading, config)
     fb_state, fb = step(
         state.controller,
@@ -410,6 +544,12 @@ def govern(
         load.kv_usage is not None and load.kv_usage >= config.kv_high
     ):
         return to(ctrl_cfg.ceiling, REASON_QUEUE)
+    prompt = reading.prompt
+    if state.prefill is not None and prompt is not None:
+        if not prompt.usable():
+            return to(ctrl_cfg.ceiling, REASON_PROMPT_UNUSABLE)
+        if prompt.frozen():
+            return to(ctrl_cfg.ceiling, REASON_PROMPT_FROZEN)
 
     # A batch that grew since the last interval keeps growing for a while: plan for the larger one.
     planned = max(load.running, previous) if previous is not None else load.running

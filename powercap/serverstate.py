@@ -2,14 +2,20 @@
 
 One bounded read per interval through ``common.http.BoundedHttpClient`` (total deadline, decompressed
 size cap, no redirects), names from the one registry ``common.servers``: requests running and waiting,
-KV-cache use, the TTFT histogram's buckets and the ITL histogram's ``_sum`` and ``_count``. Successive
+KV-cache use, the TTFT histogram's buckets and ``_sum``, the ITL histogram's ``_sum`` and ``_count``, and
+the prompt-token counter. Successive
 scrapes are kept for the window (at most ``MAX_SNAPSHOTS``), from which ``read`` returns what
 ``powercap.governor.GovernorReading`` takes: the window's TTFT buckets, the window's mean inter-token
-time, the last interval's mean inter-token time, and the current gauges.
+time, the last interval's mean inter-token time, the current gauges, and the prompt load
+(``PromptLoad``: the prompt-token rate, first tokens and their mean TTFT over the last interval, the
+rate and mean prompt over the window).
 
 Missing data is never a number: a gauge the page lacks, or whose value is NaN, infinite or negative,
 makes ``load`` None (the governor then runs at the ceiling, ``state_unusable``); an unreadable page
-raises ``ServerStateError``; a counter that went backwards (a server restart) restarts the window.
+raises ``ServerStateError``; a counter that went backwards (a server restart) restarts the window. A
+prompt counter the server names but the page lacks (or NaN, negative), or no previous scrape to take a
+rate from, gives a ``PromptLoad`` without a rate (the governor then holds the ceiling); a server that
+names none (Triton) gives no ``PromptLoad`` at all.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common import servers
 from common.http import BoundedHttpClient, HttpError
 from common.prometheus import truncate
-from powercap.governor import ServerLoad
+from powercap.governor import PromptLoad, ServerLoad
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_SNAPSHOTS = 512
@@ -40,6 +46,8 @@ class Snapshot:
     """Cumulative TTFT bucket counts by upper bound (ascending, last +Inf); empty without one."""
     itl_sum_s: float | None
     itl_count: float | None
+    ttft_sum_s: float | None = None
+    prompt_tokens: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,10 @@ class ServerSample:
     itl_interval_mean_s: float | None
     ttft_interval_buckets: tuple[tuple[float, float], ...] | None = None
     """Per bucket, first tokens since the previous scrape; None on the first scrape or with none."""
+    prompt: PromptLoad | None = None
+    """None where the server publishes no prompt-token counter."""
+    interval_s: float | None = None
+    """Seconds since the previous scrape (None on the first)."""
 
 
 def _first(values: dict[str, float], metric: servers.Metric | None) -> float | None:
@@ -104,14 +116,24 @@ class ServerStateSource:
             self._snapshots.popleft()
         oldest = self._snapshots[0]
         recent = _ttft_delta(previous, snap) if previous is not None else None
+        prompt = _prompt_load(oldest, previous, snap) if self._server.prompt_tokens else None
         return ServerSample(
-            load, _ttft_delta(oldest, snap), _mean(oldest, snap), _mean(previous, snap), recent
+            load,
+            _ttft_delta(oldest, snap),
+            _mean(oldest, snap),
+            _mean(previous, snap),
+            recent,
+            prompt,
+            snap.at_s - previous.at_s if previous is not None else None,
         )
 
     def _parse(self, text: str, now_s: float) -> tuple[ServerLoad | None, Snapshot]:
         s = self._server
         gauges = {m.name: m for m in (s.requests_running, s.requests_waiting, s.kv_cache_usage) if m}
         wanted = {n for m in gauges.values() for n in m.names}
+        prompt_names = s.prompt_tokens.names if s.prompt_tokens else ()
+        prompts: dict[str, float] = {}
+        ttft_sums: dict[str, float] = {}
         ttft_names = s.ttft.names if s.ttft else ()
         itl_names = s.itl.names if s.itl else ()
         values: dict[str, float] = {}
@@ -125,6 +147,12 @@ class ServerStateSource:
                         metric = next(m for m in gauges.values() if name in m.names)
                         if metric.has_labels(sample.labels):
                             values[name] = values.get(name, 0.0) + sample.value
+                    elif name in prompt_names:
+                        assert s.prompt_tokens is not None
+                        if s.prompt_tokens.has_labels(sample.labels):
+                            prompts[name] = prompts.get(name, 0.0) + sample.value
+                    elif name.endswith("_sum") and name[:-4] in ttft_names:
+                        ttft_sums[name[:-4]] = ttft_sums.get(name[:-4], 0.0) + sample.value
                     elif name.endswith("_bucket") and name[:-7] in ttft_names:
                         le = float(sample.labels["le"])
                         per = ttft.setdefault(name[:-7], {})
@@ -143,12 +171,19 @@ class ServerStateSource:
             load = None
         ttft_scale = s.ttft.to_seconds if s.ttft else 1.0
         buckets: tuple[tuple[float, float], ...] = ()
+        ttft_sum = None
         for name in ttft_names:
             if name in ttft:
                 per = ttft[name]
                 if math.inf in per and all(math.isfinite(c) and c >= 0 for c in per.values()):
                     buckets = tuple((le * ttft_scale, per[le]) for le in sorted(per))
+                    total = ttft_sums.get(name)
+                    if total is not None and math.isfinite(total) and total >= 0:
+                        ttft_sum = total * ttft_scale
                 break
+        prompt = _first(prompts, s.prompt_tokens)
+        if prompt is not None and not (math.isfinite(prompt) and prompt >= 0):
+            prompt = None
         itl_sum = itl_count = None
         itl_scale = s.itl.to_seconds if s.itl else 1.0
         for name in itl_names:
@@ -157,11 +192,13 @@ class ServerStateSource:
                 if math.isfinite(total) and math.isfinite(count) and total >= 0 and count >= 0:
                     itl_sum, itl_count = total * itl_scale, count
                 break
-        return load, Snapshot(now_s, buckets, itl_sum, itl_count)
+        return load, Snapshot(now_s, buckets, itl_sum, itl_count, ttft_sum, prompt)
 
 
 def _went_back(a: Snapshot, b: Snapshot) -> bool:
     if a.itl_count is not None and b.itl_count is not None and b.itl_count < a.itl_count:
+        return True
+    if a.prompt_tokens is not None and b.prompt_tokens is not None and b.prompt_tokens < a.prompt_tokens:
         return True
     return bool(a.ttft and b.ttft and b.ttft[-1][1] < a.ttft[-1][1])
 
@@ -188,3 +225,37 @@ def _mean(a: Snapshot | None, b: Snapshot) -> float | None:
         return None
     tokens = b.itl_count - a.itl_count
     return (b.itl_sum_s - a.itl_sum_s) / tokens if tokens > 0 else None
+
+
+def _firsts(a: Snapshot, b: Snapshot) -> float | None:
+    """First tokens between two snapshots (the TTFT histogram's +Inf bucket); None without one."""
+    if not a.ttft or not b.ttft:
+        return None
+    return max(0.0, b.ttft[-1][1] - a.ttft[-1][1])
+
+
+def _prompt_load(oldest: Snapshot, previous: Snapshot | None, b: Snapshot) -> PromptLoad:
+    """The prompt load of the last interval and the window; no rate on the first scrape or without the
+    counter in both scrapes (missing data is never a number: the governor then holds the ceiling)."""
+    if previous is None or previous.prompt_tokens is None or b.prompt_tokens is None:
+        return PromptLoad(None)
+    span = b.at_s - previous.at_s
+    if not span > 0:
+        return PromptLoad(None)
+    firsts = _firsts(previous, b)
+    ttft_mean = None
+    if firsts and previous.ttft_sum_s is not None and b.ttft_sum_s is not None:
+        ttft_mean = max(0.0, b.ttft_sum_s - previous.ttft_sum_s) / firsts
+    window_rate = window_mean = None
+    if oldest.prompt_tokens is not None and b.at_s > oldest.at_s:
+        window_tokens = b.prompt_tokens - oldest.prompt_tokens
+        window_rate = window_tokens / (b.at_s - oldest.at_s)
+        window_firsts = _firsts(oldest, b)
+        window_mean = window_tokens / window_firsts if window_firsts else None
+    return PromptLoad(
+        tokens_per_s=(b.prompt_tokens - previous.prompt_tokens) / span,
+        first_tokens=firsts,
+        ttft_mean_s=ttft_mean,
+        window_tokens_per_s=window_rate,
+        window_mean_tokens=window_mean,
+    )

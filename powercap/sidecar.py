@@ -41,6 +41,8 @@ from powercap.controller import CapDecision, ControllerConfig, Reading, initial_
 from powercap.events import CapEvent, EventSink, NullEventSink
 from powercap.governor import (
     REASON_BRIDGE,
+    REASON_PROMPT_FROZEN,
+    REASON_PROMPT_UNUSABLE,
     REASON_QUEUE,
     REASON_STATE_FROZEN,
     REASON_STATE_UNUSABLE,
@@ -53,6 +55,7 @@ from powercap.gpu import ControlledGpu, open_gpus
 from powercap.latency import LatencySource, LatencySourceError
 from powercap.metrics import PowercapMetrics
 from powercap.persist import StateStore
+from powercap.prefill import PrefillProfile
 from powercap.profile import IterationProfile, prior_of
 from powercap.scaleup import ScaleUpError, ScaleUpSource
 from powercap.serverstate import ServerSample, ServerStateError, ServerStateSource
@@ -77,6 +80,10 @@ _CONDITIONS = {
     "ceiling until it reads again",
     REASON_STATE_FROZEN: "the server's gauges have not moved while requests run (frozen?): at the ceiling",
     REASON_QUEUE: "requests are waiting (or the KV cache is nearly full): at the ceiling",
+    REASON_PROMPT_UNUSABLE: "the server's prompt-token counter is missing or not a number (or this is the "
+    "first scrape): at the ceiling until a rate reads",
+    REASON_PROMPT_FROZEN: "first tokens came but the prompt-token counter did not move (frozen?): at the "
+    "ceiling",
 }
 
 
@@ -197,7 +204,8 @@ class Sidecar:
         ctrl = self.governor.controller
         prior = dataclasses.replace(prior_of(H100_LLAMA_8B), max_clock_mhz=high)
         profile = IterationProfile.start(prior, (ctrl.floor, ctrl.ceiling), H100_LLAMA_8B.max_batch)
-        self.governor_state = GovernorState(self.state, profile)
+        prefill = PrefillProfile.start(H100_LLAMA_8B.prefill_tokens_per_s, high)
+        self.governor_state = GovernorState(self.state, profile, prefill=prefill)
         self._server_state = server_state or ServerStateSource(
             s.metrics_url, s.server, s.latency_window_s, s.scrape_deadline_s
         )
@@ -295,6 +303,8 @@ class Sidecar:
             load=sample.load if sample is not None else None,
             itl_mean_s=sample.itl_interval_mean_s if sample is not None else None,
             ttft_interval_buckets=sample.ttft_interval_buckets if sample is not None else None,
+            prompt=sample.prompt if sample is not None else None,
+            interval_s=sample.interval_s if sample is not None else None,
             scaling_up=scaling_up,
             load_rps=reading.load_rps,
             temperature_c=reading.temperature_c,

@@ -242,7 +242,8 @@ def _run_caps(
             window = windows[r.id]
             reading_latency = window.quantile(caps.quantile, now_s)
             scrape = ReplicaScrape(r.running, r.waiting, tuple(r.ttft_counts_total),
-                                   tuple(r.itl_counts_total), r.itl_sum_s, r.locked_clock_mhz)  # fmt: skip
+                                   tuple(r.itl_counts_total), r.itl_sum_s, r.locked_clock_mhz,
+                                   r.ttft_sum_s, r.prompt_tokens_total)  # fmt: skip
             setting = caps.control(
                 r.id, CapReading(now_s, reading_latency, window.rate(now_s), scrape, scaling_up)
             )

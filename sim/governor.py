@@ -3,9 +3,11 @@
 Each replica's sidecar scrapes its own server (``sim.policies.ReplicaScrape``: the running and waiting
 gauges, cumulative TTFT and ITL histograms, the ITL sum) and keeps a sliding window of those scrapes,
 as the live sidecar does; from it, every interval, the configured quantile of TTFT and of ITL over the
-window and the mean inter-token time since the previous scrape. The workload's scaling state (the
-Deployment wanting more replicas than are ready) reaches it as ``scaling_up``: with the bridge on,
-every replica runs at its ceiling until the new ones serve; ``bridge=False`` is the ablation.
+window, the mean inter-token time since the previous scrape, and the prompt-token rate with the mean
+TTFT since the previous scrape and over the window (the prompt feedforward, ``powercap.prefill``).
+The workload's scaling state (the Deployment wanting more replicas than are ready) reaches it as
+``scaling_up``: with the bridge on, every replica runs at its ceiling until the new ones serve;
+``bridge=False`` is the ablation.
 
 Optionally a power limit rides alongside (``budget_w``, per GPU): the budget actuator, held constant
 while the clocks move for energy (docs/powercap.md, "Budget guard").
@@ -24,10 +26,12 @@ from powercap.governor import (
     GovernorConfig,
     GovernorReading,
     GovernorState,
+    PromptLoad,
     ServerLoad,
     govern,
     initial_governor_state,
 )
+from powercap.prefill import PrefillProfile
 from powercap.profile import IterationProfile, prior_of
 from powercap.settings import GpuRange, Settings
 from sim.observe import TTFT_BUCKETS_S
@@ -88,6 +92,30 @@ def _delta(a: tuple[float, ...], b: tuple[float, ...]) -> list[float]:
     return [max(0.0, y - x) for x, y in zip(a, b, strict=True)]
 
 
+def _prompt_load(
+    oldest: ReplicaScrape,
+    oldest_s: float,
+    previous: ReplicaScrape,
+    scrape: ReplicaScrape,
+    now_s: float,
+    interval_s: float,
+) -> PromptLoad | None:
+    if not interval_s > 0:
+        return PromptLoad(None)
+    firsts = sum(scrape.ttft_counts) - sum(previous.ttft_counts)
+    ttft_mean = (scrape.ttft_sum_s - previous.ttft_sum_s) / firsts if firsts > 0 else None
+    window_firsts = sum(scrape.ttft_counts) - sum(oldest.ttft_counts)
+    window_tokens = scrape.prompt_tokens - oldest.prompt_tokens
+    span = now_s - oldest_s
+    return PromptLoad(
+        tokens_per_s=(scrape.prompt_tokens - previous.prompt_tokens) / interval_s,
+        first_tokens=firsts,
+        ttft_mean_s=ttft_mean,
+        window_tokens_per_s=window_tokens / span if span > 0 else None,
+        window_mean_tokens=window_tokens / window_firsts if window_firsts > 0 else None,
+    )
+
+
 class EoGovernorController:
     """One eo-powercap sidecar in governor mode per replica (``sim.policies.CapController``)."""
 
@@ -115,7 +143,8 @@ class EoGovernorController:
             (self.config.controller.floor, self.config.controller.ceiling),
             self._model.max_batch,
         )
-        replica = _Replica(initial_governor_state(self.config, profile))
+        prefill = PrefillProfile.start(self._model.prefill_tokens_per_s, float(self._model.max_sm_clock_mhz))
+        replica = _Replica(initial_governor_state(self.config, profile, prefill))
         replica.started_s = now_s
         self._replicas[replica_id] = replica
         return self._setting(replica.state.controller.setpoint)
@@ -128,9 +157,12 @@ class EoGovernorController:
         ttft: tuple[tuple[float, float], ...] | None = None
         recent: tuple[tuple[float, float], ...] | None = None
         load = None
+        prompt = None
+        interval = None
         if scrape is not None:
             history = replica.scrapes
             previous = history[-1][1] if history else None
+            previous_s = history[-1][0] if history else now
             history.append((now, scrape))
             while len(history) > 1 and history[0][0] < now - self.window_s:
                 history.popleft()
@@ -147,6 +179,10 @@ class EoGovernorController:
                 tokens = sum(scrape.itl_counts) - sum(previous.itl_counts)
                 if tokens > 0:
                     mean = (scrape.itl_sum_s - previous.itl_sum_s) / tokens
+                interval = now - previous_s
+                prompt = _prompt_load(oldest, history[0][0], previous, scrape, now, interval)
+            else:
+                prompt = PromptLoad(None)  # one scrape: no rate yet (the live sidecar's first scrape)
             load = ServerLoad(float(scrape.running), float(scrape.waiting), None)
         if itl is not None or ttft is not None:
             replica.last_usable_s = now
@@ -163,6 +199,8 @@ class EoGovernorController:
                 scaling_up=reading.scaling_up if self.options.bridge else None,
                 load_rps=reading.load_rps,
                 ttft_interval_buckets=recent,
+                prompt=prompt,
+                interval_s=interval,
             ),
             self.config,
         )

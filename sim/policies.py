@@ -68,6 +68,10 @@ class ReplicaScrape:
     itl_sum_s: float
     clock_mhz: float | None
     """The SM clock lock in force (None: unlocked)."""
+    ttft_sum_s: float = 0.0
+    """The TTFT histogram's cumulative sum."""
+    prompt_tokens: float = 0.0
+    """Cumulative prompt tokens of the requests that got their first token (vLLM's counter)."""
 
 
 @dataclass(frozen=True)

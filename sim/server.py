@@ -152,6 +152,12 @@ class Replica:
         self.ttft_counts_total: list[float] = [0.0] * N_TTFT_BUCKETS
         self.itl_counts_total: list[float] = [0.0] * N_ITL_BUCKETS
         self.itl_sum_s = 0.0
+        # The TTFT histogram's sum and vLLM's prompt-token counter (counted at the first token, as vLLM
+        # does), folded into the totals with the TTFT buckets at the slot's end.
+        self.ttft_sum_s = 0.0
+        self.prompt_tokens_total = 0.0
+        self._slot_ttft_s = 0.0
+        self._slot_prompt_tokens = 0.0
 
     def is_ready(self, now_s: float) -> bool:
         return now_s >= self.ready_s - _EPS
@@ -250,6 +256,8 @@ class Replica:
                     req = int(head[0])
                     log.first_token_s[req] = t
                     self.first_token_buckets.append(ttft_bucket_index(t - arrivals[req]))
+                    self._slot_ttft_s += t - arrivals[req]
+                    self._slot_prompt_tokens += requests[req].prompt_tokens
                     self.slot_tokens += requests[req].prompt_tokens + 1
                     left = requests[req].output_tokens - 1
                     if left > 0:
@@ -270,6 +278,9 @@ class Replica:
         firsts, self.first_token_buckets = self.first_token_buckets, []
         for bucket in firsts:
             self.ttft_counts_total[bucket] += 1
+        self.ttft_sum_s += self._slot_ttft_s
+        self.prompt_tokens_total += self._slot_prompt_tokens
+        self._slot_ttft_s = self._slot_prompt_tokens = 0.0
         if not self._itl_seen:
             return firsts, None
         itl, self.itl_tokens, self._itl_seen = self.itl_tokens, [0.0] * N_ITL_BUCKETS, False

@@ -170,8 +170,10 @@ class VllmStateFeed:
     """A vLLM /metrics page for the clock governor, as ``TextServer``'s ``body_fn`` or
     ``hostile_server``'s handler: the running, waiting and KV gauges as set, and on every scrape
     ``per_scrape`` more first tokens (each under ``ttft_s``) and ``tokens`` more output tokens at a mean
-    inter-token time of ``itl_s``. ``nan`` serves the running gauge as NaN; ``garbage`` an unparsable
-    page; ``frozen`` stops every counter."""
+    inter-token time of ``itl_s``, each first token with ``prompt_each`` prompt tokens counted
+    (``vllm:prompt_tokens_total``). ``nan`` serves the running gauge as NaN; ``garbage`` an unparsable
+    page; ``frozen`` stops every counter; ``prompt_frozen`` stops the prompt counter alone and
+    ``prompt_missing`` leaves it off the page."""
 
     TTFT_BOUNDS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -186,6 +188,10 @@ class VllmStateFeed:
         self.nan = False
         self.garbage = False
         self.frozen = False
+        self.prompt_each = 500.0
+        self.prompt_frozen = False
+        self.prompt_missing = False
+        self.prompt_tokens = 0.0
         self.first_tokens = 0.0
         self.output_tokens = 0.0
         self.itl_sum_s = 0.0
@@ -199,6 +205,8 @@ class VllmStateFeed:
             self.first_tokens += self.per_scrape
             self.output_tokens += self.tokens
             self.itl_sum_s += self.tokens * self.itl_s
+            if not self.prompt_frozen:
+                self.prompt_tokens += self.per_scrape * self.prompt_each
         running = "NaN" if self.nan else repr(float(self.running))
         m = '{model_name="m"}'
         lines = [
@@ -222,6 +230,11 @@ class VllmStateFeed:
             f"vllm:inter_token_latency_seconds_count{m} {self.output_tokens}",
             f"vllm:inter_token_latency_seconds_sum{m} {self.itl_sum_s}",
         ]
+        if not self.prompt_missing:
+            lines += [
+                "# TYPE vllm:prompt_tokens counter",
+                f"vllm:prompt_tokens_total{m} {self.prompt_tokens}",
+            ]
         return "\n".join(lines) + "\n"
 
     def __call__(self, path: str, payload: bytes) -> tuple[int, str, bytes]:

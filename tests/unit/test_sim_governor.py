@@ -114,12 +114,27 @@ def test_controller_reads_a_scrape_window() -> None:
     ttft[3] = 20.0  # 20 first tokens under 20 ms
     itl = list(zeros_i)
     itl[0] = 400.0
-    second = ReplicaScrape(4, 0, tuple(ttft), tuple(itl), 400 * 0.008, None)
+    # 20 prompts of 500 tokens over the 5 s interval, 15 ms each to the first token.
+    second = ReplicaScrape(4, 0, tuple(ttft), tuple(itl), 400 * 0.008, None, 20 * 0.015, 20 * 500.0)
     setting = ctl.control(0, CapReading(10.0, None, 1.0, second, False))
     assert setting.locked_clock_mhz is not None and setting.locked_clock_mhz < 1980
     # A queue raises at once.
-    queued = ReplicaScrape(256, 9, tuple(ttft), tuple(itl), 400 * 0.008, None)
+    queued = ReplicaScrape(256, 9, tuple(ttft), tuple(itl), 400 * 0.008, None, 20 * 0.015, 20 * 500.0)
     assert ctl.control(0, CapReading(15.0, None, 1.0, queued, False)).locked_clock_mhz is None
+
+
+def test_first_tokens_without_prompt_tokens_read_as_a_frozen_counter() -> None:
+    ctl = EoGovernorController(OPTIONS, SERVER.profile)
+    ctl.start(0, 0.0)
+    zeros_t, zeros_i = (0.0,) * 23, (0.0,) * 20
+    ctl.control(0, CapReading(5.0, None, 1.0, ReplicaScrape(4, 0, zeros_t, zeros_i, 0.0, None), False))
+    ttft = list(zeros_t)
+    ttft[3] = 20.0
+    itl = list(zeros_i)
+    itl[0] = 400.0
+    frozen = ReplicaScrape(4, 0, tuple(ttft), tuple(itl), 400 * 0.008, None, 20 * 0.015, 0.0)
+    assert ctl.control(0, CapReading(10.0, None, 1.0, frozen, False)).locked_clock_mhz is None
+    assert ctl.reasons["prompt_counter_frozen"] == 1
 
 
 # -- what eo-sim's eo and caps-only runs hold ----------------------------------------------------------
