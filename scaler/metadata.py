@@ -136,6 +136,9 @@ class TriggerConfig:
     cold_start_s: float = 60.0
     season_s: float | None = 86400.0
     kv_saturation_ratio: float = 0.9
+    learn_capacity: bool = True
+    """Learn the per-replica capacity from what replicas served while every SLO held: the capacity
+    without ``replicaCapacityRps``, a raise above it with. False needs ``replicaCapacityRps``."""
 
     def slos(self) -> list[tuple[str, float, float]]:
         """``(kind, SLO seconds, quantile)`` of every SLO given: ``ttft``, ``itl``, ``e2e``."""
@@ -203,6 +206,7 @@ _FIELDS: dict[str, str] = {
     "coldStartSeconds": "cold_start_s",
     "seasonSeconds": "season_s",
     "kvSaturationRatio": "kv_saturation_ratio",
+    "learnCapacity": "learn_capacity",
 }
 # The SLO keys with their quantile keys: at least one SLO is required, a quantile needs its SLO.
 SLO_KEYS = {
@@ -391,6 +395,17 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
         if 0 < season < 600:
             raise MetadataError("seasonSeconds", f"{season} is neither 0 (off) nor in [600, 604800]")
         kw["season_s"] = season or None
+    if "learnCapacity" in m:
+        raw = m["learnCapacity"].strip().lower()
+        if raw not in ("true", "false"):
+            raise MetadataError(
+                "learnCapacity", f"expected 'true' or 'false', got {echo(m['learnCapacity'])}"
+            )
+        if raw == "false" and "replicaCapacityRps" not in m:
+            raise MetadataError(
+                "learnCapacity", "'false' needs replicaCapacityRps: no capacity would be known"
+            )
+        kw["learn_capacity"] = raw == "true"
     if "kvSaturationRatio" in m:
         kw["kv_saturation_ratio"] = _float(
             "kvSaturationRatio", m["kvSaturationRatio"], low=0, high=1, low_open=True

@@ -143,13 +143,24 @@ def signals_for(trigger: TriggerConfig) -> sig.Signals:
         idle_window_s=trigger.idle_before_zero_s,
         cold_start_s=trigger.cold_start_s,
         season_s=trigger.season_s,
-        learn_capacity=trigger.replica_capacity_rps is None,
+        capacity_extrapolation=capacity_extrapolation(trigger),
     )
+
+
+def capacity_extrapolation(trigger: TriggerConfig) -> float | None:
+    """How far a learned-capacity minute may extrapolate: less when it can only raise a configured
+    ``replicaCapacityRps``; None when the capacity is not learned (``learnCapacity`` false)."""
+    if not trigger.learn_capacity:
+        return None
+    if trigger.replica_capacity_rps is not None:
+        return sig.RAISE_CAPACITY_MAX_EXTRAPOLATION
+    return sig.LEARNED_CAPACITY_MAX_EXTRAPOLATION
 
 
 def capacity_sample_expr(trigger: TriggerConfig) -> str:
     """One minute's sample of the learned per-replica capacity in tokens/s (``signals.capacity_sample``)."""
-    sample = sig.capacity_sample(slo_signals(trigger), sig.Replicas(replicas_expr(trigger)))
+    most = capacity_extrapolation(trigger) or sig.LEARNED_CAPACITY_MAX_EXTRAPOLATION
+    sample = sig.capacity_sample(slo_signals(trigger), sig.Replicas(replicas_expr(trigger)), most)
     return sample.promql(selector(trigger.namespace, trigger.workload))
 
 

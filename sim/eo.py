@@ -38,7 +38,12 @@ DEMAND_WINDOW_S = 60.0
 # The HPA behaviour of manifests/examples/scaledobject.yaml: the scaler applies its own scale-down
 # window (stabilizationWindowSeconds), so the HPA's is short.
 HPA_SCALE_DOWN_WINDOW_S = 60.0
-_HISTOGRAMS = {sig.E2E_HISTOGRAM: "e2e", sig.TTFT_HISTOGRAM: "ttft", sig.ITL_HISTOGRAM: "itl"}
+_HISTOGRAMS = {
+    sig.E2E_HISTOGRAM: "e2e",
+    sig.TTFT_HISTOGRAM: "ttft",
+    sig.ITL_HISTOGRAM: "itl",
+    sig.REQUEST_ITL_HISTOGRAM: "request_itl",
+}
 
 
 class SimSeries:
@@ -71,6 +76,7 @@ class SimSeries:
             "e2e": self.prom.latency_quantile,
             "ttft": self.prom.ttft_quantile,
             "itl": self.prom.itl_quantile,
+            "request_itl": self.prom.request_itl_quantile,
         }
         value = read[kind](q, window_s, at_s)
         return math.nan if value is None else value  # PromQL: NaN over empty buckets
@@ -121,13 +127,6 @@ class EoTrigger:
         values = sig.evaluate(self.signals.parts, view, now_s, self._memo)
         values.update(heartbeat_age=0.0, visible_pods=float(replicas), unwatched_nodes=0.0,
                       replicas=float(replicas))  # fmt: skip
-        for s in self.signals.slos:
-            histogram = {"ttft": sig.TTFT_HISTOGRAM, "itl": sig.ITL_HISTOGRAM, "e2e": sig.E2E_HISTOGRAM}[
-                s.kind
-            ]
-            rate = view.counter_rate(f"{histogram}_count", sig.SHORT_WINDOW_S, now_s)
-            if rate is not None:
-                values[f"{sig.SLO_PART_NAMES[s.kind]}_rate"] = rate
         if self.supply_demand:
             values["demand"] = prom.arrival_rate(DEMAND_WINDOW_S, now_s)
         return values
@@ -224,10 +223,10 @@ def eo_metadata(
 ) -> dict[str, str]:
     """The ScaledObject trigger metadata the simulator gives the eo-scaler (as a user would write it).
 
-    With ``slos`` the trigger holds exactly those: TTFT (and end-to-end) at ``quantile``, read from
-    per-request histograms; ITL at the trigger's default quantile, because the inter-token-latency
-    histogram counts tokens and a high token quantile over-states the per-request tail the SLO is
-    about. Without, the end-to-end ``slo_s`` at ``quantile``.
+    With ``slos`` the trigger holds exactly those, each at ``quantile``, read from per-request
+    histograms (ITL from each request's mean time per output token, which the simulated servers publish
+    as vLLM does; the token histogram's high quantile would over-state the per-request tail). Without,
+    the end-to-end ``slo_s`` at ``quantile``.
     """
     md = {"minReplicas": "0", "maxReplicas": str(max_replicas)}
     if slos is None:
@@ -238,7 +237,7 @@ def eo_metadata(
         if slos.ttft_s is not None:
             md.update(ttftSloSeconds=f"{slos.ttft_s:g}", ttftQuantile=f"{quantile:g}")
         if slos.itl_s is not None:
-            md["itlSloSeconds"] = f"{slos.itl_s:g}"
+            md.update(itlSloSeconds=f"{slos.itl_s:g}", itlQuantile=f"{quantile:g}")
         if slos.e2e_s is not None:
             md.update(latencySloSeconds=f"{slos.e2e_s:g}", latencyQuantile=f"{quantile:g}")
     if capacity_rps is not None:

@@ -31,6 +31,9 @@ META = {
     "replicaCapacityRps": "10",
     "minReplicas": "0",
     "maxReplicas": "10",
+    # Round numbers for the worked replica counts (the defaults are 1.0 and 8/9 of it).
+    "targetUtilization": "0.9",
+    "scaleDownUtilization": "0.8",
 }
 
 

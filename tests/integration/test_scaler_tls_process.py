@@ -117,7 +117,9 @@ def test_tls_server(pki: Path) -> None:
     handle = start_scaler(_settings(pki, client_ca=False), kpi_source=StaticKpis())
     try:
         ca = (pki / "ca.crt").read_bytes()
-        assert _call(handle.port, grpc.ssl_channel_credentials(root_certificates=ca)) == 3.0
+        assert (
+            _call(handle.port, grpc.ssl_channel_credentials(root_certificates=ca)) == 2.0
+        )  # ceil(20 rps / 10 per replica)
         with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel, pytest.raises(grpc.RpcError):
             pb_grpc.ExternalScalerStub(channel).IsActive(pb.ScaledObjectRef(scalerMetadata=META), timeout=2)
     finally:
@@ -133,7 +135,7 @@ def test_mutual_tls_requires_a_client_certificate(pki: Path) -> None:
             private_key=(pki / "client.key").read_bytes(),
             certificate_chain=(pki / "client.crt").read_bytes(),
         )
-        assert _call(handle.port, with_cert) == 3.0
+        assert _call(handle.port, with_cert) == 2.0  # ceil(20 rps / 10 per replica)
         with pytest.raises(grpc.RpcError) as info:
             _call(handle.port, grpc.ssl_channel_credentials(root_certificates=ca))
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE

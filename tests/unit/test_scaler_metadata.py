@@ -31,6 +31,17 @@ def test_minimal_metadata_gets_documented_defaults() -> None:
     assert parse_metadata({**BASE, "breachSettleSeconds": "240"}, "ns").breach_settle_s == 240
 
 
+def test_learn_capacity_is_on_by_default_and_off_only_with_a_configured_capacity() -> None:
+    assert parse_metadata(BASE, "ns").learn_capacity is True
+    pinned = parse_metadata({**BASE, "replicaCapacityRps": "4", "learnCapacity": "False"}, "ns")
+    assert pinned.learn_capacity is False and pinned.replica_capacity_rps == 4
+    for bad, says in (({"learnCapacity": "maybe"}, "expected 'true' or 'false'"),
+                      ({"learnCapacity": "false"}, "needs replicaCapacityRps")):  # fmt: skip
+        with pytest.raises(MetadataError) as info:
+            parse_metadata({**BASE, **bad}, "ns")
+        assert info.value.key == "learnCapacity" and says in str(info.value)
+
+
 def test_llm_native_slos_with_their_quantiles() -> None:
     t = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.25", "itlSloSeconds": "0.025"}, "ns")
     assert t.latency_slo_s is None and (t.ttft_slo_s, t.itl_slo_s) == (0.25, 0.025)
@@ -153,7 +164,9 @@ def test_query_has_one_tagged_part_per_signal() -> None:
     assert (
         'histogram_quantile(0.95, sum by (le) (rate(eo_pod_request_latency_seconds_bucket{namespace="ns"' in q
     )
-    assert "capacity" not in parts(parse_metadata({**BASE, "replicaCapacityRps": "5"}, "ns"))
+    pinned = {**BASE, "replicaCapacityRps": "5", "learnCapacity": "false"}
+    assert "capacity" not in parts(parse_metadata(pinned, "ns"))
+    assert "capacity" in parts(parse_metadata({**BASE, "replicaCapacityRps": "5"}, "ns"))  # a floor
     # Learned capacity: tokens per replica while every SLO held and no queue formed, extrapolated along
     # the SLO headroom (1 / sqrt(worst ratio)) by at most 2.5.
     capacity = parts(t)["capacity"]

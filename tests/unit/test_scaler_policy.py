@@ -258,6 +258,24 @@ def test_capacity_learned_in_tokens_follows_a_change_of_mix() -> None:
     assert decide(short, replace(learn, replica_capacity_rps=5.0)).replicas == 5  # ceil(20 / 4.5)
 
 
+def test_a_configured_capacity_is_a_floor_that_seasoned_evidence_raises() -> None:
+    # Configured 5 rps; the replicas served 10 rps each (6,000 tokens/s at 600 tokens/request) with
+    # every SLO held: after ten minutes of history the learned value raises the capacity.
+    cfg = replace(LLM, replica_capacity_rps=5.0)
+    served = llm(current_replicas=8, load_rps=20.0, peak_load_rps=20.0, load_tps=12_000.0,
+                 peak_load_tps=12_000.0, learned_capacity_tps=6000.0, history_minutes=30.0)  # fmt: skip
+    d = decide(served, cfg)
+    assert (d.replicas, d.reason) == (3, Reason.CONSOLIDATE)  # ceil(20 / (10 x 0.8))
+    assert "raised by what replicas served" in d.detail
+    # Young (under ten minutes of history): the load test stands, ceil(20 / (5 x 0.9)) = 5.
+    assert decide(replace(served, history_minutes=5.0), cfg).replicas == 5
+    assert decide(replace(served, history_minutes=None), cfg).replicas == 5
+    # Learned below the configured value: the configured one is the floor.
+    low = replace(served, learned_capacity_tps=1200.0)  # 2 rps per replica
+    d = decide(low, cfg)
+    assert d.replicas == 5 and "configured" in d.detail and "raised" not in d.detail
+
+
 def test_burst_headroom_from_history_holds_replicas_for_the_next_cold_start() -> None:
     # 20 rps fits 3 replicas at 10 x 0.9; the workload's rate has risen x1.5 within a cold start.
     at = {"load_rps": 20.0, "peak_load_rps": 20.0}

@@ -90,3 +90,19 @@ def test_parts_are_rendered_once_per_trigger(monkeypatch: pytest.MonkeyPatch) ->
     mine = queries.parts(trigger)
     mine.clear()
     assert list(queries.parts(trigger)) == names
+
+
+def test_the_learned_capacity_extrapolates_less_when_it_can_only_raise_a_configured_one() -> None:
+    llm = {"workload": "w", "ttftSloSeconds": "0.25"}
+    learned = parse_metadata(llm, "ns")
+    floor = parse_metadata({**llm, "replicaCapacityRps": "4"}, "ns")
+    pinned = parse_metadata({**llm, "replicaCapacityRps": "4", "learnCapacity": "false"}, "ns")
+    assert queries.capacity_extrapolation(learned) == sig.LEARNED_CAPACITY_MAX_EXTRAPOLATION
+    assert queries.capacity_extrapolation(floor) == sig.RAISE_CAPACITY_MAX_EXTRAPOLATION
+    assert sig.RAISE_CAPACITY_MAX_EXTRAPOLATION < sig.LEARNED_CAPACITY_MAX_EXTRAPOLATION
+    assert queries.capacity_extrapolation(pinned) is None
+    # The clamp is in the PromQL each trigger sends; pinned, the subquery is not sent at all.
+    assert "clamp(" in queries.capacity_sample_expr(floor)
+    assert f", {sig.RAISE_CAPACITY_MAX_EXTRAPOLATION:g})" in queries.capacity_sample_expr(floor)
+    assert "capacity" in queries.signals_for(floor).parts
+    assert "capacity" not in queries.signals_for(pinned).parts

@@ -97,12 +97,31 @@ def test_llm_native_slos_read_the_ttft_and_itl_histograms() -> None:
     itl[itl_bucket_index(0.04)] = 100.0  # every token 40 ms apart: the ITL SLO breaks
     for _ in range(120):
         prom.record_slot([], arrivals=4, ready_replicas=2, ttft_buckets=[ttft_bucket_index(0.1)] * 4,
-                         itl_tokens=itl, tokens=2000.0)  # fmt: skip
+                         itl_tokens=itl, tokens=2000.0,
+                         request_itl_buckets=[itl_bucket_index(0.04)] * 4)  # fmt: skip
     obs = trigger.observe(prom, 120.0)
     assert obs.latency_s is None and obs.ttft_s is not None and obs.ttft_s <= 0.1
     assert obs.itl_s is not None and 0.025 < obs.itl_s <= 0.05
     answer = trigger.answer(prom, 120.0)
     assert answer.reason == "slo_breach" and answer.value == 3
+
+
+def test_the_itl_slo_reads_each_requests_mean_not_the_tokens() -> None:
+    """Every token within 25 ms, but one request in four (few tokens beside a long prefill) at a 40-ms
+    mean: the per-request histogram shows the breach the token histogram cannot."""
+    trigger = EoTrigger({"ttftSloSeconds": "0.25", "itlSloSeconds": "0.025", "itlQuantile": "0.99",
+                         "replicaCapacityRps": "20"})  # fmt: skip
+    prom = SimPrometheus(step_s=1.0)
+    itl = [0.0] * N_ITL_BUCKETS
+    itl[itl_bucket_index(0.02)] = 1000.0
+    for _ in range(120):
+        prom.record_slot([], arrivals=4, ready_replicas=2, ttft_buckets=[ttft_bucket_index(0.1)] * 4,
+                         itl_tokens=itl, tokens=2000.0,
+                         request_itl_buckets=[itl_bucket_index(0.02)] * 3 + [itl_bucket_index(0.04)])  # fmt: skip
+    obs = trigger.observe(prom, 120.0)
+    assert obs.itl_s is not None and 0.025 < obs.itl_s <= 0.05
+    assert obs.itl_ratio == pytest.approx(0.25 / 0.01)
+    assert trigger.answer(prom, 120.0).reason == "slo_breach"
 
 
 def test_idle_workload_goes_to_zero() -> None:
