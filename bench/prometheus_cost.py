@@ -392,6 +392,58 @@ def rule_cost(url: str, pid: int, levels: list[list[dict[str, Any]]], at_s: floa
     return (cpu_seconds(pid) - before) / repeats
 
 
+# --- what if the learned capacity read recorded bucket rates ------------------------------------------
+
+SLO_HISTOGRAMS = (sig.TTFT_HISTOGRAM, sig.ITL_HISTOGRAM, sig.REQUEST_ITL_HISTOGRAM, sig.E2E_HISTOGRAM)
+
+
+def recorded_name(histogram: str) -> str:
+    return f"namespace_workload_le:{histogram}_bucket:rate1m_unfiltered"
+
+
+def what_if_rules() -> list[dict[str, Any]]:
+    """Per-workload 1-minute bucket rates of every SLO histogram, kept while the series exist (not only
+    while observed: the per-request ITL must not fall back to the token histogram in a quiet minute)."""
+    return [
+        {"record": recorded_name(h), "expr": f"sum by (namespace, workload, le) (rate({h}_bucket[1m]))"}
+        for h in SLO_HISTOGRAMS
+    ]
+
+
+def with_recorded_inputs(expr: str) -> str:
+    """``expr`` with every 1-minute histogram rate read from the recorded series instead (the count as
+    the ``+Inf`` bucket, which the exposition format makes equal)."""
+    for h in SLO_HISTOGRAMS:
+        expr = re.sub(rf"rate\({h}_bucket(\{{[^}}]*\}})\[60s\]\)", rf"{recorded_name(h)}\1", expr)
+        expr = re.sub(
+            rf"rate\({h}_count\{{([^}}]*)\}}\[60s\]\)", rf'{recorded_name(h)}{{\1,le="+Inf"}}', expr
+        )
+    return expr
+
+
+def what_if(url: str, pid: int, triggers: list[TriggerConfig], at_s: float) -> tuple[Kind, Kind, float]:
+    """The capacity part as it is and with recorded inputs (CPU and latency), and the largest relative
+    difference between their answers."""
+    now, recorded, worst = Kind(), Kind(), 0.0
+    for kind, render in ((now, lambda e: e), (recorded, with_recorded_inputs)):
+        exprs = [render(parts(trigger)["capacity"]) for trigger in triggers]
+        before = cpu_seconds(pid)
+        for expr in exprs:
+            started = time.perf_counter()
+            query(url, expr, at_s)
+            kind.latencies.append(time.perf_counter() - started)
+        kind.cpu_s = cpu_seconds(pid) - before
+    for trigger in triggers:
+        expr = parts(trigger)["capacity"]
+        a = [float(x["value"][1]) for x in query(url, expr, at_s)[1]]
+        b = [float(x["value"][1]) for x in query(url, with_recorded_inputs(expr), at_s)[1]]
+        if len(a) != len(b):
+            return now, recorded, math.inf
+        for x, y in zip(a, b, strict=True):
+            worst = max(worst, abs(x - y) / max(abs(x), 1e-12))
+    return now, recorded, worst
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -403,6 +455,11 @@ def main() -> int:
     parser.add_argument("--part-workloads", type=int, default=20)
     parser.add_argument("--eval-interval-seconds", type=int, default=15)
     parser.add_argument("--cache-ttl-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--what-if-recorded",
+        action="store_true",
+        help="also measure the capacity part reading recorded 1-minute bucket rates (rules backfilled too)",
+    )
     args = parser.parse_args()
     triggers = [parse_metadata(trigger_metadata(f"wl{w}"), NAMESPACE) for w in range(args.workloads)]
     combined, custom = queries_for(triggers[0])
@@ -422,7 +479,8 @@ def main() -> int:
         size_gb = source.stat().st_size / 1e9
         source.unlink()
         start_s = history.times[0]
-        backfill_rules(blocks, levels, start_s, end_s, args.eval_interval_seconds, work)
+        extra = [what_if_rules()] if args.what_if_recorded else []
+        backfill_rules(blocks, levels + extra, start_s, end_s, args.eval_interval_seconds, work)
         setup_s = time.perf_counter() - t0
         with start_on(blocks) as prom:
             assert isinstance(prom, Prometheus) and prom.pid is not None
@@ -438,6 +496,11 @@ def main() -> int:
                 walls.append(time.perf_counter() - t)
             per_part = part_costs(prom.url, pid, triggers[: args.part_workloads], end_s)
             rules_cpu_s = rule_cost(prom.url, pid, levels, end_s, repeats=3)
+            if args.what_if_recorded:
+                capacity_now, capacity_recorded, difference = what_if(
+                    prom.url, pid, triggers[: args.part_workloads], end_s
+                )
+                what_if_rules_cpu_s = rule_cost(prom.url, pid, extra, end_s, repeats=3)
         n = args.workloads
         print(f"Prometheus cost of eo-scaler's trigger: {n} workloads x {args.pods} pods, "
               f"{args.minutes:.0f} min (+{margin_s:.0f} s) of history at {STEP_S} s, {series:,} series "
@@ -466,6 +529,20 @@ def main() -> int:
             subquery = " (subquery)" if re.search(r"\[\d+s:\d+s\]", parts(triggers[0])[name]) else ""
             p50 = statistics.median(kind.latencies) * 1e3
             print(f"  {name:<18} {kind.cpu_s / total:6.1%}  p50 {p50:7.2f} ms{subquery}")
+        if args.what_if_recorded:
+            k = len(triggers[: args.part_workloads])
+            saved = (capacity_now.cpu_s - capacity_recorded.cpu_s) / k * n
+            charged = what_if_rules_cpu_s * args.cache_ttl_seconds / args.eval_interval_seconds
+            print(f"what if the capacity part read recorded 1-minute bucket rates ({len(extra[0])} rules):")
+            print(capacity_now.line("capacity as it is", 1).replace(" per refresh", f" on {k} workloads"))
+            print(
+                capacity_recorded.line("capacity, recorded inputs", 1).replace(
+                    " per refresh", f" on {k} workloads"
+                )
+            )
+            print(f"  answers differ by at most {difference:.1e} (relative); the rules cost "
+                  f"{what_if_rules_cpu_s * 1e3:.0f} ms per evaluation ({charged:.2f} s per TTL); per "
+                  f"refresh of {n} workloads: {saved:.2f} s saved, {saved - charged:.2f} s net")  # fmt: skip
         if failed:
             print(f"FAILED: {failed} answers were not an Observation", file=sys.stderr)
             return 1
