@@ -23,7 +23,7 @@ refresh, Prometheus' CPU seconds (utime + stime of its process, /proc) and the l
 one in flight. Then every part of the combined query alone, on ``--part-workloads`` workloads, to show
 which part the cost is made of. Prometheus 2.42's subqueries are the parts with ``[range:step]``.
 
-    python bench/prometheus_cost.py [--workloads 200] [--pods 8] [--refreshes 3]
+    python bench/prometheus_cost.py [--workloads 200] [--pods 8] [--refreshes 3] [--what-if-recorded]
 """
 
 from __future__ import annotations
