@@ -17,11 +17,12 @@ bound are exact; vLLM's TTFT buckets jump 0.1 -> 0.25 s, where an interpolated p
 true 0.17 s). Its ratio is misses over the budget ``1 - quantile``: above 1 the SLO is breached.
 
 Feedforward from the prompt-token rate (``powercap.prefill``): TTFT is prefill plus the wait behind
-other prompts, and the prefill work arriving per second is the server's prompt-token counter's rate. At
-each candidate clock an M/G/1 queue of prompts at the larger of the last interval's and the window's
-prompt rate predicts the TTFT at ``quantile``; the clock must keep it within ``headroom`` of the target.
-A step in arrivals moves that rate, and so the clock, in the next interval; the observed first tokens
-(the TTFT history above) would show it only once the slower ones fill the tail. The prefill rate per
+other prompts, and the prefill work arriving per second is the server's prompt-token counter's rate. An
+M/G/1 queue of prompts gives the mean TTFT at a candidate clock and a prompt rate; the TTFT history's
+scaling takes its change from the window's rate to the planned one (the larger of the last interval's
+and the window's), so the level stays observed and a rise in arrivals moves the clock in the interval
+it is counted, before the slower first tokens fill the tail. With no first token recorded yet, the
+queue's own TTFT quantile must stay within ``headroom`` of the target. The prefill rate per
 clock is learned each interval from the observed mean TTFT. The counter unreadable (missing from a page
 whose server names one, NaN, negative; the first scrape), or frozen (first tokens came but no prompt
 token was counted), puts the clock at the ceiling (``prompt_rate_unusable``, ``prompt_counter_frozen``).
@@ -343,21 +344,26 @@ def worst_ratio(reading: GovernorReading, config: GovernorConfig) -> float | Non
     return max(ratios) if ratios else None
 
 
-def _ttft_scale(state: GovernorState, clock: float, observed_at: float, rate_then: float | None) -> float:
-    """How much longer a first token observed at ``observed_at`` MHz and ``rate_then`` prompt tokens
-    per second would take at ``clock`` and the planned prompt rate. Prefill is compute-bound, so with
-    no prompt model it goes as 1 / clock; with one, as the prompt queue's mean TTFT (its wait grows
-    with the load and as the clock lowers, ``powercap.prefill``), which at no load is that same ratio.
-    The observed distribution keeps its shape: the model moves its scale, the tail stays observed."""
+def _ttft_scale(state: GovernorState, clock: float, observed_at: float) -> float:
+    """How much longer a first token observed at ``observed_at`` MHz would take at ``clock`` under the
+    planned prompt rate. Prefill is compute-bound: ``observed_at / clock``. With a prompt model, times
+    the prompt queue's mean TTFT at the planned rate over that at the window's rate, both at ``clock``
+    (``powercap.prefill``): the level comes from what was observed, the change with the load from the
+    model, so a rise in the prompt rate raises the clock in the interval it is counted, and at a
+    steady rate the factor is 1 (no model error in the level)."""
+    base = observed_at / clock
     prompt, prefill = state.prompt, state.prefill
     mean = prompt.window_mean_tokens if prompt is not None else None
-    if prefill is None or prompt is None or rate_then is None or mean is None or not mean > 0:
-        return observed_at / clock
+    window = prompt.window_tokens_per_s if prompt is not None else None
+    if prefill is None or prompt is None or mean is None or not mean > 0 or window is None:
+        return base
     now = prefill.mean_ttft_s(clock, planned_rate(prompt), mean)
-    then = prefill.mean_ttft_s(observed_at, rate_then, mean)
+    then = prefill.mean_ttft_s(clock, window, mean)
+    if not math.isfinite(now):
+        return math.inf  # the planned rate saturates prefill at this clock
     if not math.isfinite(then) or then <= 0:
-        return observed_at / clock  # saturated then: the observed tail already says so
-    return now / then
+        return base
+    return base * now / then
 
 
 def planned_rate(prompt: PromptLoad) -> float:
@@ -376,10 +382,10 @@ def history_ttft_ratio(state: GovernorState, config: GovernorConfig, clock: floa
     counts = [sum(c for _, c in buckets) for _, _, buckets, _ in state.ttft_history]
     window = sum(counts)
     over = total = 0.0
-    for (_, observed_at, buckets, rate_then), count in zip(state.ttft_history, counts, strict=True):
+    for (_, observed_at, buckets, _), count in zip(state.ttft_history, counts, strict=True):
         # Half an observation over the whole window where a tail is empty, shared by the intervals.
         empty_top = 0.5 * count / window if window > 0 else 0.5
-        scale = _ttft_scale(state, clock, observed_at, rate_then)
+        scale = _ttft_scale(state, clock, observed_at)
         if not math.isfinite(scale):
             return math.inf  # the planned load saturates prefill at this clock
         share = tail_share_over(buckets, config.ttft_target_s / scale, empty_top)
@@ -410,9 +416,10 @@ def feedforward_clock(
             ttft = history_ttft_ratio(state, config, clock)
         else:
             ttft = ttft_ratio(ttft_buckets, config, in_force / clock)
+            # No first token recorded yet: the prompt queue's own TTFT quantile, where it has a load.
+            if prompt_ttft_s(state, config, clock) > config.headroom * (config.ttft_target_s or math.inf):
+                continue
         if ttft is not None and ttft > config.headroom:
-            continue
-        if prompt_ttft_s(state, config, clock) > config.headroom * (config.ttft_target_s or math.inf):
             continue
         return clock
     return clocks[-1]

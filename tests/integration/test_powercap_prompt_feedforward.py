@@ -19,6 +19,8 @@ from tests.support.powercap import FakeClock, ScriptedSource, VllmStateFeed, set
 
 MAX_MHZ = 1980.0
 INTERVAL_S = 5.0
+LAST_RATE: dict[int, float] = {}
+"""Per feed, the prompt tokens per second it served over the previous tick."""
 
 
 @pytest.fixture
@@ -39,6 +41,7 @@ def handles() -> Iterator[list[PowercapHandle]]:
 
 
 def start(handles: list[PowercapHandle], tmp_path: Path, url: str, clock: FakeClock) -> PowercapHandle:
+    """The sidecar on one simulated GPU; ``ticks`` makes the page's TTFT follow the clock it locks."""
     values: dict[str, Any] = {
         "actuator": "clocks",
         "ttft_target_s": 0.5,
@@ -60,6 +63,16 @@ def ticks(h: PowercapHandle, clock: FakeClock, state: VllmStateFeed, n: int) -> 
     out = []
     for _ in range(n):
         state.kv += 0.001  # KV use moves a little between scrapes, as a live server's does: not frozen
+        # Prefill is compute-bound: the first tokens take longer as the clock lowers, and longer with
+        # more prompts queued (M/M/1 at the prior's 40,000 tokens/s at the top clock).
+        gpu = h.sidecar.gpus[0].device
+        assert isinstance(gpu, SimulatedGpu)
+        locked = gpu.locked_sm_clock_mhz or MAX_MHZ
+        per_token = 1.0 / (40_000.0 * locked / MAX_MHZ)
+        # The queue of the interval before: a load step shows in the first tokens an interval late.
+        rho = min(0.95, LAST_RATE.get(id(state), 0.0) * per_token)
+        LAST_RATE[id(state)] = state.per_scrape * state.prompt_each / INTERVAL_S
+        state.ttft_s = state.prompt_each * per_token / (1.0 - rho)
         clock.advance(INTERVAL_S)
         d = h.sidecar.tick()
         out.append((d.setpoint, d.reason))
@@ -72,7 +85,7 @@ def test_a_prompt_rate_step_raises_the_clock_in_the_next_tick(
     url, state = feed
     clock = FakeClock()
     h = start(handles, tmp_path, url, clock)
-    steps = ticks(h, clock, state, 25)
+    steps = ticks(h, clock, state, 45)
     before, reason = steps[-1]
     assert before < MAX_MHZ and reason in ("feedforward", "feedforward_hold"), steps
     # 1.5x the requests (same prompt sizes) from now on: the next scrape counts them and the clock rises.
