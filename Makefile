@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo lint typecheck unit venv system-deps proto bench bench-exporter bench-scaler bench-policy bench-hostile clean help rules-manifest
+.PHONY: test demo lint typecheck unit venv system-deps proto bench bench-exporter bench-scaler bench-prometheus-cost bench-policy bench-hostile clean help rules-manifest
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,7 +47,7 @@ demo: system-deps $(STAMP) ## the whole loop on simulated GPUs with a real Prome
 proto: $(STAMP) ## regenerate the committed gRPC code from proto/
 	$(BIN)/python -m scaler.proto_gen
 
-bench: bench-exporter bench-scaler bench-policy bench-hostile ## every benchmark; each prints its figures
+bench: bench-exporter bench-scaler bench-prometheus-cost bench-policy bench-hostile ## every benchmark; each prints its figures
 
 bench-exporter: $(STAMP)
 	$(BIN)/python bench/exporter_scrape.py
@@ -55,7 +55,10 @@ bench-exporter: $(STAMP)
 bench-scaler: system-deps $(STAMP)
 	$(BIN)/python bench/scaler_polls.py
 
-bench-policy: $(STAMP) ## the simulator's policy comparison on the Azure and synthetic traces (~75 s)
+bench-prometheus-cost: system-deps $(STAMP) ## what the trigger's queries cost a real Prometheus (200 workloads x 8 pods, 1 h backfilled)
+	$(BIN)/python bench/prometheus_cost.py
+
+bench-policy: $(STAMP) ## the simulator's policy comparison on the Azure and synthetic traces (~2 min)
 	$(BIN)/python bench/policy.py
 
 bench-hostile: system-deps $(STAMP) ## the worst inputs of the hardening issue against the scaler, the sidecar and the exporter
