@@ -155,8 +155,15 @@ def energy_check(backend: GpuBackend, seconds: float, sample_s: float, load: str
 _TTFT_BOUNDS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0)
 
 
+# Prompt tokens per first token on the synthetic page: a chat-sized prompt (the governor's prompt-rate
+# feedforward reads the counter; without it the governor holds the ceiling).
+PROMPT_TOKENS_EACH = 500.0
+
+
 def vllm_page(running: int, waiting: int, kv: float, ttft_total: float, tokens: float, itl_s: float) -> str:
     lines = [
+        "# TYPE vllm:prompt_tokens counter",
+        f'vllm:prompt_tokens_total{{model_name="m"}} {ttft_total * PROMPT_TOKENS_EACH}',
         "# TYPE vllm:num_requests_running gauge",
         f'vllm:num_requests_running{{model_name="m"}} {running}',
         "# TYPE vllm:num_requests_waiting gauge",
