@@ -56,6 +56,7 @@ from scaler.metadata import TriggerConfig, parse_metadata
 from scaler.queries import (
     HEARTBEAT_METRIC,
     KpiUnavailable,
+    capacity_expr,
     custom_value,
     parts,
     to_observation,
@@ -394,54 +395,47 @@ def rule_cost(url: str, pid: int, levels: list[list[dict[str, Any]]], at_s: floa
 
 # --- what if the learned capacity read recorded bucket rates ------------------------------------------
 
-SLO_HISTOGRAMS = (sig.TTFT_HISTOGRAM, sig.ITL_HISTOGRAM, sig.REQUEST_ITL_HISTOGRAM, sig.E2E_HISTOGRAM)
-
-
-def recorded_name(histogram: str) -> str:
-    return f"namespace_workload_le:{histogram}_bucket:rate1m_unfiltered"
+CAPACITY_INPUT_RULES = "eo-workload-capacity-inputs"  # the group in recording_rules/workload.rules.yaml
 
 
 def what_if_rules() -> list[dict[str, Any]]:
-    """Per-workload 1-minute bucket rates of every SLO histogram, kept while the series exist (not only
-    while observed: the per-request ITL must not fall back to the token histogram in a quiet minute)."""
-    return [
-        {"record": recorded_name(h), "expr": f"sum by (namespace, workload, le) (rate({h}_bucket[1m]))"}
-        for h in SLO_HISTOGRAMS
-    ]
+    """The committed rules that record per-workload 1-minute bucket rates of every SLO histogram."""
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            if group["name"] == CAPACITY_INPUT_RULES:
+                return list(group["rules"])
+    raise SystemExit(f"no rule group {CAPACITY_INPUT_RULES} in recording_rules/")
 
 
-def with_recorded_inputs(expr: str) -> str:
-    """``expr`` with every 1-minute histogram rate read from the recorded series instead (the count as
-    the ``+Inf`` bucket, which the exposition format makes equal)."""
-    for h in SLO_HISTOGRAMS:
-        expr = re.sub(rf"rate\({h}_bucket(\{{[^}}]*\}})\[60s\]\)", rf"{recorded_name(h)}\1", expr)
-        expr = re.sub(
-            rf"rate\({h}_count\{{([^}}]*)\}}\[60s\]\)", rf'{recorded_name(h)}{{\1,le="+Inf"}}', expr
-        )
-    return expr
-
-
-def what_if(url: str, pid: int, triggers: list[TriggerConfig], at_s: float) -> tuple[Kind, Kind, float]:
-    """The capacity part as it is and with recorded inputs (CPU and latency), and the largest relative
-    difference between their answers."""
-    now, recorded, worst = Kind(), Kind(), 0.0
-    for kind, render in ((now, lambda e: e), (recorded, with_recorded_inputs)):
-        exprs = [render(parts(trigger)["capacity"]) for trigger in triggers]
+def what_if(
+    url: str, pid: int, triggers: list[TriggerConfig], at_s: float
+) -> tuple[dict[str, Kind], dict[str, float]]:
+    """The capacity part read each way of ``signals.CAPACITY_INPUTS`` (CPU and latency), and each
+    way's largest relative difference from the raw answer."""
+    kinds: dict[str, Kind] = {}
+    for inputs in sig.CAPACITY_INPUTS:
+        exprs = [capacity_expr(trigger, inputs) for trigger in triggers]
+        kind = kinds.setdefault(inputs, Kind())
         before = cpu_seconds(pid)
         for expr in exprs:
             started = time.perf_counter()
             query(url, expr, at_s)
             kind.latencies.append(time.perf_counter() - started)
         kind.cpu_s = cpu_seconds(pid) - before
+    worst = dict.fromkeys(sig.CAPACITY_INPUTS, 0.0)
     for trigger in triggers:
-        expr = parts(trigger)["capacity"]
-        a = [float(x["value"][1]) for x in query(url, expr, at_s)[1]]
-        b = [float(x["value"][1]) for x in query(url, with_recorded_inputs(expr), at_s)[1]]
-        if len(a) != len(b):
-            return now, recorded, math.inf
-        for x, y in zip(a, b, strict=True):
-            worst = max(worst, abs(x - y) / max(abs(x), 1e-12))
-    return now, recorded, worst
+        answers = {
+            inputs: [float(x["value"][1]) for x in query(url, capacity_expr(trigger, inputs), at_s)[1]]
+            for inputs in sig.CAPACITY_INPUTS
+        }
+        for inputs, b in answers.items():
+            a = answers["raw"]
+            if len(a) != len(b):
+                worst[inputs] = math.inf
+                continue
+            for x, y in zip(a, b, strict=True):
+                worst[inputs] = max(worst[inputs], abs(x - y) / max(abs(x), 1e-12))
+    return kinds, worst
 
 
 def main() -> int:
@@ -458,7 +452,10 @@ def main() -> int:
     parser.add_argument(
         "--what-if-recorded",
         action="store_true",
-        help="also measure the capacity part reading recorded 1-minute bucket rates (rules backfilled too)",
+        help=(
+            "also measure the capacity part reading the recorded 1-minute bucket rates, alone and "
+            "with the raw fallback (their rules backfilled too)"
+        ),
     )
     args = parser.parse_args()
     triggers = [parse_metadata(trigger_metadata(f"wl{w}"), NAMESPACE) for w in range(args.workloads)]
@@ -497,9 +494,7 @@ def main() -> int:
             per_part = part_costs(prom.url, pid, triggers[: args.part_workloads], end_s)
             rules_cpu_s = rule_cost(prom.url, pid, levels, end_s, repeats=3)
             if args.what_if_recorded:
-                capacity_now, capacity_recorded, difference = what_if(
-                    prom.url, pid, triggers[: args.part_workloads], end_s
-                )
+                capacity_kinds, differences = what_if(prom.url, pid, triggers[: args.part_workloads], end_s)
                 what_if_rules_cpu_s = rule_cost(prom.url, pid, extra, end_s, repeats=3)
         n = args.workloads
         print(f"Prometheus cost of eo-scaler's trigger: {n} workloads x {args.pods} pods, "
@@ -531,18 +526,17 @@ def main() -> int:
             print(f"  {name:<18} {kind.cpu_s / total:6.1%}  p50 {p50:7.2f} ms{subquery}")
         if args.what_if_recorded:
             k = len(triggers[: args.part_workloads])
-            saved = (capacity_now.cpu_s - capacity_recorded.cpu_s) / k * n
             charged = what_if_rules_cpu_s * args.cache_ttl_seconds / args.eval_interval_seconds
-            print(f"what if the capacity part read recorded 1-minute bucket rates ({len(extra[0])} rules):")
-            print(capacity_now.line("capacity as it is", 1).replace(" per refresh", f" on {k} workloads"))
-            print(
-                capacity_recorded.line("capacity, recorded inputs", 1).replace(
-                    " per refresh", f" on {k} workloads"
-                )
-            )
-            print(f"  answers differ by at most {difference:.1e} (relative); the rules cost "
-                  f"{what_if_rules_cpu_s * 1e3:.0f} ms per evaluation ({charged:.2f} s per TTL); per "
-                  f"refresh of {n} workloads: {saved:.2f} s saved, {saved - charged:.2f} s net")  # fmt: skip
+            print(f"the capacity part by where it reads its bucket rates, on {k} workloads "
+                  f"({len(extra[0])} rules, {what_if_rules_cpu_s * 1e3:.0f} ms per evaluation, "
+                  f"{charged:.2f} s per TTL):")  # fmt: skip
+            raw_cpu = capacity_kinds["raw"].cpu_s
+            for inputs, kind in capacity_kinds.items():
+                saved = (raw_cpu - kind.cpu_s) / k * n
+                net = saved - (charged if inputs != "raw" else 0.0)
+                print(kind.line(inputs, 1).replace(" per refresh", f" on {k} workloads")
+                      + f"  differs by {differences[inputs]:.1e}; per refresh of {n}: {saved:+.2f} s "
+                      f"saved, {net:+.2f} s net")  # fmt: skip
         if failed:
             print(f"FAILED: {failed} answers were not an Observation", file=sys.stderr)
             return 1

@@ -132,8 +132,9 @@ def placement_lookback_s(trigger: TriggerConfig) -> float:
     return max(trigger.idle_before_zero_s, trigger.staleness_s)
 
 
-def signals_for(trigger: TriggerConfig) -> sig.Signals:
-    """The trigger's signal parts, as declared in ``scaler/signals.py``."""
+def signals_for(trigger: TriggerConfig, capacity_inputs: str = "raw") -> sig.Signals:
+    """The trigger's signal parts, as declared in ``scaler/signals.py`` (``capacity_inputs``: where the
+    learned capacity reads its bucket rates, ``signals.CAPACITY_INPUTS``)."""
     return sig.build_signals(
         slos=slo_signals(trigger),
         replicas=sig.Replicas(replicas_expr(trigger)),
@@ -144,6 +145,7 @@ def signals_for(trigger: TriggerConfig) -> sig.Signals:
         cold_start_s=trigger.cold_start_s,
         season_s=trigger.season_s,
         capacity_extrapolation=capacity_extrapolation(trigger),
+        capacity_inputs=capacity_inputs,
     )
 
 
@@ -157,11 +159,19 @@ def capacity_extrapolation(trigger: TriggerConfig) -> float | None:
     return sig.LEARNED_CAPACITY_MAX_EXTRAPOLATION
 
 
-def capacity_sample_expr(trigger: TriggerConfig) -> str:
-    """One minute's sample of the learned per-replica capacity in tokens/s (``signals.capacity_sample``)."""
+def capacity_sample_expr(trigger: TriggerConfig, inputs: str = "raw") -> str:
+    """One minute's sample of the learned per-replica capacity in tokens/s (``signals.capacity_sample``,
+    its histograms read as ``inputs`` says)."""
     most = capacity_extrapolation(trigger) or sig.LEARNED_CAPACITY_MAX_EXTRAPOLATION
-    sample = sig.capacity_sample(slo_signals(trigger), sig.Replicas(replicas_expr(trigger)), most)
+    sample = sig.capacity_sample(slo_signals(trigger), sig.Replicas(replicas_expr(trigger)), most, inputs)
     return sample.promql(selector(trigger.namespace, trigger.workload))
+
+
+def capacity_expr(trigger: TriggerConfig, inputs: str) -> str:
+    """The learned-capacity part with its histograms read as ``inputs`` says (the combined query reads
+    them raw; the others are measured in bench/prometheus_cost.py and checked in the parity test)."""
+    part = signals_for(trigger, inputs).parts["capacity"]
+    return part.promql(selector(trigger.namespace, trigger.workload))
 
 
 def all_parts(trigger: TriggerConfig) -> dict[str, str]:

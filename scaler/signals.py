@@ -19,6 +19,7 @@ built (``scaler/queries.py`` turns it into "no reading").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,12 @@ RAISE_CAPACITY_MAX_EXTRAPOLATION = 1.5
 SLO_PART_NAMES = {"ttft": "ttft", "itl": "itl", "e2e": "latency"}
 # An error budget is judged over at least this many misses' worth of observations (BudgetUsed).
 BUDGET_MIN_OBSERVATIONS = 2.0
+# How the learned capacity's subquery reads the SLO histograms at each of its minutes: the pods' raw
+# buckets; the per-workload 1-minute bucket rates that recording_rules/ records
+# (``recorded_bucket_rate``: one series per bucket, not one per pod and bucket); or those, each falling
+# back to the raw rate where its recorded series is absent (PromQL evaluates both sides of ``or``, so
+# the fallback costs at least what the raw read does: docs/scaler.md "Cost on Prometheus").
+CAPACITY_INPUTS = ("raw", "recorded", "recorded_or_raw")
 # Rates below this are "nothing" when dividing by them (requests/s).
 TINY_RATE = 0.05
 
@@ -160,10 +167,15 @@ class Quantile(Expr):
     histogram: str
     q: float
     window_s: float = SHORT_WINDOW_S
+    inputs: str = "raw"  # CAPACITY_INPUTS: the simulator's value is the same for each
+
+    def __post_init__(self) -> None:
+        _check_inputs(self.inputs, self.window_s)
 
     def promql(self, sel: str) -> str:
-        rate = f"rate({self.histogram}_bucket{sel}[{_seconds(self.window_s)}])"
-        return f"histogram_quantile({self.q!r}, sum by (le) ({rate}))"
+        w = _seconds(self.window_s)
+        buckets = _bucket_rate_sum(self.histogram, sel, None, True, self.inputs, w)
+        return f"histogram_quantile({self.q!r}, {buckets})"
 
     def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
         return view.quantile(self.histogram, self.q, self.window_s, at_s)
@@ -176,6 +188,37 @@ def _le_pattern(bound: float) -> str:
     if float(bound).is_integer():
         texts |= {str(int(bound)), f"{int(bound)}.0"}
     return "|".join(sorted(t.replace(".", "\\\\.") for t in texts))
+
+
+def recorded_bucket_rate(histogram: str) -> str:
+    """The recorded per-workload 1-minute bucket rates of ``histogram`` (recording_rules/
+    workload.rules.yaml, group ``eo-workload-capacity-inputs``; the count is the ``+Inf`` bucket)."""
+    return f"namespace_workload_le:{histogram}_bucket:rate1m_unfiltered"
+
+
+def _bucket_rate_sum(histogram: str, sel: str, le: str | None, by_le: bool, inputs: str, w: str) -> str:
+    """``sum [by (le)] (rate(<histogram>_bucket{sel[,le]}[w]))`` read as ``inputs`` says.
+
+    ``le`` is a matcher (``le=~"..."``), None for every bucket; the raw count is ``_count``, the
+    recorded one the ``+Inf`` bucket (equal in the exposition format)."""
+    group = " by (le) " if by_le else ""
+    if le == 'le="+Inf"':
+        raw = f"sum{group}(rate({histogram}_count{sel}[{w}]))"
+    else:
+        raw_sel = sel if le is None else sel[:-1] + f",{le}}}"
+        raw = f"sum{group}(rate({histogram}_bucket{raw_sel}[{w}]))"
+    if inputs == "raw":
+        return raw
+    rec_sel = sel if le is None else sel[:-1] + f",{le}}}"
+    recorded = f"sum{group}({recorded_bucket_rate(histogram)}{rec_sel})"
+    return recorded if inputs == "recorded" else f"({recorded} or {raw})"
+
+
+def _check_inputs(inputs: str, window_s: float) -> None:
+    if inputs not in CAPACITY_INPUTS:
+        raise ValueError(f"unknown histogram inputs {inputs!r}")
+    if inputs != "raw" and window_s != SHORT_WINDOW_S:
+        raise ValueError("recorded bucket rates are over the short window only")
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,15 +235,20 @@ class BudgetUsed(Expr):
     slo_s: float
     q: float
     window_s: float = SHORT_WINDOW_S
+    inputs: str = "raw"  # CAPACITY_INPUTS: the simulator's value is the same for each
+
+    def __post_init__(self) -> None:
+        _check_inputs(self.inputs, self.window_s)
 
     def floor_rate(self) -> float:
         return BUDGET_MIN_OBSERVATIONS / (1 - self.q) / self.window_s
 
     def promql(self, sel: str) -> str:
         w = _seconds(self.window_s)
-        bucket_sel = sel[:-1] + f',le=~"{_le_pattern(self.slo_s)}"}}'
-        within = f"sum(rate({self.histogram}_bucket{bucket_sel}[{w}]))"
-        total = f"sum(rate({self.histogram}_count{sel}[{w}]))"
+        within = _bucket_rate_sum(
+            self.histogram, sel, f'le=~"{_le_pattern(self.slo_s)}"', False, self.inputs, w
+        )
+        total = _bucket_rate_sum(self.histogram, sel, 'le="+Inf"', False, self.inputs, w)
         # clamp_min: rounding can leave total - within a hair below 0 when nothing missed.
         used = f"clamp_min({total} - {within}, 0) / clamp_min({total}, {_number(self.floor_rate())})"
         return f"({used} / {_number(1 - self.q)}) and on() ({total} > 0)"
@@ -557,8 +605,27 @@ def worst_ratio(slos: Sequence[SloSignal]) -> Expr:
     return Worst(tuple(s.ratio for s in slos))
 
 
+def with_inputs(expr: Expr, inputs: str) -> Expr:
+    """``expr`` with every histogram quantile and error budget reading its buckets as ``inputs`` says
+    (``CAPACITY_INPUTS``); everything else, custom PromQL included, as it is. The values do not change
+    (the recorded series is the raw rate), only the PromQL."""
+    if isinstance(expr, Quantile | BudgetUsed):
+        return dataclasses.replace(expr, inputs=inputs)
+    changes: dict[str, object] = {}
+    for f in dataclasses.fields(expr):  # type: ignore[arg-type]
+        child = getattr(expr, f.name)
+        if isinstance(child, Expr):
+            changes[f.name] = with_inputs(child, inputs)
+        elif isinstance(child, tuple) and child and all(isinstance(c, Expr) for c in child):
+            changes[f.name] = tuple(with_inputs(c, inputs) for c in child)
+    return dataclasses.replace(expr, **changes) if changes else expr  # type: ignore[type-var]
+
+
 def capacity_sample(
-    slos: Sequence[SloSignal], replicas: Expr, max_extrapolation: float = LEARNED_CAPACITY_MAX_EXTRAPOLATION
+    slos: Sequence[SloSignal],
+    replicas: Expr,
+    max_extrapolation: float = LEARNED_CAPACITY_MAX_EXTRAPOLATION,
+    inputs: str = "raw",
 ) -> Expr:
     """One minute's per-replica capacity in tokens/s (prompt + generation): what each replica served while
     every SLO held and no queue had formed, extrapolated along the SLO headroom by
@@ -568,8 +635,10 @@ def capacity_sample(
     The worst ratio appears once: the filter "every SLO held" sits inside the stretch, so a minute that
     breached (or has no reading, or NaN) has no stretch and no sample. Written as ``stretch and on()
     (worst <= 1)`` PromQL would evaluate the worst ratio twice at each of the lookback's minutes, and
-    it is most of what this subquery costs Prometheus (bench/prometheus_cost.py)."""
-    held_ratio = Filter(worst_ratio(slos), "<=", 1.0)
+    it is most of what this subquery costs Prometheus (bench/prometheus_cost.py).
+
+    ``inputs`` (``CAPACITY_INPUTS``) says where the SLO ratios read their bucket rates at each minute."""
+    held_ratio = Filter(with_inputs(worst_ratio(slos), inputs), "<=", 1.0)
     per_replica = BinOp("/", Filter(Rate(TOKENS, SHORT_WINDOW_S), ">", 0.0), replicas)
     stretch = Clamp(BinOp("/", Const(1.0), Sqrt(held_ratio)), 1.0, max_extrapolation)
     return And(BinOp("*", per_replica, stretch), Filter(Gauge(WAITING, "sum"), ">", 0.0), negate=True)
@@ -593,9 +662,11 @@ def build_signals(
     cold_start_s: float,
     season_s: float | None,
     capacity_extrapolation: float | None,
+    capacity_inputs: str = "raw",
 ) -> Signals:
     """Every signal part of a trigger (scaler/queries.py adds the pod-evidence, power and custom parts);
-    the learned capacity at ``capacity_extrapolation`` (``capacity_sample``), None: not learned."""
+    the learned capacity at ``capacity_extrapolation`` (``capacity_sample``, its histograms read as
+    ``capacity_inputs`` says), None: not learned."""
     load = Rate(REQUESTS, SHORT_WINDOW_S)
     tokens = Rate(TOKENS, SHORT_WINDOW_S)
     parts: dict[str, Expr] = {
@@ -637,7 +708,7 @@ def build_signals(
         level = BinOp("/", Rate(REQUESTS, SEASON_RATE_WINDOW_S), then)
         parts["forecast_season"] = BinOp("*", ahead, Clamp(level, 0.0, 10.0))
     if capacity_extrapolation is not None:
-        sample = capacity_sample(slos, replicas, capacity_extrapolation)
+        sample = capacity_sample(slos, replicas, capacity_extrapolation, capacity_inputs)
         parts["capacity"] = OverTime("max", sample, lookback_s, COARSE_STEP_S)
     return Signals(parts, tuple(slos))
 

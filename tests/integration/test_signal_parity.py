@@ -7,6 +7,11 @@ break the SLOs in some minutes, a queue, KV use) is written as OpenMetrics, back
 slot into the simulator's ``SimPrometheus``. At several instants the scaler's combined query (through
 ``to_observation``) and ``EoTrigger.observe`` (through ``signals.evaluate`` and
 ``observation_from_values``) must agree on every field, within float tolerance.
+
+The learned capacity can also read its bucket rates from the recording rules (``signals.CAPACITY_INPUTS``):
+those rules are backfilled at 15 s (``promtool tsdb create-blocks-from rules``) into a second Prometheus
+holding the same history, where the recorded renderings must give the simulator's value too (the
+simulator's recorded series is the raw rate: a rule evaluated on the subquery's minutes has no lag).
 """
 
 from __future__ import annotations
@@ -18,12 +23,21 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import pytest
+import yaml
 
 from demo.prometheus import Prometheus
 from scaler import signals as sig
-from scaler.queries import build_query, custom_parts, observation_from_values, to_observation
+from scaler.queries import (
+    build_query,
+    capacity_expr,
+    capacity_sample_expr,
+    custom_parts,
+    observation_from_values,
+    to_observation,
+)
 from sim.eo import EoTrigger, SimSeries
 from sim.observe import (
     ITL_BUCKETS_S,
@@ -37,6 +51,8 @@ from sim.observe import (
 )
 
 STEP_S = 15.0  # the scrape interval and the simulator's slot
+RULES = Path(__file__).resolve().parents[2] / "recording_rules" / "workload.rules.yaml"
+CAPACITY_INPUT_RULES = "eo-workload-capacity-inputs"
 SLOTS = 180  # 45 minutes
 METADATA = {
     "ttftSloSeconds": "0.25",
@@ -262,3 +278,81 @@ def test_prometheus_and_the_simulator_give_the_same_observation(
     for name in ("ttft_s", "itl_s", "latency_s", "ttft_ratio", "itl_ratio", "latency_ratio", "learned_capacity_tps", "waiting_requests", "kv_usage_ratio",
                  "burst_rise", "forecast_rps", "settled_replicas", "peak_load_tps"):  # fmt: skip
         assert True in seen[name], f"{name} never had a value: the history does not exercise it"
+
+
+@pytest.fixture(scope="module")
+def with_capacity_rules(
+    backfilled: tuple[Prometheus, int, list[Slot]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
+    """A second Prometheus holding the same history plus the capacity-input rules, backfilled at 15 s
+    from the first one (blocks are immutable, so the first one's are copied while it runs)."""
+    prom, base, _ = backfilled
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    group = next(g for g in groups if g["name"] == CAPACITY_INPUT_RULES)
+    work = tmp_path_factory.mktemp("parity-rules")
+    rule_file = work / "capacity-inputs.yaml"
+    rule_file.write_text(yaml.safe_dump({"groups": [group]}))
+    out = work / "rule-blocks"
+    subprocess.run(["promtool", "tsdb", "create-blocks-from", "rules", "-q", f"--url={prom.url}",
+                    f"--start={base}", f"--end={base + int(SLOTS * STEP_S) + 60}",
+                    f"--eval-interval={int(STEP_S)}s", f"--output-dir={out}", str(rule_file)],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    second = Prometheus(scrape_interval_s=60.0)
+    data = second.workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for source in (prom.workdir / "data", out):
+        for block in source.iterdir():
+            if (block / "meta.json").exists():
+                shutil.copytree(block, data / block.name)
+    second.start()
+    try:
+        yield second
+    finally:
+        second.stop()
+
+
+def _one(answer: list[dict[str, object]]) -> float | None:
+    assert len(answer) <= 1
+    if not answer:
+        return None
+    value = answer[0]["value"]
+    assert isinstance(value, list)
+    return float(value[1])
+
+
+def test_the_capacity_reads_the_same_from_recorded_bucket_rates(
+    backfilled: tuple[Prometheus, int, list[Slot]], with_capacity_rules: Prometheus
+) -> None:
+    prom, base, slots = backfilled
+    trigger = EoTrigger(METADATA, supply_demand=False).trigger
+    sim_prom, kv = simulator_view(slots)
+    view = _WithKv(sim_prom, kv)
+    recorded = sig.recorded_bucket_rate(sig.TTFT_HISTOGRAM)
+    learned = sampled = 0
+    for at in INSTANTS_S:
+        simulated = EoTrigger(METADATA, supply_demand=False).values(sim_prom, at, view).get("capacity")
+        # Without the rules: the recorded-only part has nothing to read (capacity unknown), and the
+        # fallback reads the raw rates, exactly as the simulator does.
+        assert prom.query(capacity_expr(trigger, "recorded"), at=base + at) == []
+        fallback = _one(prom.query(capacity_expr(trigger, "recorded_or_raw"), at=base + at))
+        assert _same(fallback, simulated), f"at {at:.0f} s: fallback {fallback!r}, simulator {simulated!r}"
+        # With them, every minute the simulator learns from has a recorded sample too.
+        for inputs in ("recorded", "recorded_or_raw"):
+            live = _one(with_capacity_rules.query(capacity_expr(trigger, inputs), at=base + at))
+            assert (live is None) == (simulated is None), f"at {at:.0f} s, {inputs}: {live!r}"
+        learned += simulated is not None
+        # At the rules' own evaluation instants (a group's evaluations sit at a fixed offset inside its
+        # interval, so a minute reads a sample up to one interval old: the recorded part's only
+        # difference), the recorded inputs give the raw sample exactly.
+        stamp = with_capacity_rules.query(f"max(timestamp({recorded}))", at=base + at)
+        evaluated = float(stamp[0]["value"][1])
+        assert base + at - STEP_S < evaluated <= base + at
+        for minutes_ago in range(5):
+            t = evaluated - 60.0 * minutes_ago
+            raw = _one(with_capacity_rules.query(capacity_sample_expr(trigger), at=t))
+            for inputs in ("recorded", "recorded_or_raw"):
+                live = _one(with_capacity_rules.query(capacity_sample_expr(trigger, inputs), at=t))
+                assert _same(live, raw), f"at {t - base:.3f} s, {inputs}: {live!r}, raw {raw!r}"
+            sampled += raw is not None
+    assert learned >= 3, "the history does not exercise the learned capacity"
+    assert sampled >= 10, "few minutes held every SLO at the rules' evaluation instants"

@@ -106,3 +106,41 @@ def test_the_learned_capacity_extrapolates_less_when_it_can_only_raise_a_configu
     assert f", {sig.RAISE_CAPACITY_MAX_EXTRAPOLATION:g})" in queries.capacity_sample_expr(floor)
     assert "capacity" in queries.signals_for(floor).parts
     assert "capacity" not in queries.signals_for(pinned).parts
+
+
+def test_recorded_inputs_read_the_recorded_bucket_rates_at_every_minute() -> None:
+    trigger = parse_metadata(LLM, "ns")
+    raw = queries.capacity_expr(trigger, "raw")
+    recorded = queries.capacity_expr(trigger, "recorded")
+    both = queries.capacity_expr(trigger, "recorded_or_raw")
+    assert raw == queries.parts(trigger)["capacity"]  # the combined query reads them raw
+    histograms = [sig.TTFT_HISTOGRAM, sig.REQUEST_ITL_HISTOGRAM, sig.ITL_HISTOGRAM, sig.E2E_HISTOGRAM]
+    for h in histograms:
+        assert f"rate({h}_bucket" in raw and sig.recorded_bucket_rate(h) not in raw
+        # Recorded only: no raw bucket or count is read; the count is the +Inf bucket.
+        assert f"{h}_bucket{{" not in recorded and f"{h}_count" not in recorded
+        assert f'{sig.recorded_bucket_rate(h)}{{namespace="ns",workload="llm",le="+Inf"}}' in recorded
+        # With the fallback, both (PromQL evaluates both sides of `or`).
+        assert f"rate({h}_bucket" in both and sig.recorded_bucket_rate(h) in both
+    # Only the SLO ratios change: the token rate, replicas and queue are read as before.
+    for part in (f"rate({sig.TOKENS}", sig.WAITING):
+        assert part in recorded
+    # The same signal: every evaluator value is the same tree's.
+    assert recorded.count("histogram_quantile(") == raw.count("histogram_quantile(") == 4
+
+
+def test_recorded_inputs_change_no_value_and_leave_custom_promql_alone() -> None:
+    slo = sig.slo_signal("ttft", 1.0, 0.9, (sig.TTFT_HISTOGRAM,))
+    custom = sig.custom_slo_signal("e2e", 2.5, sig.Raw("my_latency"))
+    for ratio in (0.0, 0.25, 0.64, 2.0, None):
+        values = {
+            inputs: sig.capacity_sample([slo], sig.Replicas("unused"), inputs=inputs).value(View(ratio), 60.0)
+            for inputs in sig.CAPACITY_INPUTS
+        }
+        assert len(set(values.values())) == 1, values
+    rewritten = sig.with_inputs(sig.worst_ratio([slo, custom]), "recorded").promql('{workload="w"}')
+    assert "max((my_latency))" in rewritten
+    with pytest.raises(ValueError, match="short window"):
+        sig.Quantile(sig.TTFT_HISTOGRAM, 0.9, 300.0, inputs="recorded")
+    with pytest.raises(ValueError, match="unknown"):
+        sig.with_inputs(sig.worst_ratio([slo]), "cached")
