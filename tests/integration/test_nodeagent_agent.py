@@ -336,6 +336,8 @@ def test_a_governor_sidecar_with_a_budget_gets_both_its_clock_and_its_power_limi
             type("Fast", (), {"read": lambda self, now: LatencySample(0.1, 10.0)})(),
             run_loop=False,
             wall_clock=rig.clock,
+            # The ticks' own clock too: the governor's prompt rate is tokens over the time between reads.
+            clock=rig.clock,
         )  # fmt: skip
         try:
             rig.add_pod("llama-0", [G0])
