@@ -136,6 +136,10 @@ class TriggerConfig:
     cold_start_s: float = 60.0
     season_s: float | None = 86400.0
     kv_saturation_ratio: float = 0.9
+    capacity_inputs: str = "raw"
+    """Where the learned capacity reads its histogram rates: ``raw`` (the pods' series) or
+    ``recorded`` (the ``…_bucket:rate1m_unfiltered`` rules of recording_rules/, installed with the
+    PrometheusRule: about half the Prometheus CPU of that subquery; no capacity without them)."""
     learn_capacity: bool = True
     """Learn the per-replica capacity from what replicas served while every SLO held: the capacity
     without ``replicaCapacityRps``, a raise above it with. False needs ``replicaCapacityRps``."""
@@ -207,6 +211,7 @@ _FIELDS: dict[str, str] = {
     "seasonSeconds": "season_s",
     "kvSaturationRatio": "kv_saturation_ratio",
     "learnCapacity": "learn_capacity",
+    "capacityInputs": "capacity_inputs",
 }
 # The SLO keys with their quantile keys: at least one SLO is required, a quantile needs its SLO.
 SLO_KEYS = {
@@ -395,6 +400,13 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
         if 0 < season < 600:
             raise MetadataError("seasonSeconds", f"{season} is neither 0 (off) nor in [600, 604800]")
         kw["season_s"] = season or None
+    if "capacityInputs" in m:
+        inputs = m["capacityInputs"].strip().lower()
+        if inputs not in ("raw", "recorded"):
+            raise MetadataError(
+                "capacityInputs", f"expected 'raw' or 'recorded', got {echo(m['capacityInputs'])}"
+            )
+        kw["capacity_inputs"] = inputs
     if "learnCapacity" in m:
         raw = m["learnCapacity"].strip().lower()
         if raw not in ("true", "false"):

@@ -132,9 +132,12 @@ def placement_lookback_s(trigger: TriggerConfig) -> float:
     return max(trigger.idle_before_zero_s, trigger.staleness_s)
 
 
-def signals_for(trigger: TriggerConfig, capacity_inputs: str = "raw") -> sig.Signals:
+def signals_for(trigger: TriggerConfig, capacity_inputs: str | None = None) -> sig.Signals:
     """The trigger's signal parts, as declared in ``scaler/signals.py`` (``capacity_inputs``: where the
-    learned capacity reads its bucket rates, ``signals.CAPACITY_INPUTS``)."""
+    learned capacity reads its bucket rates, ``signals.CAPACITY_INPUTS``; default the trigger's
+    ``capacityInputs``)."""
+    if capacity_inputs is None:
+        capacity_inputs = trigger.capacity_inputs
     return sig.build_signals(
         slos=slo_signals(trigger),
         replicas=sig.Replicas(replicas_expr(trigger)),

@@ -9,7 +9,7 @@ import pytest
 
 from scaler import queries
 from scaler import signals as sig
-from scaler.metadata import parse_metadata
+from scaler.metadata import MetadataError, parse_metadata
 
 LLM = {"workload": "llm", "ttftSloSeconds": "1", "itlSloSeconds": "0.05", "latencySloSeconds": "2.5"}
 
@@ -144,3 +144,15 @@ def test_recorded_inputs_change_no_value_and_leave_custom_promql_alone() -> None
         sig.Quantile(sig.TTFT_HISTOGRAM, 0.9, 300.0, inputs="recorded")
     with pytest.raises(ValueError, match="unknown"):
         sig.with_inputs(sig.worst_ratio([slo]), "cached")
+
+
+def test_capacity_inputs_choose_the_recorded_rates_per_trigger() -> None:
+    llm = {"workload": "w", "ttftSloSeconds": "0.25", "itlSloSeconds": "0.025"}
+    raw = queries.build_query(parse_metadata(llm, "ns"))
+    recorded = queries.build_query(parse_metadata({**llm, "capacityInputs": "Recorded"}, "ns"))
+    assert "rate1m_unfiltered" not in raw and "rate1m_unfiltered" in recorded
+    # Only the capacity part changes: the SLO readings still come from the pods' own series.
+    assert recorded.count("rate1m_unfiltered") > 0 and "eo_pod_time_to_first_token_seconds_bucket" in recorded
+    with pytest.raises(MetadataError) as info:
+        parse_metadata({**llm, "capacityInputs": "recorded_or_raw"}, "ns")
+    assert info.value.key == "capacityInputs"
