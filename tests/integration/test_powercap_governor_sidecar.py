@@ -52,14 +52,6 @@ def feed() -> Iterator[tuple[str, VllmStateFeed]]:
         yield url + "/metrics", state
 
 
-@pytest.fixture
-def handles() -> Iterator[list[PowercapHandle]]:
-    started: list[PowercapHandle] = []
-    yield started
-    for h in started:
-        h.stop()
-
-
 def start(
     handles: list[PowercapHandle],
     tmp_path: Path,

@@ -32,14 +32,6 @@ def feed() -> Iterator[tuple[str, VllmStateFeed]]:
         yield url + "/metrics", state
 
 
-@pytest.fixture
-def handles() -> Iterator[list[PowercapHandle]]:
-    started: list[PowercapHandle] = []
-    yield started
-    for h in started:
-        h.stop()
-
-
 def start(handles: list[PowercapHandle], tmp_path: Path, url: str, clock: FakeClock) -> PowercapHandle:
     """The sidecar on one simulated GPU; ``ticks`` makes the page's TTFT follow the clock it locks."""
     values: dict[str, Any] = {

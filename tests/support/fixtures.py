@@ -22,6 +22,7 @@ import pytest
 
 from demo.prometheus import Alertmanager, Prometheus, PrometheusNotInstalled
 from demo.prometheus import free_port as _free_port
+from powercap.sidecar import PowercapHandle
 from tests.support.pods import PodResourcesServicer, VllmServer, start_kubelet
 
 free_port = _free_port
@@ -92,3 +93,13 @@ def vllm_server() -> Iterator[Callable[..., VllmServer]]:
     yield start
     for server in running:
         server.stop()
+
+
+@pytest.fixture
+def handles() -> Iterator[list[PowercapHandle]]:
+    """The eo-powercap sidecars a test starts (it appends each handle), stopped after it: every GPU
+    setting restored however the test ends."""
+    started: list[PowercapHandle] = []
+    yield started
+    for h in started:
+        h.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +53,6 @@ class ModelledServer:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def handles() -> Iterator[list[PowercapHandle]]:
-    started: list[PowercapHandle] = []
-    yield started
-    for h in started:
-        h.stop()
 
 
 def start(

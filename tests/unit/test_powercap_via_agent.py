@@ -3,7 +3,6 @@ agent on /metrics, and never writes to the GPU (no privilege, no lock, no state 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,6 @@ class WallClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def handles() -> Iterator[list[PowercapHandle]]:
-    started: list[PowercapHandle] = []
-    yield started
-    for h in started:
-        h.stop()
 
 
 def start(handles: list[PowercapHandle], gpu: SimulatedGpu, tmp_path: Path, **kw: Any) -> PowercapHandle:
