@@ -216,6 +216,7 @@ def print_summary(result: DemoResult, wall_s: float) -> None:
     print(f"  replicas                 up to {s['max_replicas']}, {s['final_replicas']} at the end")
     print(f"  sidecar setting changes  {s['sidecar_setting_changes']} ({s['sidecar_actuator']})")
     print(f"  sidecar decisions        {decisions_line(s['sidecar_decisions_by_reason'])} (by reason)")
+    print(f"  scaler decisions         {decisions_line(s['scaler_decisions_by_reason'])} (by reason)")
     print(f"  alerts that fired        {', '.join(s['alerts_fired']) or 'none'}")
     delivered = ", ".join(s["alerts_delivered_to_webhook"]) or "none"
     print(f"  alerts delivered         {delivered} (by Alertmanager, to the demo's webhook receiver)")

@@ -107,6 +107,22 @@ def _scalar(prom: Prometheus, promql: str) -> float | None:
     return sum(finite) if finite else None
 
 
+def scaler_decision_counts(prom: Prometheus) -> dict[str, int]:
+    """eo-scaler's decisions by reason over the run (``eo_scaler_decisions_total``, scraped by the
+    demo's Prometheus; the scaler started with the run, so its counters are the run's); empty when
+    Prometheus cannot answer."""
+    try:
+        result = prom.query("sum by (reason) (eo_scaler_decisions_total)")
+    except (OSError, RuntimeError):
+        return {}
+    counts: dict[str, int] = {}
+    for r in result:
+        value = float(r["value"][1])
+        if math.isfinite(value) and value > 0:
+            counts[r["metric"].get("reason", "")] = int(value)
+    return counts
+
+
 def observe(
     prom: Prometheus,
     deployment: DemoDeployment,
@@ -434,6 +450,8 @@ def run_demo(
             prom, f'count(max_over_time(up{{job="eo-powercap"}}[{int(config.duration_s)}s]))'
         )
         log.info("Prometheus scraped %s sidecars over the run", sidecars_seen)
+        scaler_decisions = scaler_decision_counts(prom)
+        log.info("scaler decisions by reason over the run: %s", decisions_line(scaler_decisions))
         final_desired = deployment.desired()
         delivered = receiver.delivered()
         deployment.stop()  # stops every sidecar and removes every pod
@@ -447,4 +465,4 @@ def run_demo(
     return DemoResult(rows, slo_s, capacity, len(requests), finished, energy, changes, alerts_seen,
                       restored, max_desired, final_desired, config.actuator, by_phase,
                       alerts_delivered={a.name for a in delivered if a.status == "firing"},
-                      decisions=dict(decisions))  # fmt: skip
+                      decisions=dict(decisions), scaler_decisions=scaler_decisions)  # fmt: skip

@@ -72,6 +72,9 @@ class DemoResult:
     decisions: dict[str, int] = field(default_factory=dict)
     """The sidecars' decisions by reason (``eo_powercap_decisions_total``), the governor's included:
     how often it moved by feedforward, held for a forming queue or bridged a cold start."""
+    scaler_decisions: dict[str, int] = field(default_factory=dict)
+    """eo-scaler's decisions by reason (``eo_scaler_decisions_total``): breaches, forming queues, burst
+    headroom, consolidation, scale to zero."""
 
     @property
     def within_slo(self) -> int:
@@ -98,11 +101,12 @@ class DemoResult:
             "sidecar_actuator": self.actuator,
             "gpus_restored_to_original_settings": self.gpus_restored,
             "sidecar_decisions_by_reason": dict(sorted(self.decisions.items())),
+            "scaler_decisions_by_reason": dict(sorted(self.scaler_decisions.items())),
         }
 
 
 def decisions_line(decisions: dict[str, int]) -> str:
-    """``feedforward 40, at_ceiling 12``: the sidecars' decisions by reason, most frequent first."""
+    """``feedforward 40, at_ceiling 12``: decisions by reason, most frequent first."""
     ranked = sorted(decisions.items(), key=lambda item: (-item[1], item[0]))
     return ", ".join(f"{reason} {count}" for reason, count in ranked) or "none"
 

@@ -55,6 +55,23 @@ def test_the_sidecars_govern_clocks_and_bridge_the_cold_starts(result: DemoResul
     assert decisions.get("scale_up_bridge", 0) > 0, decisions
 
 
+def test_the_scaler_says_why_it_scaled_up_and_down(result: DemoResult) -> None:
+    """The scaler's own decision counters, read from the demo's Prometheus: the surge is answered by a
+    scale-up reason (a breach, a forming queue or the load), the quiet phase by consolidation or zero."""
+    decisions = result.summary()["scaler_decisions_by_reason"]
+    ups = {
+        "slo_breach",
+        "queue_forming",
+        "kv_saturation",
+        "scale_up_load",
+        "burst_headroom",
+        "forecast",
+        "wake",
+    }
+    assert ups & set(decisions), decisions
+    assert {"consolidate", "idle_zero"} & set(decisions), decisions
+
+
 def test_the_slo_holds_while_capacity_suffices(result: DemoResult) -> None:
     served, held = result.by_phase["warm-up"]
     assert served > 0 and held / served >= 0.99

@@ -39,3 +39,17 @@ def test_the_printed_summary_has_one_line_of_decisions(capsys: pytest.CaptureFix
     print_summary(result({"feedforward": 5, "queue_forming": 1}), wall_s=60.0)
     lines = [line for line in capsys.readouterr().out.splitlines() if "sidecar decisions" in line]
     assert lines == ["  sidecar decisions        feedforward 5, queue_forming 1 (by reason)"]
+
+
+def test_the_scalers_decisions_have_their_own_key_and_line(capsys: pytest.CaptureFixture[str]) -> None:
+    r = DemoResult(
+        rows=[], slo_s=2.0, capacity_rps=1.5, requests=10, finished=9, gpu_energy_j=9000.0, cap_changes=4,
+        alerts_seen=set(), gpus_restored=True, max_desired=3, final_desired=0, actuator="clocks",
+        by_phase={"steady": (9, 8)}, decisions={"feedforward": 5},
+        scaler_decisions={"hold": 30, "slo_breach": 2, "idle_zero": 4},
+    )  # fmt: skip
+    assert r.summary()["scaler_decisions_by_reason"] == {"hold": 30, "idle_zero": 4, "slo_breach": 2}
+    assert result().summary()["scaler_decisions_by_reason"] == {}
+    print_summary(r, wall_s=60.0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "scaler decisions" in line]
+    assert lines == ["  scaler decisions         hold 30, idle_zero 4, slo_breach 2 (by reason)"]
