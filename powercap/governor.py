@@ -248,10 +248,9 @@ class GovernorState:
     gauges: tuple[float | None, float | None, float | None] | None = None
     gauges_since_s: float | None = None
     previous_running: float | None = None
-    ttft_history: tuple[tuple[float, float, tuple[tuple[float, float], ...], float | None], ...] = ()
-    """(reading time, clock in force over the interval, that interval's first tokens by TTFT bucket,
-    the prompt tokens per second counted with them or None), oldest first, at most ``ttft_window_s``
-    old: a bounded record (one entry per interval)."""
+    ttft_history: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
+    """(reading time, clock in force over the interval, that interval's first tokens by TTFT bucket),
+    oldest first, at most ``ttft_window_s`` old: a bounded record (one entry per interval)."""
     prefill: PrefillProfile | None = None
     """The prompt feedforward's learned model; None: no prompt feedforward."""
     prompt: PromptLoad | None = None
@@ -374,15 +373,15 @@ def planned_rate(prompt: PromptLoad) -> float:
 
 def history_ttft_ratio(state: GovernorState, config: GovernorConfig, clock: float) -> float | None:
     """TTFT misses over the miss budget predicted at ``clock`` from the TTFT history: each interval's
-    first tokens scaled from the clock and prompt load they came at to ``clock`` and the planned load
-    (``_ttft_scale``), tails read log-linearly (``tail_share_over``); None without a target or a first
-    token."""
+    first tokens scaled from the clock they came at to ``clock``, and from the window's prompt load to
+    the planned one (``_ttft_scale``), tails read log-linearly (``tail_share_over``); None without a
+    target or a first token."""
     if config.ttft_target_s is None:
         return None
-    counts = [sum(c for _, c in buckets) for _, _, buckets, _ in state.ttft_history]
+    counts = [sum(c for _, c in buckets) for _, _, buckets in state.ttft_history]
     window = sum(counts)
     over = total = 0.0
-    for (_, observed_at, buckets, _), count in zip(state.ttft_history, counts, strict=True):
+    for (_, observed_at, buckets), count in zip(state.ttft_history, counts, strict=True):
         # Half an observation over the whole window where a tail is empty, shared by the intervals.
         empty_top = 0.5 * count / window if window > 0 else 0.5
         scale = _ttft_scale(state, clock, observed_at)
@@ -471,10 +470,7 @@ def _record_ttft(state: GovernorState, reading: GovernorReading, config: Governo
     kept = tuple(h for h in state.ttft_history if h[0] > now - config.ttft_window_s)
     buckets = reading.ttft_interval_buckets
     if buckets and all(math.isfinite(c) and c >= 0 for _, c in buckets) and sum(c for _, c in buckets) > 0:
-        prompt = reading.prompt
-        usable = prompt is not None and prompt.usable() and not prompt.frozen()
-        rate = prompt.tokens_per_s if usable and prompt is not None else None
-        kept = (*kept, (now, state.controller.setpoint, buckets, rate))
+        kept = (*kept, (now, state.controller.setpoint, buckets))
     return state if kept == state.ttft_history else replace(state, ttft_history=kept)
 
 

@@ -202,15 +202,14 @@ def _bucket_rate_sum(histogram: str, sel: str, le: str | None, by_le: bool, inpu
     ``le`` is a matcher (``le=~"..."``), None for every bucket; the raw count is ``_count``, the
     recorded one the ``+Inf`` bucket (equal in the exposition format)."""
     group = " by (le) " if by_le else ""
+    bucket_sel = sel if le is None else sel[:-1] + f",{le}}}"
     if le == 'le="+Inf"':
         raw = f"sum{group}(rate({histogram}_count{sel}[{w}]))"
     else:
-        raw_sel = sel if le is None else sel[:-1] + f",{le}}}"
-        raw = f"sum{group}(rate({histogram}_bucket{raw_sel}[{w}]))"
+        raw = f"sum{group}(rate({histogram}_bucket{bucket_sel}[{w}]))"
     if inputs == "raw":
         return raw
-    rec_sel = sel if le is None else sel[:-1] + f",{le}}}"
-    recorded = f"sum{group}({recorded_bucket_rate(histogram)}{rec_sel})"
+    recorded = f"sum{group}({recorded_bucket_rate(histogram)}{bucket_sel})"
     return recorded if inputs == "recorded" else f"({recorded} or {raw})"
 
 
