@@ -127,6 +127,32 @@ class PromptLoad:
     window_mean_tokens: float | None = None
     """Prompt tokens per first token over the window (None: no first token in it)."""
 
+    @classmethod
+    def from_counts(
+        cls,
+        interval_s: float,
+        prompt_tokens: float,
+        first_tokens: float | None,
+        ttft_sum_s: float | None,
+        window_s: float,
+        window_prompt_tokens: float | None,
+        window_first_tokens: float | None,
+    ) -> PromptLoad:
+        """The load from the counters' increases: ``prompt_tokens``, ``first_tokens`` (the TTFT
+        histogram's count) and ``ttft_sum_s`` (its sum) over the last ``interval_s``, the prompt tokens
+        and first tokens over the window's ``window_s`` (None: not read). The one derivation the live
+        sidecar (``powercap.serverstate``) and eo-sim's replicas (``sim.governor``) share."""
+        if not interval_s > 0:
+            return cls(None)
+        ttft_mean = None
+        if first_tokens and ttft_sum_s is not None:
+            ttft_mean = max(0.0, ttft_sum_s) / first_tokens
+        window_rate = window_mean = None
+        if window_prompt_tokens is not None and window_s > 0:
+            window_rate = window_prompt_tokens / window_s
+            window_mean = window_prompt_tokens / window_first_tokens if window_first_tokens else None
+        return cls(prompt_tokens / interval_s, first_tokens, ttft_mean, window_rate, window_mean)
+
     def usable(self) -> bool:
         """The interval's rate is a finite number >= 0, and so is every other reading given."""
         values = (self.tokens_per_s, self.first_tokens, self.ttft_mean_s, self.window_tokens_per_s,

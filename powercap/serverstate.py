@@ -239,23 +239,17 @@ def _prompt_load(oldest: Snapshot, previous: Snapshot | None, b: Snapshot) -> Pr
     counter in both scrapes (missing data is never a number: the governor then holds the ceiling)."""
     if previous is None or previous.prompt_tokens is None or b.prompt_tokens is None:
         return PromptLoad(None)
-    span = b.at_s - previous.at_s
-    if not span > 0:
-        return PromptLoad(None)
     firsts = _firsts(previous, b)
-    ttft_mean = None
-    if firsts and previous.ttft_sum_s is not None and b.ttft_sum_s is not None:
-        ttft_mean = max(0.0, b.ttft_sum_s - previous.ttft_sum_s) / firsts
-    window_rate = window_mean = None
-    if oldest.prompt_tokens is not None and b.at_s > oldest.at_s:
-        window_tokens = b.prompt_tokens - oldest.prompt_tokens
-        window_rate = window_tokens / (b.at_s - oldest.at_s)
-        window_firsts = _firsts(oldest, b)
-        window_mean = window_tokens / window_firsts if window_firsts else None
-    return PromptLoad(
-        tokens_per_s=(b.prompt_tokens - previous.prompt_tokens) / span,
-        first_tokens=firsts,
-        ttft_mean_s=ttft_mean,
-        window_tokens_per_s=window_rate,
-        window_mean_tokens=window_mean,
+    ttft_sum = None
+    if previous.ttft_sum_s is not None and b.ttft_sum_s is not None:
+        ttft_sum = b.ttft_sum_s - previous.ttft_sum_s
+    window_tokens = None if oldest.prompt_tokens is None else b.prompt_tokens - oldest.prompt_tokens
+    return PromptLoad.from_counts(
+        b.at_s - previous.at_s,
+        b.prompt_tokens - previous.prompt_tokens,
+        firsts,
+        ttft_sum,
+        b.at_s - oldest.at_s,
+        window_tokens,
+        _firsts(oldest, b),
     )

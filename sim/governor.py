@@ -99,20 +99,15 @@ def _prompt_load(
     scrape: ReplicaScrape,
     now_s: float,
     interval_s: float,
-) -> PromptLoad | None:
-    if not interval_s > 0:
-        return PromptLoad(None)
-    firsts = sum(scrape.ttft_counts) - sum(previous.ttft_counts)
-    ttft_mean = (scrape.ttft_sum_s - previous.ttft_sum_s) / firsts if firsts > 0 else None
-    window_firsts = sum(scrape.ttft_counts) - sum(oldest.ttft_counts)
-    window_tokens = scrape.prompt_tokens - oldest.prompt_tokens
-    span = now_s - oldest_s
-    return PromptLoad(
-        tokens_per_s=(scrape.prompt_tokens - previous.prompt_tokens) / interval_s,
-        first_tokens=firsts,
-        ttft_mean_s=ttft_mean,
-        window_tokens_per_s=window_tokens / span if span > 0 else None,
-        window_mean_tokens=window_tokens / window_firsts if window_firsts > 0 else None,
+) -> PromptLoad:
+    return PromptLoad.from_counts(
+        interval_s,
+        scrape.prompt_tokens - previous.prompt_tokens,
+        sum(scrape.ttft_counts) - sum(previous.ttft_counts),
+        scrape.ttft_sum_s - previous.ttft_sum_s,
+        now_s - oldest_s,
+        scrape.prompt_tokens - oldest.prompt_tokens,
+        sum(scrape.ttft_counts) - sum(oldest.ttft_counts),
     )
 
 
