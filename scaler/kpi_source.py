@@ -43,6 +43,7 @@ from scaler.bounded import BoundedCache
 from scaler.metadata import TriggerConfig, echo
 from scaler.policy import Observation
 from scaler.queries import (
+    RENDERED_TRIGGERS,
     KpiQueryRejected,
     KpiUnavailable,
     build_query,
@@ -57,8 +58,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ANSWER_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT_PER_SERVER = 8
 MAX_CACHE_KEYS = 4096
-# Built queries, by trigger: KEDA repeats the same metadata on every poll.
-_QUERIES: BoundedCache[TriggerConfig, tuple[str, tuple[tuple[str, str], ...]]] = BoundedCache(512, 600.0)
+# Built queries, by trigger: KEDA repeats the same metadata on every poll (as many as the rendered parts
+# queries.py keeps).
+_QUERIES: BoundedCache[TriggerConfig, tuple[str, tuple[tuple[str, str], ...]]] = BoundedCache(
+    RENDERED_TRIGGERS, 600.0
+)
 
 
 def queries_for(trigger: TriggerConfig) -> tuple[str, tuple[tuple[str, str], ...]]:

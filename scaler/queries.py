@@ -65,7 +65,9 @@ MAX_COUNT = 1_000_000
 MAX_VALUE = 1e12
 # Parts that contain custom PromQL: each is its own instant query, never part of the combined one.
 CUSTOM_PARTS = ("latency", "capacity", "demand")
-# Triggers whose rendered parts are kept (as many as the scaler keeps parsed triggers).
+# Triggers whose rendered parts are kept, here and as built queries (scaler.kpi_source); the parsed
+# triggers and cache keys are kept for more (scaler.service.MAX_TRIGGERS): a rendered-part miss costs
+# one render per refresh, a parse miss one per poll.
 RENDERED_TRIGGERS = 512
 # Parts the combined query always answers (``or vector(0)``): missing from an answer means a broken one.
 COUNT_PARTS = ("visible_pods", "replicas", "unwatched_nodes")
