@@ -66,6 +66,7 @@ from powercap.controller import (
     initial_state,
     step,
 )
+from powercap.misses import significant_excess
 from powercap.prefill import PrefillProfile
 from powercap.profile import IterationProfile
 
@@ -193,9 +194,13 @@ class GovernorConfig:
     kv_high: float = 0.95
     """KV-cache use at or above this counts as a forming queue (preemptions come next)."""
     frozen_after_s: float = 60.0
-    ttft_window_s: float = 60.0
+    ttft_history_s: float = 300.0
     """How long each interval's first tokens stay in the feedforward's TTFT history (the sidecar's
-    ``--latency-window-seconds``)."""
+    ``--ttft-history-seconds``): longer than the breach window, since a tail of 1% needs thousands
+    of first tokens to be read at a low clock, and each stays scaled from the clock it came at."""
+    breach_significance: float = 0.05
+    """A TTFT miss share over the budget is a breach only when that many misses would come less often
+    than this at the budget's own rate (``powercap.misses``); 0: every share over the budget is one."""
 
     def __post_init__(self) -> None:
         c = self.controller
@@ -217,12 +222,14 @@ class GovernorConfig:
             raise ValueError(f"headroom: must be in (0, 1], got {self.headroom}")
         if not 0 < self.kv_high <= 1:
             raise ValueError(f"kv_high: must be in (0, 1], got {self.kv_high}")
-        for name in ("frozen_after_s", "ttft_window_s"):
+        for name in ("frozen_after_s", "ttft_history_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: must be a positive finite number, got {value}")
         if not 0 < self.quantile < 1:
             raise ValueError(f"quantile: must be in (0, 1), got {self.quantile}")
+        if not 0 <= self.breach_significance < 1:
+            raise ValueError(f"breach_significance: must be in [0, 1), got {self.breach_significance}")
         if not (math.isfinite(self.itl_spread) and self.itl_spread >= 1):
             raise ValueError(f"itl_spread: must be a finite number >= 1, got {self.itl_spread}")
 
@@ -276,7 +283,7 @@ class GovernorState:
     previous_running: float | None = None
     ttft_history: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
     """(reading time, clock in force over the interval, that interval's first tokens by TTFT bucket),
-    oldest first, at most ``ttft_window_s`` old: a bounded record (one entry per interval)."""
+    oldest first, at most ``ttft_history_s`` old: a bounded record (one entry per interval)."""
     prefill: PrefillProfile | None = None
     """The prompt feedforward's learned model; None: no prompt feedforward."""
     prompt: PromptLoad | None = None
@@ -353,14 +360,32 @@ def ttft_ratio(
     return None if over is None else over / (1.0 - config.quantile)
 
 
+def judged_ttft_ratio(
+    buckets: tuple[tuple[float, float], ...] | None, config: GovernorConfig
+) -> float | None:
+    """The window's TTFT ratio as the feedback judges it: a share over the budget that a few requests'
+    noise explains (``powercap.misses.significant_excess`` at ``breach_significance``) is held at
+    the controller's ``raise_above_ratio``, the top of its deadband, so it neither jumps to the
+    ceiling nor lowers; the feedforward still counts those misses in its TTFT history."""
+    ratio = ttft_ratio(buckets, config)
+    if ratio is None or ratio <= 1.0 or not buckets:
+        return ratio
+    requests = sum(count for _, count in buckets)
+    budget = 1.0 - config.quantile
+    if significant_excess(ratio * budget * requests, requests, budget, config.breach_significance):
+        return ratio
+    return config.controller.raise_above_ratio
+
+
 def worst_ratio(reading: GovernorReading, config: GovernorConfig) -> float | None:
-    """The largest of the ITL ratio (mean inter-token time x spread / target), the TTFT ratio and the
-    end-to-end ratio, over the targets that have an observation; None with none (nothing to judge)."""
+    """The largest of the ITL ratio (mean inter-token time x spread / target), the judged TTFT ratio
+    (``judged_ttft_ratio``) and the end-to-end ratio, over the targets that have an observation; None
+    with none (nothing to judge)."""
     ratios = []
     itl = reading.itl_s
     if config.itl_target_s is not None and itl is not None and math.isfinite(itl) and itl >= 0:
         ratios.append(itl * config.itl_spread / config.itl_target_s)
-    ttft = ttft_ratio(reading.ttft_buckets, config)
+    ttft = judged_ttft_ratio(reading.ttft_buckets, config)
     if ttft is not None:
         ratios.append(ttft)
     e2e = reading.e2e_ratio
@@ -493,7 +518,7 @@ def _learn_prefill(state: GovernorState, reading: GovernorReading) -> GovernorSt
 def _record_ttft(state: GovernorState, reading: GovernorReading, config: GovernorConfig) -> GovernorState:
     """Append the interval's first tokens at the clock that was in force; drop what left the window."""
     now = reading.now_s
-    kept = tuple(h for h in state.ttft_history if h[0] > now - config.ttft_window_s)
+    kept = tuple(h for h in state.ttft_history if h[0] > now - config.ttft_history_s)
     buckets = reading.ttft_interval_buckets
     if buckets and all(math.isfinite(c) and c >= 0 for _, c in buckets) and sum(c for _, c in buckets) > 0:
         kept = (*kept, (now, state.controller.setpoint, buckets))

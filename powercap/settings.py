@@ -47,11 +47,20 @@ class StartupRefused(Exception):
     """The sidecar must not start; the message says why and what to do. The CLI exits 2 with it."""
 
 
-def _law(name: str) -> float:
-    """The control law's default for ``name``, declared on ``ControllerConfig``."""
-    default = next(f.default for f in dataclasses.fields(ControllerConfig) if f.name == name)
+def _default(config: type[ControllerConfig | GovernorConfig], name: str) -> float:
+    default = next(f.default for f in dataclasses.fields(config) if f.name == name)
     assert isinstance(default, float), name
     return default
+
+
+def _law(name: str) -> float:
+    """The control law's default for ``name``, declared on ``ControllerConfig``."""
+    return _default(ControllerConfig, name)
+
+
+def _governed(name: str) -> float:
+    """The governor's default for ``name``, declared on ``GovernorConfig``."""
+    return _default(GovernorConfig, name)
 
 
 def _one_of(choices: tuple[str, ...]) -> AfterValidator:
@@ -235,6 +244,20 @@ class Settings(BinarySettings):
         0.99,
         "share of requests the governor holds within its TTFT and ITL targets, in (0, 1)",
         gt=0,
+        lt=1,
+        allow_inf_nan=False,
+    )
+    ttft_history_s: Seconds = setting(
+        _governed("ttft_history_s"),
+        "how long the governor's feedforward keeps each interval's first tokens, each with the clock "
+        "it came at (the breach rule judges --latency-window-seconds)",
+        flag="--ttft-history-seconds",
+    )
+    breach_significance: float = setting(
+        _governed("breach_significance"),
+        "a TTFT miss share over the budget jumps the clock to its ceiling only when that many misses "
+        "would come less often than this at the budget's own rate, in [0, 1) (0: every share over it)",
+        ge=0,
         lt=1,
         allow_inf_nan=False,
     )
@@ -434,7 +457,8 @@ def governor_config(settings: Settings, gpus: GpuRange, clocks_mhz: tuple[float,
         itl_target_s=settings.itl_target_s * share if settings.itl_target_s is not None else None,
         ttft_target_s=settings.ttft_target_s * share if settings.ttft_target_s is not None else None,
         quantile=settings.target_quantile,
-        ttft_window_s=settings.latency_window_s,
+        ttft_history_s=settings.ttft_history_s,
+        breach_significance=settings.breach_significance,
     )
 
 

@@ -66,6 +66,8 @@ PUBLISHED_DEFAULTS: dict[str, object] = {
     "--itl-target-seconds": None,
     "--target-share": 1.0,
     "--target-quantile": 0.99,
+    "--ttft-history-seconds": 300.0,
+    "--breach-significance": 0.05,
     "--workload": "",
     "--scale-up-source": "scaler",
     "--scale-up-query": None,

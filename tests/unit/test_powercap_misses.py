@@ -1,0 +1,36 @@
+"""The breach rule's evidence test: a window's miss count against the budget's own rate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from powercap.misses import poisson_tail, significant_excess
+
+
+def test_poisson_tail_matches_closed_forms() -> None:
+    assert poisson_tail(0, 3.0) == 1.0
+    assert poisson_tail(1, 1.0) == pytest.approx(1 - math.exp(-1))
+    assert poisson_tail(3, 2.0) == pytest.approx(1 - math.exp(-2) * (1 + 2 + 2))
+    assert poisson_tail(2.2, 2.0) == poisson_tail(3, 2.0)  # an interpolated count rounds up
+    assert poisson_tail(1, 0.0) == 0.0
+
+
+def test_poisson_tail_does_not_underflow_at_large_means() -> None:
+    # exp(-1000) is 0 in floating point; summed in log space the tail at the mean is about a half.
+    assert 0.45 < poisson_tail(1000, 1000.0) < 0.55
+    assert poisson_tail(1200, 1000.0) < 1e-6
+
+
+def test_a_handful_of_misses_at_one_replica_is_not_a_breach() -> None:
+    # 300 requests at a 1% budget: 3 misses expected, 4 come in about a third of the windows.
+    assert not significant_excess(4, 300, 0.01, 0.05)
+    assert not significant_excess(6, 300, 0.01, 0.05)
+    assert significant_excess(7, 300, 0.01, 0.05)  # P(X >= 7 | 3) is 3.4%
+    # Many requests: the same 1.33x share is far past chance.
+    assert significant_excess(400, 30000, 0.01, 0.05)
+    # Under or at the budget is never a breach; with the test off, anything over it is one.
+    assert not significant_excess(3, 300, 0.01, 0.0)
+    assert significant_excess(4, 300, 0.01, 0.0)
+    assert not significant_excess(1, 0, 0.01, 0.05)
