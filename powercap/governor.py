@@ -394,26 +394,25 @@ def worst_ratio(reading: GovernorReading, config: GovernorConfig) -> float | Non
     return max(ratios) if ratios else None
 
 
-def _ttft_scale(state: GovernorState, clock: float, observed_at: float) -> float:
-    """How much longer a first token observed at ``observed_at`` MHz would take at ``clock`` under the
-    planned prompt rate. Prefill is compute-bound: ``observed_at / clock``. With a prompt model, times
-    the prompt queue's mean TTFT at the planned rate over that at the window's rate, both at ``clock``
-    (``powercap.prefill``): the level comes from what was observed, the change with the load from the
-    model, so a rise in the prompt rate raises the clock in the interval it is counted, and at a
-    steady rate the factor is 1 (no model error in the level)."""
-    base = observed_at / clock
+def _load_factor(state: GovernorState, clock: float) -> float:
+    """How much longer a first token would take at ``clock`` under the planned prompt rate than under
+    the window's: with a prompt model, the prompt queue's mean TTFT at the planned rate over that at
+    the window's rate, both at ``clock`` (``powercap.prefill``): the level comes from what was
+    observed, the change with the load from the model, so a rise in the prompt rate raises the clock
+    in the interval it is counted, and at a steady rate the factor is 1 (no model error in the level).
+    1 without a model; infinite where the planned rate saturates prefill at this clock."""
     prompt, prefill = state.prompt, state.prefill
     mean = prompt.window_mean_tokens if prompt is not None else None
     window = prompt.window_tokens_per_s if prompt is not None else None
     if prefill is None or prompt is None or mean is None or not mean > 0 or window is None:
-        return base
+        return 1.0
     now = prefill.mean_ttft_s(clock, planned_rate(prompt), mean)
     then = prefill.mean_ttft_s(clock, window, mean)
     if not math.isfinite(now):
-        return math.inf  # the planned rate saturates prefill at this clock
+        return math.inf
     if not math.isfinite(then) or then <= 0:
-        return base
-    return base * now / then
+        return 1.0
+    return now / then
 
 
 def planned_rate(prompt: PromptLoad) -> float:
@@ -425,19 +424,21 @@ def planned_rate(prompt: PromptLoad) -> float:
 def history_ttft_ratio(state: GovernorState, config: GovernorConfig, clock: float) -> float | None:
     """TTFT misses over the miss budget predicted at ``clock`` from the TTFT history: each interval's
     first tokens scaled from the clock they came at to ``clock``, and from the window's prompt load to
-    the planned one (``_ttft_scale``), tails read log-linearly (``tail_share_over``); None without a
+    the planned one (``_load_factor``), tails read log-linearly (``tail_share_over``); None without a
     target or a first token."""
-    if config.ttft_target_s is None:
+    if config.ttft_target_s is None or not state.ttft_history:
         return None
     counts = [sum(c for _, c in buckets) for _, _, buckets in state.ttft_history]
     window = sum(counts)
     over = total = 0.0
+    load = _load_factor(state, clock)  # one per candidate clock: the same for every interval
+    if not math.isfinite(load):
+        return math.inf  # the planned load saturates prefill at this clock
     for (_, observed_at, buckets), count in zip(state.ttft_history, counts, strict=True):
         # Half an observation over the whole window where a tail is empty, shared by the intervals.
         empty_top = 0.5 * count / window if window > 0 else 0.5
-        scale = _ttft_scale(state, clock, observed_at)
-        if not math.isfinite(scale):
-            return math.inf  # the planned load saturates prefill at this clock
+        # Prefill is compute-bound: a first token observed at ``observed_at`` MHz scales as 1 / clock.
+        scale = observed_at / clock * load
         share = tail_share_over(buckets, config.ttft_target_s / scale, empty_top)
         if share is None:
             continue
