@@ -258,6 +258,25 @@ def test_capacity_learned_in_tokens_follows_a_change_of_mix() -> None:
     assert decide(short, replace(learn, replica_capacity_rps=5.0)).replicas == 5  # ceil(20 / 4.5)
 
 
+def test_a_young_workload_does_not_consolidate_on_a_learned_capacity() -> None:
+    learn = replace(LLM, replica_capacity_rps=None)
+    # 10 rps per replica learned; 20 rps fits 3 at 0.9: a seasoned workload consolidates from 8.
+    short = llm(current_replicas=8, load_rps=20.0, peak_load_rps=20.0, load_tps=12_000.0, peak_load_tps=12_000.0,
+                learned_capacity_tps=6000.0, history_minutes=30.0)  # fmt: skip
+    assert (decide(short, learn).replicas, decide(short, learn).reason) == (3, Reason.CONSOLIDATE)
+    # Four minutes old: the learned value is an extrapolation not yet tested at the knee: hold, say why.
+    young = decide(replace(short, history_minutes=4.0), learn)
+    assert (young.replicas, young.reason) == (8, Reason.HOLD)
+    assert "young workload (4 of 10 minutes of history)" in young.detail
+    # Nor one replica at a time for an energy target.
+    greedy = replace(learn, target_joules_per_request=1.0)
+    assert decide(replace(short, history_minutes=4.0, joules_per_request=5.0), greedy).replicas == 8
+    # It still scales up on load, and a configured capacity consolidates at any age.
+    busy = replace(short, current_replicas=2, load_tps=30_000.0, peak_load_tps=30_000.0, history_minutes=4.0)
+    assert decide(busy, learn).replicas > 2
+    assert decide(replace(short, history_minutes=4.0), LLM).reason is Reason.CONSOLIDATE
+
+
 def test_a_configured_capacity_is_a_floor_that_seasoned_evidence_raises() -> None:
     # Configured 5 rps; the replicas served 10 rps each (6,000 tokens/s at 600 tokens/request) with
     # every SLO held: after ten minutes of history the learned value raises the capacity.

@@ -78,12 +78,15 @@ def test_learned_capacity_rises_with_latency_headroom() -> None:
     """At 5 rps per replica with latency far under the SLO the capacity learned is above 5 rps, so
     the policy can consolidate (the first low observation no longer sticks)."""
     trigger = EoTrigger({"latencySloSeconds": "10", "latencyQuantile": "0.99"})
-    prom = busy_prometheus(latency_s=2.0, rps=20, replicas=4)
-    obs = trigger.observe(prom, 600.0)
+    prom = busy_prometheus(latency_s=2.0, rps=20, replicas=4, seconds=900)
+    obs = trigger.observe(prom, 900.0)
     assert obs.learned_capacity_tps == pytest.approx(
         5 * TOKENS_PER_REQUEST * MOST
     )  # 5 rps x min(10 / ~2, 1.5)
-    assert trigger.answer(prom, 600.0).value < 4
+    # Once ten minutes of history exist (a young workload holds: scaler.policy, step 7).
+    assert obs.history_minutes is not None and obs.history_minutes >= 10
+    assert trigger.answer(prom, 900.0).value < 4
+    assert trigger.answer(prom, 400.0).value == 4
     # A sustained queue: those minutes teach nothing, and the queue scales up before latency breaks.
     queued = busy_prometheus(latency_s=2.0, rps=20, replicas=4, waiting=8)
     assert trigger.observe(queued, 600.0).learned_capacity_tps is None
