@@ -62,6 +62,8 @@ class MirroredCounter:
             else:
                 growth += raw - before
             _remember(self._last, key, raw)
+        if not math.isfinite(self.total + growth):
+            growth = 0.0  # finite readings near float's limit (a corrupt page): the total stays finite
         self.total += growth
         if not self._started:
             self._started = True
