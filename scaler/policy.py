@@ -47,8 +47,8 @@ Order of precedence, from strongest to weakest:
    a queue is forming or the KV cache is saturated. With every reading at most ``roomy_latency_ratio``
    of its SLO consolidation goes to ``target_utilization``. Between scale-up and scale-down thresholds
    the count holds, so a constant load never flaps. A young workload (under ``YOUNG_HISTORY_MINUTES``
-   of history) whose capacity is learned, none configured, does not consolidate: its capacity is an
-   extrapolation from minutes that never reached the knee, and its load is still finding its level.
+   of history) does not consolidate: its load is still finding its level, its burst headroom is a
+   guess, and a learned capacity is an extrapolation from minutes that never reached the knee.
 8. Energy target: when joules per request exceed the target and latency has headroom, remove one
    replica at a time down to the load threshold of the window's peak (fuller batches cost less energy).
 """
@@ -292,11 +292,6 @@ class _Work:
     unit: str
     source: str
 
-    @property
-    def learned(self) -> bool:
-        """The capacity comes from what replicas served (no configured capacity behind it)."""
-        return self.source.startswith("learned")
-
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
@@ -459,16 +454,16 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
     if cur < need_forecast:
         return need_forecast, Reason.FORECAST, load_txt
     blocked = near_slo or leading is not None
-    # A learned capacity extrapolates minutes that held every SLO by up to 2.5x; a young workload has
-    # not yet shown where the knee is, and its load is still rising to its level: consolidating there
-    # put conv x8 (eo-sim, eo-learned) on 3 replicas a minute before 60 req/s came (79.9% within the
-    # SLOs; 97.7% holding until ten minutes of history).
+    # A young workload's load is still finding its level and its burst headroom is a guess (no rises
+    # of its own yet); a learned capacity also extrapolates minutes that never reached the knee, by up
+    # to 2.5x. Consolidating then put eo-sim's diurnal day on one replica before a 6x burst at minute 9
+    # (eo: 98.0% within the SLOs; 99.4% holding) and conv x8's eo-learned on 3 replicas a minute before
+    # 60 req/s came (79.9%; 97.7%).
     young = obs.history_minutes is not None and obs.history_minutes < YOUNG_HISTORY_MINUTES
-    untested = work.learned and young
-    if cur > keep_for_peak and not blocked and not untested:
+    if cur > keep_for_peak and not blocked and not young:
         return keep_for_peak, Reason.CONSOLIDATE, load_txt
     jpr, target_jpr = obs.joules_per_request, cfg.target_joules_per_request
-    energy_room = not blocked and not untested and cur > need_peak
+    energy_room = not blocked and not young and cur > need_peak
     if target_jpr is not None and jpr is not None and jpr > target_jpr and energy_room:
         detail = f"{jpr:.2f} J/request > target {target_jpr:.2f}; {load_txt}"
         return max(need_peak, need_forecast, cur - 1), Reason.ENERGY_TARGET, detail
@@ -480,7 +475,7 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
         return (
             cur,
             Reason.HOLD,
-            f"young workload ({young_txt}): a learned capacity does not consolidate yet; {load_txt}",
+            f"young workload ({young_txt}): no scale-down yet; {load_txt}",
         )
     return cur, Reason.HOLD, load_txt
 
