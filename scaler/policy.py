@@ -456,9 +456,9 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
     blocked = near_slo or leading is not None
     # A young workload's load is still finding its level and its burst headroom is a guess (no rises
     # of its own yet); a learned capacity also extrapolates minutes that never reached the knee, by up
-    # to 2.5x. Consolidating then put eo-sim's diurnal day on one replica before a 6x burst at minute 9
-    # (eo: 98.0% within the SLOs; 99.4% holding) and conv x8's eo-learned on 3 replicas a minute before
-    # 60 req/s came (79.9%; 97.7%).
+    # to 2.5x. Consolidating then put conv x8's eo-learned (eo-sim) on 3 replicas a minute before
+    # 60 req/s came (79.9% within the SLOs; 97.7% holding), and eo's diurnal day back on one replica
+    # (after a breach at minute 3) before a 6x burst at minute 9 (98.0%; 99.4%).
     young = obs.history_minutes is not None and obs.history_minutes < YOUNG_HISTORY_MINUTES
     if cur > keep_for_peak and not blocked and not young:
         return keep_for_peak, Reason.CONSOLIDATE, load_txt
