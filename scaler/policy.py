@@ -47,8 +47,8 @@ Order of precedence, from strongest to weakest:
    a queue is forming or the KV cache is saturated. With every reading at most ``roomy_latency_ratio``
    of its SLO consolidation goes to ``target_utilization``. Between scale-up and scale-down thresholds
    the count holds, so a constant load never flaps. A young workload (under ``YOUNG_HISTORY_MINUTES``
-   of history) does not consolidate: its load is still finding its level, its burst headroom is a
-   guess, and a learned capacity is an extrapolation from minutes that never reached the knee.
+   of history) whose capacity is learned, none configured, does not scale down: its capacity is an
+   extrapolation from minutes that never reached the knee, and its load is still finding its level.
 8. Energy target: when joules per request exceed the target and latency has headroom, remove one
    replica at a time down to the load threshold of the window's peak (fuller batches cost less energy).
 """
@@ -292,6 +292,11 @@ class _Work:
     unit: str
     source: str
 
+    @property
+    def learned(self) -> bool:
+        """The capacity comes from what replicas served, none configured behind it."""
+        return self.source.startswith("learned")
+
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
@@ -454,12 +459,11 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
     if cur < need_forecast:
         return need_forecast, Reason.FORECAST, load_txt
     blocked = near_slo or leading is not None
-    # A young workload's load is still finding its level and its burst headroom is a guess (no rises
-    # of its own yet); a learned capacity also extrapolates minutes that never reached the knee, by up
-    # to 2.5x. Consolidating then put conv x8's eo-learned (eo-sim) on 3 replicas a minute before
-    # 60 req/s came (79.9% within the SLOs; 97.7% holding), and eo's diurnal day back on one replica
-    # (after a breach at minute 3) before a 6x burst at minute 9 (98.0%; 99.4%).
-    young = obs.history_minutes is not None and obs.history_minutes < YOUNG_HISTORY_MINUTES
+    # A learned capacity extrapolates minutes that held every SLO by up to 2.5x; a young workload has
+    # not yet shown where the knee is, and its load is still rising to its level. Consolidating then
+    # put conv x8's eo-learned (eo-sim) on 3 replicas a minute before 60 req/s came (79.9% within the
+    # SLOs; 97.7% holding). A configured capacity is a load test's: trusted from the first minute.
+    young = work.learned and obs.history_minutes is not None and obs.history_minutes < YOUNG_HISTORY_MINUTES
     if cur > keep_for_peak and not blocked and not young:
         return keep_for_peak, Reason.CONSOLIDATE, load_txt
     jpr, target_jpr = obs.joules_per_request, cfg.target_joules_per_request
@@ -475,7 +479,7 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
         return (
             cur,
             Reason.HOLD,
-            f"young workload ({young_txt}): no scale-down yet; {load_txt}",
+            f"young workload ({young_txt}): a learned capacity does not scale down yet; {load_txt}",
         )
     return cur, Reason.HOLD, load_txt
 

@@ -258,26 +258,25 @@ def test_capacity_learned_in_tokens_follows_a_change_of_mix() -> None:
     assert decide(short, replace(learn, replica_capacity_rps=5.0)).replicas == 5  # ceil(20 / 4.5)
 
 
-def test_a_young_workload_scales_up_but_never_down() -> None:
+def test_a_young_workload_does_not_scale_down_on_a_learned_capacity() -> None:
     learn = replace(LLM, replica_capacity_rps=None)
     # 10 rps per replica learned; 20 rps fits 3 at 0.9: a seasoned workload consolidates from 8.
     short = llm(current_replicas=8, load_rps=20.0, peak_load_rps=20.0, load_tps=12_000.0, peak_load_tps=12_000.0,
                 learned_capacity_tps=6000.0, history_minutes=30.0)  # fmt: skip
     assert (decide(short, learn).replicas, decide(short, learn).reason) == (3, Reason.CONSOLIDATE)
-    assert decide(short, LLM).reason is Reason.CONSOLIDATE  # configured: the same
-    # Four minutes old: its load and its bursts are not known yet: hold, and say why, learned or
-    # configured.
-    for cfg in (learn, LLM):
-        young = decide(replace(short, history_minutes=4.0), cfg)
-        assert (young.replicas, young.reason) == (8, Reason.HOLD)
-        assert "young workload (4 of 10 minutes of history)" in young.detail
+    # Four minutes old: the learned value is an extrapolation not yet tested at the knee: hold, say why.
+    young = decide(replace(short, history_minutes=4.0), learn)
+    assert (young.replicas, young.reason) == (8, Reason.HOLD)
+    assert "young workload (4 of 10 minutes of history)" in young.detail
     # Nor one replica at a time for an energy target.
     greedy = replace(learn, target_joules_per_request=1.0)
     assert decide(replace(short, history_minutes=4.0, joules_per_request=5.0), greedy).replicas == 8
-    # It still scales up on load; a source that does not say how much history it has is not young.
+    # It still scales up on load; a source that does not say how much history it has is not young;
+    # a configured capacity (a load test's) consolidates at any age.
     busy = replace(short, current_replicas=2, load_tps=30_000.0, peak_load_tps=30_000.0, history_minutes=4.0)
     assert decide(busy, learn).replicas > 2
     assert decide(replace(short, history_minutes=None), learn).reason is Reason.CONSOLIDATE
+    assert decide(replace(short, history_minutes=4.0), LLM).reason is Reason.CONSOLIDATE
 
 
 def test_a_configured_capacity_is_a_floor_that_seasoned_evidence_raises() -> None:
@@ -289,9 +288,8 @@ def test_a_configured_capacity_is_a_floor_that_seasoned_evidence_raises() -> Non
     d = decide(served, cfg)
     assert (d.replicas, d.reason) == (3, Reason.CONSOLIDATE)  # ceil(20 / (10 x 0.8))
     assert "raised by what replicas served" in d.detail
-    # Young (under ten minutes of history): the load test stands, ceil(20 / (5 x 0.9)) = 5 (from 4:
-    # a young workload scales up, never down).
-    assert decide(replace(served, current_replicas=4, history_minutes=5.0), cfg).replicas == 5
+    # Young (under ten minutes of history): the load test stands, ceil(20 / (5 x 0.9)) = 5.
+    assert decide(replace(served, history_minutes=5.0), cfg).replicas == 5
     assert decide(replace(served, history_minutes=None), cfg).replicas == 5
     # Learned below the configured value: the configured one is the floor.
     low = replace(served, learned_capacity_tps=1200.0)  # 2 rps per replica
