@@ -291,11 +291,8 @@ class _Work:
     capacity: float | None
     unit: str
     source: str
-
-    @property
-    def learned(self) -> bool:
-        """The capacity comes from what replicas served, none configured behind it."""
-        return self.source.startswith("learned")
+    learned: bool = False
+    """The capacity comes from what replicas served, no configured capacity behind it."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -331,14 +328,14 @@ def _work(obs: Observation, cfg: PolicyConfig) -> _Work:
             return _Work(demand, peak, forecast, learned_rps, "rps", source)
         return _Work(demand, peak, forecast, configured, "rps", "configured")
     if obs.learned_capacity_rps is not None and obs.learned_capacity_rps > 0:
-        return _Work(demand, peak, forecast, obs.learned_capacity_rps, "rps", "learned")
+        return _Work(demand, peak, forecast, obs.learned_capacity_rps, "rps", "learned", learned=True)
     if tps is None or not tps > 0 or per_request is None:
         return _Work(demand, peak, forecast, None, "rps", "")
     demand_t = max(obs.load_tps or 0.0, (obs.demand_rps or 0.0) * per_request)
     peak_t = max(obs.peak_load_tps or 0.0, demand_t)
     forecast_t = forecast * per_request if forecast is not None else None
     source = f"learned, {per_request:.0f} tokens/request now"
-    return _Work(demand_t, peak_t, forecast_t, tps, "tokens/s", source)
+    return _Work(demand_t, peak_t, forecast_t, tps, "tokens/s", source, learned=True)
 
 
 def _settled(obs: Observation) -> int:
