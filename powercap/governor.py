@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from common.misses import significant_excess
 from powercap.controller import (
     REASON_HEADROOM_LOW,
     REASON_LOAD_INCREASE,
@@ -66,7 +67,6 @@ from powercap.controller import (
     initial_state,
     step,
 )
-from powercap.misses import significant_excess
 from powercap.prefill import PrefillProfile
 from powercap.profile import IterationProfile
 
@@ -200,7 +200,7 @@ class GovernorConfig:
     of first tokens to be read at a low clock, and each stays scaled from the clock it came at."""
     breach_significance: float = 0.05
     """A TTFT miss share over the budget is a breach only when that many misses would come less often
-    than this at the budget's own rate (``powercap.misses``); 0: every share over the budget is one."""
+    than this at the budget's own rate (``common.misses``); 0: every share over the budget is one."""
 
     def __post_init__(self) -> None:
         c = self.controller
@@ -275,15 +275,26 @@ class GovernorReading:
 
 
 @dataclass(frozen=True)
+class TtftInterval:
+    """One interval's first tokens in the feedforward's TTFT history, with what they came under."""
+
+    at_s: float
+    clock_mhz: float
+    """The clock in force over the interval."""
+    buckets: tuple[tuple[float, float], ...]
+    first_tokens: float
+    """Their count (the buckets' sum), kept so a decision does not re-sum it per candidate clock."""
+
+
+@dataclass(frozen=True)
 class GovernorState:
     controller: ControllerState
     profile: IterationProfile
     gauges: tuple[float | None, float | None, float | None] | None = None
     gauges_since_s: float | None = None
     previous_running: float | None = None
-    ttft_history: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
-    """(reading time, clock in force over the interval, that interval's first tokens by TTFT bucket),
-    oldest first, at most ``ttft_history_s`` old: a bounded record (one entry per interval)."""
+    ttft_history: tuple[TtftInterval, ...] = ()
+    """Oldest first, at most ``ttft_history_s`` old: a bounded record (one entry per interval)."""
     prefill: PrefillProfile | None = None
     """The prompt feedforward's learned model; None: no prompt feedforward."""
     prompt: PromptLoad | None = None
@@ -364,7 +375,7 @@ def judged_ttft_ratio(
     buckets: tuple[tuple[float, float], ...] | None, config: GovernorConfig
 ) -> float | None:
     """The window's TTFT ratio as the feedback judges it: a share over the budget that a few requests'
-    noise explains (``powercap.misses.significant_excess`` at ``breach_significance``) is held at
+    noise explains (``common.misses.significant_excess`` at ``breach_significance``) is held at
     the controller's ``raise_above_ratio``, the top of its deadband, so it neither jumps to the
     ceiling nor lowers; the feedforward still counts those misses in its TTFT history."""
     ratio = ttft_ratio(buckets, config)
@@ -426,24 +437,24 @@ def history_ttft_ratio(state: GovernorState, config: GovernorConfig, clock: floa
     first tokens scaled from the clock they came at to ``clock``, and from the window's prompt load to
     the planned one (``_load_factor``), tails read log-linearly (``tail_share_over``); None without a
     target or a first token."""
-    if config.ttft_target_s is None or not state.ttft_history:
+    history = state.ttft_history
+    if config.ttft_target_s is None or not history:
         return None
-    counts = [sum(c for _, c in buckets) for _, _, buckets in state.ttft_history]
-    window = sum(counts)
+    window = sum(h.first_tokens for h in history)
     over = total = 0.0
     load = _load_factor(state, clock)  # one per candidate clock: the same for every interval
     if not math.isfinite(load):
         return math.inf  # the planned load saturates prefill at this clock
-    for (_, observed_at, buckets), count in zip(state.ttft_history, counts, strict=True):
+    for entry in history:
         # Half an observation over the whole window where a tail is empty, shared by the intervals.
-        empty_top = 0.5 * count / window if window > 0 else 0.5
-        # Prefill is compute-bound: a first token observed at ``observed_at`` MHz scales as 1 / clock.
-        scale = observed_at / clock * load
-        share = tail_share_over(buckets, config.ttft_target_s / scale, empty_top)
+        empty_top = 0.5 * entry.first_tokens / window if window > 0 else 0.5
+        # Prefill is compute-bound: a first token observed at ``clock_mhz`` MHz scales as 1 / clock.
+        scale = entry.clock_mhz / clock * load
+        share = tail_share_over(entry.buckets, config.ttft_target_s / scale, empty_top)
         if share is None:
             continue
-        over += share * count
-        total += count
+        over += share * entry.first_tokens
+        total += entry.first_tokens
     return over / total / (1.0 - config.quantile) if total > 0 else None
 
 
@@ -519,10 +530,12 @@ def _learn_prefill(state: GovernorState, reading: GovernorReading) -> GovernorSt
 def _record_ttft(state: GovernorState, reading: GovernorReading, config: GovernorConfig) -> GovernorState:
     """Append the interval's first tokens at the clock that was in force; drop what left the window."""
     now = reading.now_s
-    kept = tuple(h for h in state.ttft_history if h[0] > now - config.ttft_history_s)
+    kept = tuple(h for h in state.ttft_history if h.at_s > now - config.ttft_history_s)
     buckets = reading.ttft_interval_buckets
-    if buckets and all(math.isfinite(c) and c >= 0 for _, c in buckets) and sum(c for _, c in buckets) > 0:
-        kept = (*kept, (now, state.controller.setpoint, buckets))
+    if buckets and all(math.isfinite(c) and c >= 0 for _, c in buckets):
+        count = sum(c for _, c in buckets)
+        if count > 0:
+            kept = (*kept, TtftInterval(now, state.controller.setpoint, buckets, count))
     return state if kept == state.ttft_history else replace(state, ttft_history=kept)
 
 

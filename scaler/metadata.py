@@ -174,6 +174,9 @@ class TriggerConfig:
             idle_before_zero_s=self.idle_before_zero_s,
             activation_rps=self.activation_rps,
             kv_saturation_ratio=self.kv_saturation_ratio,
+            ttft_quantile=self.ttft_quantile,
+            itl_quantile=self.itl_quantile,
+            latency_quantile=self.latency_quantile,
         )
 
 

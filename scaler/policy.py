@@ -25,11 +25,12 @@ Order of precedence, from strongest to weakest:
    set knowing it may cost latency, and exceeding it has consequences outside this workload. The
    decision says so (reason ``power_budget``). ``min_replicas``/``max_replicas`` still bound the answer
    (KEDA's HPA enforces them anyway), reason ``power_budget_below_min`` flags the conflict.
-3. SLO breach: any reading above its SLO scales up at once, never down, in proportion to what it
-   observes: to the replicas the demand needs at ``target_utilization`` of the capacity, else one more
-   than ``settled`` (a burst or backlog the settled replicas carry on average), or without a capacity
-   ``settled * worst ratio`` (capped at ``max_breach_step_ratio``), at least +1 and 10% + 1 (clearing the
-   HPA's 10% tolerance). ``settled`` is the fewest replicas serving over the last breach-settle window,
+3. SLO breach: any reading above its SLO beyond chance (``breaching``: a budget overspent by no more
+   than a window's noise is not one, and only blocks scale-down) scales up at once, never down, in
+   proportion to what it observes: to the replicas the demand needs at ``target_utilization`` of the
+   capacity, else one more than ``settled`` (a burst or backlog the settled replicas carry on
+   average), or without a capacity ``settled * worst ratio`` (capped at ``max_breach_step_ratio``),
+   at least +1 and 10% + 1 (clearing the HPA's 10% tolerance). ``settled`` is the fewest replicas serving over the last breach-settle window,
    so the answers to one breach do not compound while its first answer is still starting.
 4. Leading signals, before latency breaks: a forming queue (waiting requests above zero for 30 s,
    reason ``queue_forming``) or KV-cache saturation (``kv_saturation``) scale up from ``settled`` by
@@ -58,6 +59,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+
+from common.misses import significant_excess
+from scaler.signals import BUDGET_MIN_OBSERVATIONS
 
 # Capacity ratios are computed in floats; this keeps ceil(2.0000000001) from adding a replica.
 _EPS = 1e-9
@@ -124,6 +128,9 @@ class Observation:
     ttft_ratio, itl_ratio, latency_ratio: how close each SLO is to breaking, 1 at the SLO: the share of
         its error budget used (requests over the SLO over ``1 - quantile``, exact where the SLO is a
         bucket bound), else the quantile over the SLO; None: the policy divides the reading itself.
+    ttft_observations, itl_observations, latency_observations: how many observations each SLO's ratio
+        is read over (its histogram's count over the short window: first tokens, tokens, requests);
+        None: unknown, and then every ratio over 1 is a breach.
     forecast_rps: the forecast rate one cold start ahead (None: forecasting off or history too short).
     workload_power_watts: power drawn by all replicas together, or None when unknown.
     historical_replica_power_watts: the highest power per replica seen over the lookback, so the budget
@@ -159,6 +166,9 @@ class Observation:
     ttft_ratio: float | None = None
     itl_ratio: float | None = None
     latency_ratio: float | None = None
+    ttft_observations: float | None = None
+    itl_observations: float | None = None
+    latency_observations: float | None = None
     history_minutes: float | None = None
 
 
@@ -189,6 +199,14 @@ class PolicyConfig:
     # The headroom while the workload's own history is too short to size it (its first ten minutes):
     # the usual 30% margin users provision, until the rises it has shown replace it.
     young_burst_headroom: float = 1.3
+    # Each SLO's quantile (its error budget is 1 - quantile), for the breach evidence test; None: that
+    # SLO's ratio over 1 is a breach whatever the count behind it.
+    ttft_quantile: float | None = None
+    itl_quantile: float | None = None
+    latency_quantile: float | None = None
+    # A ratio over 1 is a breach only when its misses would come less often than this at the budget's
+    # own rate (common.misses); 0: every ratio over 1 is one.
+    breach_significance: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -208,6 +226,11 @@ class PolicyConfig:
             raise ValueError("max_breach_step_ratio must be >= 1")
         if not 1 <= self.young_burst_headroom <= self.max_burst_headroom:
             raise ValueError("need 1 <= young_burst_headroom <= max_burst_headroom")
+        for q in (self.ttft_quantile, self.itl_quantile, self.latency_quantile):
+            if q is not None and not 0 < q < 1:
+                raise ValueError("every SLO quantile must be in (0, 1)")
+        if not 0 <= self.breach_significance < 1:
+            raise ValueError("breach_significance must be in [0, 1)")
 
     def slos(self) -> list[tuple[str, float]]:
         """``(kind, seconds)`` of the SLOs given: ``ttft``, ``itl``, ``e2e``."""
@@ -277,6 +300,36 @@ def slo_ratios(observation: Observation, config: PolicyConfig) -> dict[str, floa
             out[kind] = ratio
         elif value is not None and not math.isnan(value):
             out[kind] = value / slo
+    return out
+
+
+def breaching(observation: Observation, config: PolicyConfig, ratios: dict[str, float]) -> dict[str, float]:
+    """The ratios over 1 that are evidence of a breach: every one, unless the SLO's quantile and the
+    observations behind its ratio are known; then only where that many misses would come less often
+    than ``breach_significance`` at the budget's own rate (``common.misses``). A p99 budget over 900
+    first tokens expects 9 misses at exactly the SLO: 10 or 12 are its noise, not a shortfall
+    (a clock governor holding the SLO's slack makes such windows common). The ratio is read as the
+    budget used, exact where the SLO is a bucket bound (``scaler.signals.BudgetUsed``: its floor of
+    ``BUDGET_MIN_OBSERVATIONS`` misses' worth of observations is undone here); a quantile-over-SLO
+    ratio (an SLO off the buckets) is read the same way, an approximation."""
+    o, c = observation, config
+    known = {
+        "ttft": (o.ttft_observations, c.ttft_quantile),
+        "itl": (o.itl_observations, c.itl_quantile),
+        "e2e": (o.latency_observations, c.latency_quantile),
+    }
+    out: dict[str, float] = {}
+    for kind, ratio in ratios.items():
+        if not ratio > 1:
+            continue
+        count, quantile = known[kind]
+        if count is None or quantile is None or not math.isfinite(ratio) or c.breach_significance <= 0:
+            out[kind] = ratio
+            continue
+        budget = 1.0 - quantile
+        misses = ratio * budget * max(count, BUDGET_MIN_OBSERVATIONS / budget)
+        if significant_excess(misses, count, budget, c.breach_significance):
+            out[kind] = ratio
     return out
 
 
@@ -401,12 +454,14 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
     floor_active = 1 if active else 0
     capacity = work.capacity
     ratios = slo_ratios(obs, cfg)
-    worst_kind, worst = max(ratios.items(), key=lambda kv: kv[1]) if ratios else ("", 0.0)
+    worst = max(ratios.values()) if ratios else 0.0
+    breached = breaching(obs, cfg, ratios)
 
-    if cur > 0 and worst > 1:
-        step = _breach(obs, cfg, work, worst)
+    if cur > 0 and breached:
+        breach_kind, breach = max(breached.items(), key=lambda kv: kv[1])
+        step = _breach(obs, cfg, work, breach)
         settled = "" if obs.settled_replicas is None else f" (settled {obs.settled_replicas})"
-        detail = f"{_describe(ratios)}: {worst_kind} above its SLO at {cur} replicas{settled}"
+        detail = f"{_describe(ratios)}: {breach_kind} above its SLO at {cur} replicas{settled}"
         return step, Reason.SLO_BREACH, detail
 
     leading = _leading(obs, cfg)

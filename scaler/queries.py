@@ -343,6 +343,13 @@ def _ratio(v: dict[str, float], name: str) -> float | None:
     return _amount(v, f"{name}_ratio")
 
 
+def _observations(v: dict[str, float], name: str) -> float | None:
+    """Observations behind an SLO's ratio: its histogram's count rate over the short window the
+    budget is read over, times that window; None without the part (custom PromQL counts none)."""
+    rate = _amount(v, f"{name}_rate")
+    return None if rate is None else rate * sig.SHORT_WINDOW_S
+
+
 def _heartbeat(v: dict[str, float], trigger: TriggerConfig) -> None:
     age = v.get("heartbeat_age")
     if age is None or math.isnan(age):
@@ -431,6 +438,7 @@ def observation_from_values(trigger: TriggerConfig, v: dict[str, float]) -> Obse
         raise KpiUnavailable(f"KV-cache usage {kv:g} of {where} is above 1 (the contract is a ratio)")
     readings = {kind: _reading(v, trigger, kind, where) for kind, _, _ in trigger.slos()}
     ratios = {kind: _ratio(v, SLO_PARTS[kind][0]) for kind, _, _ in trigger.slos()}
+    counts = {kind: _observations(v, SLO_PARTS[kind][0]) for kind, _, _ in trigger.slos()}
     return Observation(
         current_replicas=replicas,
         load_rps=load,
@@ -447,6 +455,9 @@ def observation_from_values(trigger: TriggerConfig, v: dict[str, float]) -> Obse
         ttft_ratio=ratios.get("ttft"),
         itl_ratio=ratios.get("itl"),
         latency_ratio=ratios.get("e2e"),
+        ttft_observations=counts.get("ttft"),
+        itl_observations=counts.get("itl"),
+        latency_observations=counts.get("e2e"),
         load_tps=_amount(v, "tokens"),
         peak_load_tps=peak_tokens,
         learned_capacity_tps=capacity,

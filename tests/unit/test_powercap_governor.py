@@ -16,6 +16,7 @@ from powercap.governor import (
     GovernorReading,
     GovernorState,
     ServerLoad,
+    TtftInterval,
     feedforward_clock,
     govern,
     history_ttft_ratio,
@@ -176,7 +177,13 @@ def test_ttft_history_scales_each_interval_from_the_clock_it_came_at() -> None:
     # came at, those misses say nothing bad about 1980 MHz (0.5 s at 990 is 0.25 s at 1980) ...
     slow_at_990 = ((0.1, 0.0), (0.25, 0.0), (0.5, 20.0), (math.inf, 0.0))
     clean_at_1980 = ((0.1, 200.0), (0.25, 0.0), (0.5, 0.0), (math.inf, 0.0))
-    s = replace(fresh(), ttft_history=((5.0, 990.0, slow_at_990), (10.0, 1980.0, clean_at_1980)))
+    s = replace(
+        fresh(),
+        ttft_history=(
+            TtftInterval(5.0, 990.0, slow_at_990, 20.0),
+            TtftInterval(10.0, 1980.0, clean_at_1980, 200.0),
+        ),
+    )
     at_ceiling = history_ttft_ratio(s, CFG, 1980.0)
     at_breach = history_ttft_ratio(s, CFG, 990.0)
     assert at_ceiling is not None and at_breach is not None
@@ -196,14 +203,14 @@ def test_govern_records_the_interval_first_tokens_at_the_clock_in_force_and_forg
     for i in range(steps):
         s, _ = govern(s, reading(5.0 * i, 4, ttft_interval_buckets=interval), CFG)
     assert len(s.ttft_history) == CFG.ttft_history_s / 5.0  # bounded by the window
-    assert all(last - CFG.ttft_history_s < at <= last for at, _, _ in s.ttft_history)
+    assert all(last - CFG.ttft_history_s < h.at_s <= last for h in s.ttft_history)
     # Each entry carries the clock decided the interval before (the one the first tokens came at).
-    clocks = [c for _, c, _ in s.ttft_history]
+    clocks = [h.clock_mhz for h in s.ttft_history]
     assert clocks == sorted(clocks, reverse=True) and clocks[-1] < 1980.0
     # Counts that are not numbers are never recorded.
     bad = ((0.1, math.nan), (math.inf, 0.0))
     s2, _ = govern(s, reading(last + 5.0, 4, ttft_interval_buckets=bad), CFG)
-    assert s2.ttft_history[-1][0] == last
+    assert s2.ttft_history[-1].at_s == last
 
 
 def test_governor_walks_down_at_small_batch_in_bounded_steps_with_reason() -> None:

@@ -256,6 +256,13 @@ def test_llm_signals_in_the_observation() -> None:
     assert to_observation(t, _series(**base, ttft="NaN", ttft_rate=0)).ttft_s is None
     with pytest.raises(KpiUnavailable, match="KV"):
         to_observation(t, _series(**base, kv_usage=1.7))
+    # The observations behind each ratio: the count rate over the short (60 s) window, for the
+    # policy's breach evidence test; the trigger's quantiles reach the policy with them.
+    counted = to_observation(t, _series(**base, ttft=0.2, ttft_rate=15, itl=0.02, itl_rate=900))
+    assert (counted.ttft_observations, counted.itl_observations) == (900.0, 54_000.0)
+    assert bare.ttft_observations is None
+    cfg = t.policy_config()
+    assert (cfg.ttft_quantile, cfg.itl_quantile) == (t.ttft_quantile, t.itl_quantile)
 
 
 def test_budget_needs_power_while_pods_run() -> None:

@@ -209,6 +209,34 @@ def test_error_budget_ratio_wins_over_the_interpolated_quantile() -> None:
     assert decide(replace(measured, ttft_ratio=math.nan), cfg).reason is Reason.HOLD_NEAR_SLO  # NaN: no ratio
 
 
+def test_a_budget_overspent_by_chance_is_not_a_breach_but_still_blocks_scale_down() -> None:
+    # 900 first tokens in the window at a p99 SLO: 9 misses expected at exactly the SLO. 12 misses
+    # (ratio 1.33) come by chance in a fifth of such windows; 20 (ratio 2.2) in fewer than 1 in 1000.
+    cfg = replace(LLM, ttft_slo_s=0.25, ttft_quantile=0.99)
+    base = llm(current_replicas=8, load_rps=25.0, peak_load_rps=25.0, ttft_s=0.23, itl_s=0.02)
+    noisy = replace(base, ttft_ratio=12 / 9, itl_ratio=0.1, ttft_observations=900.0)
+    d = decide(noisy, cfg)
+    assert d.reason is Reason.HOLD_NEAR_SLO and d.replicas == 8  # no scale-up, and no scale-down
+    assert decide(replace(noisy, ttft_ratio=20 / 9), cfg).reason is Reason.SLO_BREACH
+    # Few observations: 3 misses of 30 first tokens (budget 0.3) are evidence; the ratio's floor of
+    # two misses' worth (ratio 1.5 = 3 misses over 200) is undone before the test.
+    few = replace(noisy, ttft_ratio=1.5, ttft_observations=30.0)
+    assert decide(few, cfg).reason is Reason.SLO_BREACH
+    # Without the count, without the quantile, or with the test off, every ratio over 1 is a breach.
+    assert decide(replace(noisy, ttft_observations=None), cfg).reason is Reason.SLO_BREACH
+    assert decide(noisy, replace(cfg, ttft_quantile=None)).reason is Reason.SLO_BREACH
+    assert decide(noisy, replace(cfg, breach_significance=0.0)).reason is Reason.SLO_BREACH
+    # An infinite ratio (above the highest bucket) is a breach whatever the count.
+    assert decide(replace(noisy, ttft_ratio=math.inf), cfg).reason is Reason.SLO_BREACH
+
+
+def test_policy_config_refuses_a_quantile_or_significance_out_of_range() -> None:
+    with pytest.raises(ValueError, match="quantile"):
+        replace(LLM, ttft_quantile=1.0)
+    with pytest.raises(ValueError, match="breach_significance"):
+        replace(LLM, breach_significance=1.0)
+
+
 def test_a_forming_queue_scales_up_before_latency_breaks() -> None:
     d = decide(llm(waiting_requests=20.0, running_requests=40.0, settled_replicas=4), LLM)
     assert (d.replicas, d.reason) == (6, Reason.QUEUE_FORMING)  # 4 x (1 + 20/40)

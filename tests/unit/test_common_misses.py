@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from powercap.misses import poisson_tail, significant_excess
+from common.misses import poisson_tail, significant_excess
 
 
 def test_poisson_tail_matches_closed_forms() -> None:
