@@ -136,6 +136,7 @@ class TriggerConfig:
     cold_start_s: float = 60.0
     season_s: float | None = 86400.0
     kv_saturation_ratio: float = 0.9
+    breach_significance: float = 0.05
     capacity_inputs: str = "raw"
     """Where the learned capacity reads its histogram rates: ``raw`` (the pods' series) or
     ``recorded`` (the ``…_bucket:rate1m_unfiltered`` rules of recording_rules/, installed with the
@@ -174,6 +175,7 @@ class TriggerConfig:
             idle_before_zero_s=self.idle_before_zero_s,
             activation_rps=self.activation_rps,
             kv_saturation_ratio=self.kv_saturation_ratio,
+            breach_significance=self.breach_significance,
             ttft_quantile=self.ttft_quantile,
             itl_quantile=self.itl_quantile,
             latency_quantile=self.latency_quantile,
@@ -213,6 +215,7 @@ _FIELDS: dict[str, str] = {
     "coldStartSeconds": "cold_start_s",
     "seasonSeconds": "season_s",
     "kvSaturationRatio": "kv_saturation_ratio",
+    "breachSignificance": "breach_significance",
     "learnCapacity": "learn_capacity",
     "capacityInputs": "capacity_inputs",
 }
@@ -425,6 +428,9 @@ def parse_metadata(metadata: Mapping[str, str], default_namespace: str = "") -> 
         kw["kv_saturation_ratio"] = _float(
             "kvSaturationRatio", m["kvSaturationRatio"], low=0, high=1, low_open=True
         )
+    if "breachSignificance" in m:
+        # 0 turns the evidence test off (every ratio over 1 is a breach); above 0.5 it is no test.
+        kw["breach_significance"] = _float("breachSignificance", m["breachSignificance"], low=0, high=0.5)
 
     min_r = _int("minReplicas", m["minReplicas"], low=0, high=100000) if "minReplicas" in m else 0
     max_r = _int("maxReplicas", m["maxReplicas"], low=1, high=100000) if "maxReplicas" in m else 100

@@ -30,8 +30,9 @@ Order of precedence, from strongest to weakest:
    proportion to what it observes: to the replicas the demand needs at ``target_utilization`` of the
    capacity, else one more than ``settled`` (a burst or backlog the settled replicas carry on
    average), or without a capacity ``settled * worst ratio`` (capped at ``max_breach_step_ratio``),
-   at least +1 and 10% + 1 (clearing the HPA's 10% tolerance). ``settled`` is the fewest replicas serving over the last breach-settle window,
-   so the answers to one breach do not compound while its first answer is still starting.
+   at least +1 and 10% + 1 (clearing the HPA's 10% tolerance). ``settled`` is the fewest replicas
+   serving over the last breach-settle window, so the answers to one breach do not compound while
+   its first answer is still starting.
 4. Leading signals, before latency breaks: a forming queue (waiting requests above zero for 30 s,
    reason ``queue_forming``) or KV-cache saturation (``kv_saturation``) scale up from ``settled`` by
    the queue's share of the running requests (at least one more, at most double).

@@ -23,6 +23,31 @@ def test_poisson_tail_does_not_underflow_at_large_means() -> None:
     assert poisson_tail(1200, 1000.0) < 1e-6
 
 
+def _direct_tail(k: int, mean: float) -> float:
+    # The definition: one minus every term under k, each in log space.
+    log_mean = math.log(mean)
+    return 1.0 - math.fsum(math.exp(i * log_mean - mean - math.lgamma(i + 1)) for i in range(k))
+
+
+@pytest.mark.parametrize(
+    ("k", "mean"),
+    [(1, 0.3), (3, 0.3), (4, 3.0), (7, 3.0), (2, 9.0), (12, 9.0), (20, 9.0), (90, 100.0),
+     (101, 100.0), (130, 100.0), (560, 540.0), (600, 540.0)],
+)  # fmt: skip
+def test_poisson_tail_summed_outward_matches_the_definition(k: int, mean: float) -> None:
+    assert poisson_tail(k, mean) == pytest.approx(_direct_tail(k, mean), rel=1e-9, abs=1e-12)
+
+
+def test_poisson_tail_at_a_token_histogram_count() -> None:
+    # 55,000 over a mean of 54,000, 4.3 standard deviations out: the definition's 55,000 terms and the
+    # outward sum's few thousand agree, near the (continuity-corrected) normal tail.
+    tail = poisson_tail(55_000, 54_000.0)
+    assert tail == pytest.approx(_direct_tail(55_000, 54_000.0), rel=1e-6)
+    z = (55_000 - 0.5 - 54_000) / math.sqrt(54_000)
+    assert tail == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=0.1)
+    assert poisson_tail(53_000, 54_000.0) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_a_handful_of_misses_at_one_replica_is_not_a_breach() -> None:
     # 300 requests at a 1% budget: 3 misses expected, 4 come in about a third of the windows.
     assert not significant_excess(4, 300, 0.01, 0.05)

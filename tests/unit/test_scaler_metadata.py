@@ -55,6 +55,9 @@ def test_llm_native_slos_with_their_quantiles() -> None:
     assert [kind for kind, _, _ in every.slos()] == ["ttft", "itl", "e2e"]
     assert every.ttft_quantile == 0.99 and every.latency_quantile == 0.95
     assert (every.cold_start_s, every.season_s, every.kv_saturation_ratio) == (60.0, 86400.0, 0.9)
+    assert every.breach_significance == 0.05 == every.policy_config().breach_significance
+    off_test = parse_metadata({**BASE, "breachSignificance": "0"}, "ns")
+    assert off_test.policy_config().breach_significance == 0.0
     off = parse_metadata({**BASE, "seasonSeconds": "0", "coldStartSeconds": "180"}, "ns")
     assert off.season_s is None and off.cold_start_s == 180
     assert "forecast_season" not in parts(off) and "forecast_season" in parts(every)
@@ -103,6 +106,8 @@ def test_full_metadata() -> None:
         ({"workload": "x", "ttftSloSeconds": "1", "latencyQuery": "my_latency"}, "latencyQuery"),
         ({**BASE, "seasonSeconds": "100"}, "seasonSeconds"),
         ({**BASE, "kvSaturationRatio": "1.5"}, "kvSaturationRatio"),
+        ({**BASE, "breachSignificance": "0.9"}, "breachSignificance"),
+        ({**BASE, "breachSignificance": "-0.1"}, "breachSignificance"),
         ({**BASE, "coldStartSeconds": "0"}, "coldStartSeconds"),
         ({**BASE, "latencySloSeconds": "fast"}, "latencySloSeconds"),
         ({**BASE, "latencySloSeconds": "-1"}, "latencySloSeconds"),
