@@ -398,6 +398,12 @@ def _settled(obs: Observation) -> int:
     return max(settled, 1)
 
 
+def _one_more(settled: int) -> int:
+    """The smallest step up from ``settled`` that the HPA acts on: one more replica, and past its 10%
+    tolerance (at 18 replicas a 19th is a 5.6% change, which the HPA ignores: 20)."""
+    return max(settled + 1, math.floor(settled * 1.1) + 1)
+
+
 def _breach(obs: Observation, cfg: PolicyConfig, work: _Work, worst: float) -> int:
     """Replicas an SLO breach asks for (step 3 of the module docstring); never below the current count."""
     cur = obs.current_replicas
@@ -411,13 +417,13 @@ def _breach(obs: Observation, cfg: PolicyConfig, work: _Work, worst: float) -> i
         # capacity shortfall at the observed load (a burst inside the window, a backlog, a few long
         # requests). One more replica per settle window, not a multiple: by the time more would be
         # ready the burst is usually over, and they would idle until consolidation.
-        return max(settled + 1, cur)
+        return max(_one_more(settled), cur)
     if need is not None:
         # A shortfall: exactly what the demand needs at the target utilisation.
         return max(need, cur)
     # No capacity known: the worst latency ratio is the only measure of the shortfall.
     ratio = min(worst, cfg.max_breach_step_ratio)
-    step = max(settled + 1, math.floor(settled * 1.1) + 1, math.ceil(settled * ratio - _EPS))
+    step = max(_one_more(settled), math.ceil(settled * ratio - _EPS))
     return max(step, cur)
 
 
@@ -430,13 +436,13 @@ def _leading(obs: Observation, cfg: PolicyConfig) -> tuple[Reason, str, int] | N
     waiting, running = obs.waiting_requests, obs.running_requests
     if waiting is not None and waiting > 0:
         share = waiting / max(running or 0.0, 1.0)
-        step = min(max(settled + 1, math.ceil(settled * (1 + share) - _EPS)), 2 * settled)
+        step = min(max(_one_more(settled), math.ceil(settled * (1 + share) - _EPS)), 2 * settled)
         detail = f"{waiting:.0f} requests waiting for 30 s ({running or 0:.0f} running) at {cur} replicas"
         return Reason.QUEUE_FORMING, detail, max(step, cur)
     kv = obs.kv_usage_ratio
     if kv is not None and kv >= cfg.kv_saturation_ratio:
         detail = f"KV cache {kv:.0%} used (>= {cfg.kv_saturation_ratio:.0%}) at {cur} replicas"
-        return Reason.KV_SATURATION, detail, max(settled + 1, cur)
+        return Reason.KV_SATURATION, detail, max(_one_more(settled), cur)
     return None
 
 

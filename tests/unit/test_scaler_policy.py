@@ -67,6 +67,16 @@ def test_slo_breach_follows_the_demand() -> None:
     # The count carries the demand at the target utilisation: one more replica, not a multiple.
     d = decide(obs(current_replicas=4, load_rps=20.0, peak_load_rps=20.0, latency_s=4.0), CFG)
     assert (d.replicas, d.reason) == (5, Reason.SLO_BREACH)
+    # At 18 replicas a 19th is inside the HPA's 10% tolerance (KEDA's HPA would ignore it): 20.
+    many = obs(current_replicas=18, settled_replicas=18, load_rps=100.0, peak_load_rps=100.0, latency_s=4.0)
+    assert (decide(many, CFG).replicas, decide(many, CFG).reason) == (20, Reason.SLO_BREACH)
+    queue = llm(current_replicas=18, settled_replicas=18, load_rps=100.0, peak_load_rps=100.0,
+                waiting_requests=1.0, running_requests=200.0)  # fmt: skip
+    assert decide(queue, LLM).replicas == 20
+    kv = llm(
+        current_replicas=18, settled_replicas=18, load_rps=100.0, peak_load_rps=100.0, kv_usage_ratio=0.95
+    )
+    assert decide(kv, LLM).replicas == 20
 
 
 def test_slo_breach_is_answered_once_while_its_replicas_settle() -> None:
