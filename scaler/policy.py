@@ -508,6 +508,9 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
         load_txt += f", forecast {forecast:.3f} {unit}"
     if ratios:
         load_txt += f", {_describe(ratios)}"
+    by_chance = [kind for kind, ratio in ratios.items() if ratio > 1 and kind not in breached]
+    if by_chance:
+        load_txt += f" ({', '.join(by_chance)} over the SLO within chance: not a breach)"
     if roomy:
         load_txt += f" (all <= {cfg.roomy_latency_ratio:g} x SLO)"
 
@@ -531,7 +534,7 @@ def _scaling(obs: Observation, cfg: PolicyConfig, active: bool) -> tuple[int, Re
         detail = f"{jpr:.2f} J/request > target {target_jpr:.2f}; {load_txt}"
         return max(need_peak, need_forecast, cur - 1), Reason.ENERGY_TARGET, detail
     if cur > keep_for_peak and blocked:
-        why = leading[1] if leading is not None else f"{_describe(ratios)}, near the SLOs,"
+        why = leading[1] if leading is not None else f"{load_txt}: near the SLOs, which"
         return cur, Reason.HOLD_NEAR_SLO, f"{why} blocks scale-down"
     if cur > keep_for_peak:
         young_txt = f"{obs.history_minutes:.0f} of {YOUNG_HISTORY_MINUTES:.0f} minutes of history"

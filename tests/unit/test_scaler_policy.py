@@ -227,6 +227,7 @@ def test_a_budget_overspent_by_chance_is_not_a_breach_but_still_blocks_scale_dow
     noisy = replace(base, ttft_ratio=12 / 9, itl_ratio=0.1, ttft_observations=900.0)
     d = decide(noisy, cfg)
     assert d.reason is Reason.HOLD_NEAR_SLO and d.replicas == 8  # no scale-up, and no scale-down
+    assert "ttft over the SLO within chance: not a breach" in d.detail
     assert decide(replace(noisy, ttft_ratio=20 / 9), cfg).reason is Reason.SLO_BREACH
     # Few observations: 3 misses of 30 first tokens (budget 0.3) are evidence; the ratio's floor of
     # two misses' worth (ratio 1.5 = 3 misses over 200) is undone before the test.
