@@ -7,9 +7,11 @@ straight to its ceiling, remembered for minutes) spends the energy the SLO leave
 fewer requests a window holds, the more often.
 
 ``significant_excess`` is a one-sided Poisson test: the misses are evidence of a breach only when a
-count that high would come less often than ``significance`` at the budget's own rate. Misses under
-that bar still count, with their full weight, wherever the governor predicts latency (its TTFT
-history); they only no longer jump the clock.
+count that high would come less often than ``significance`` at the budget's own rate;
+``significant_ratio`` applies it to a budget-used ratio, turned back into the misses it stands for.
+The clock governor (its TTFT breach) and eo-scaler (its SLO-breach rule) both judge by it. Misses
+under that bar still count, with their full weight, wherever the governor predicts latency (its TTFT
+history); they only no longer jump the clock, or start a replica.
 
 Pure: numbers in, a boolean out.
 """
@@ -63,3 +65,23 @@ def significant_excess(misses: float, requests: float, budget_share: float, sign
     if significance <= 0:
         return True
     return poisson_tail(misses, budget_share * requests) < significance
+
+
+def significant_ratio(
+    ratio: float,
+    observations: float,
+    budget_share: float,
+    significance: float,
+    judged_over: float | None = None,
+) -> bool:
+    """``significant_excess`` for a budget-used ratio (misses over ``budget_share`` of the
+    observations): its misses are ``ratio * budget_share * judged_over`` (``observations`` unless
+    given: a ratio judged over a floor of observations, as the scaler's is, gives its misses back
+    through that floor), tested against the ``observations`` actually made. An infinite ratio (a
+    reading past the last bucket) is always evidence; NaN (no reading) never is."""
+    if math.isnan(ratio):
+        return False
+    if math.isinf(ratio):
+        return ratio > 0
+    over = observations if judged_over is None else judged_over
+    return significant_excess(ratio * budget_share * over, observations, budget_share, significance)

@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from common.misses import significant_excess
+from common.misses import significant_ratio
 from powercap.controller import (
     REASON_HEADROOM_LOW,
     REASON_LOAD_INCREASE,
@@ -375,7 +375,7 @@ def judged_ttft_ratio(
     buckets: tuple[tuple[float, float], ...] | None, config: GovernorConfig
 ) -> float | None:
     """The window's TTFT ratio as the feedback judges it: a share over the budget that a few requests'
-    noise explains (``common.misses.significant_excess`` at ``breach_significance``) is held at
+    noise explains (``common.misses.significant_ratio`` at ``breach_significance``) is held at
     the controller's ``raise_above_ratio``, the top of its deadband, so it neither jumps to the
     ceiling nor lowers; the feedforward still counts those misses in its TTFT history."""
     ratio = ttft_ratio(buckets, config)
@@ -383,7 +383,7 @@ def judged_ttft_ratio(
         return ratio
     requests = sum(count for _, count in buckets)
     budget = 1.0 - config.quantile
-    if significant_excess(ratio * budget * requests, requests, budget, config.breach_significance):
+    if significant_ratio(ratio, requests, budget, config.breach_significance):
         return ratio
     return config.controller.raise_above_ratio
 

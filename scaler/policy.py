@@ -61,7 +61,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from common.misses import significant_excess
+from common.misses import significant_ratio
 from scaler.signals import BUDGET_MIN_OBSERVATIONS
 
 # Capacity ratios are computed in floats; this keeps ceil(2.0000000001) from adding a replica.
@@ -324,12 +324,12 @@ def breaching(observation: Observation, config: PolicyConfig, ratios: dict[str, 
         if not ratio > 1:
             continue
         count, quantile = known[kind]
-        if count is None or quantile is None or not math.isfinite(ratio) or c.breach_significance <= 0:
+        if count is None or quantile is None:
             out[kind] = ratio
             continue
         budget = 1.0 - quantile
-        misses = ratio * budget * max(count, BUDGET_MIN_OBSERVATIONS / budget)
-        if significant_excess(misses, count, budget, c.breach_significance):
+        judged_over = max(count, BUDGET_MIN_OBSERVATIONS / budget)
+        if significant_ratio(ratio, count, budget, c.breach_significance, judged_over):
             out[kind] = ratio
     return out
 

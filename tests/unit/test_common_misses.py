@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from common.misses import poisson_tail, significant_excess
+from common.misses import poisson_tail, significant_excess, significant_ratio
 
 
 def test_poisson_tail_matches_closed_forms() -> None:
@@ -59,3 +59,15 @@ def test_a_handful_of_misses_at_one_replica_is_not_a_breach() -> None:
     assert not significant_excess(3, 300, 0.01, 0.0)
     assert significant_excess(4, 300, 0.01, 0.0)
     assert not significant_excess(1, 0, 0.01, 0.05)
+
+
+def test_a_ratio_is_tested_as_the_misses_it_stands_for() -> None:
+    # 12/9 of a 1% budget over 900 requests is 12 misses: chance; 20/9 is 20: evidence.
+    assert not significant_ratio(12 / 9, 900, 0.01, 0.05)
+    assert significant_ratio(20 / 9, 900, 0.01, 0.05)
+    # Judged over a floor of 200 observations while 30 were made: 1.5 x 2 = 3 misses of 30 (0.3 due).
+    assert significant_ratio(1.5, 30, 0.01, 0.05, judged_over=200)
+    assert not significant_ratio(1.5, 30, 0.01, 0.05)  # 0.45 misses: under one
+    # Past the last bucket is always evidence; NaN never is.
+    assert significant_ratio(math.inf, 900, 0.01, 0.05)
+    assert not significant_ratio(math.nan, 900, 0.01, 0.05)
