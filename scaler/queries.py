@@ -151,6 +151,7 @@ def signals_for(trigger: TriggerConfig, capacity_inputs: str | None = None) -> s
         season_s=trigger.season_s,
         capacity_extrapolation=capacity_extrapolation(trigger),
         capacity_inputs=capacity_inputs,
+        capacity_from_scratch=trigger.replica_capacity_rps is None,
     )
 
 

@@ -405,6 +405,27 @@ class Clamp(Expr):
 
 
 @dataclass(frozen=True, eq=False)
+class CapBy(Expr):
+    """``expr`` at most ``cap`` (itself at least 1), or at most ``default`` while ``cap`` is absent.
+    ``cap`` must answer at most one series: PromQL takes it as a scalar."""
+
+    expr: Expr
+    cap: Expr
+    default: float
+
+    def promql(self, sel: str) -> str:
+        cap = f"scalar(clamp_min({self.cap.promql(sel)}, 1) or vector({_number(self.default)}))"
+        return f"clamp_max({self.expr.promql(sel)}, {cap})"
+
+    def value(self, view: SeriesView, at_s: float, memo: Memo | None = None) -> float | None:
+        v = self.expr.value(view, at_s, memo)
+        if v is None:
+            return None
+        cap = self.cap.value(view, at_s, memo)
+        return min(v, self.default if cap is None else max(cap, 1.0))
+
+
+@dataclass(frozen=True, eq=False)
 class And(Expr):
     """``left and on() right`` (``unless`` when ``negate``): left where right is (is not) present."""
 
@@ -625,6 +646,7 @@ def capacity_sample(
     replicas: Expr,
     max_extrapolation: float = LEARNED_CAPACITY_MAX_EXTRAPOLATION,
     inputs: str = "raw",
+    headroom: Expr | None = None,
 ) -> Expr:
     """One minute's per-replica capacity in tokens/s (prompt + generation): what each replica served while
     every SLO held and no queue had formed, extrapolated along the SLO headroom by
@@ -636,10 +658,19 @@ def capacity_sample(
     (worst <= 1)`` PromQL would evaluate the worst ratio twice at each of the lookback's minutes, and
     it is most of what this subquery costs Prometheus (bench/prometheus_cost.py).
 
-    ``inputs`` (``CAPACITY_INPUTS``) says where the SLO ratios read their bucket rates at each minute."""
+    ``inputs`` (``CAPACITY_INPUTS``) says where the SLO ratios read their bucket rates at each minute.
+
+    ``headroom`` (the burst headroom the policy plans with, at each minute) caps the stretch further.
+    The policy sizes replicas so that each serves capacity / headroom. A minute with no miss there
+    would otherwise give back up to 2.5 x capacity / headroom, more than the capacity whenever the
+    headroom is under 2.5, and the estimate would ratchet up until the replicas ran at the knee with
+    the headroom spent. Capped at the headroom, a quiet minute at the plan confirms the capacity, and
+    only minutes above the plan (the bursts) raise it."""
     held_ratio = Filter(with_inputs(worst_ratio(slos), inputs), "<=", 1.0)
     per_replica = BinOp("/", Filter(Rate(TOKENS, SHORT_WINDOW_S), ">", 0.0), replicas)
-    stretch = Clamp(BinOp("/", Const(1.0), Sqrt(held_ratio)), 1.0, max_extrapolation)
+    stretch: Expr = Clamp(BinOp("/", Const(1.0), Sqrt(held_ratio)), 1.0, max_extrapolation)
+    if headroom is not None:
+        stretch = CapBy(stretch, headroom, max_extrapolation)
     return And(BinOp("*", per_replica, stretch), Filter(Gauge(WAITING, "sum"), ">", 0.0), negate=True)
 
 
@@ -662,10 +693,12 @@ def build_signals(
     season_s: float | None,
     capacity_extrapolation: float | None,
     capacity_inputs: str = "raw",
+    capacity_from_scratch: bool = False,
 ) -> Signals:
     """Every signal part of a trigger (scaler/queries.py adds the pod-evidence, power and custom parts);
     the learned capacity at ``capacity_extrapolation`` (``capacity_sample``, its histograms read as
-    ``capacity_inputs`` says), None: not learned."""
+    ``capacity_inputs`` says), None: not learned; ``capacity_from_scratch``: no capacity is configured,
+    so each minute's stretch is capped at the burst headroom too (``capacity_sample``)."""
     load = Rate(REQUESTS, SHORT_WINDOW_S)
     tokens = Rate(TOKENS, SHORT_WINDOW_S)
     parts: dict[str, Expr] = {
@@ -707,7 +740,11 @@ def build_signals(
         level = BinOp("/", Rate(REQUESTS, SEASON_RATE_WINDOW_S), then)
         parts["forecast_season"] = BinOp("*", ahead, Clamp(level, 0.0, 10.0))
     if capacity_extrapolation is not None:
-        sample = capacity_sample(slos, replicas, capacity_extrapolation, capacity_inputs)
+        # A configured capacity (which the learned one only raises, by at most 1.5x) already says where
+        # the knee is; the headroom cap is for a capacity learned from nothing. Measured on a raise, it
+        # cost eo-sim's long-context trace 12% more energy for 0.1 points (docs/simulator.md).
+        cap = parts["burst_rise"] if capacity_from_scratch else None
+        sample = capacity_sample(slos, replicas, capacity_extrapolation, capacity_inputs, cap)
         parts["capacity"] = OverTime("max", sample, lookback_s, COARSE_STEP_S)
     return Signals(parts, tuple(slos))
 

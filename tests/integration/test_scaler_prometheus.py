@@ -18,9 +18,10 @@ from common.settings import from_values
 from demo.prometheus import Prometheus
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
+from scaler import signals as sig
 from scaler.kpi_source import PrometheusAuth, PrometheusKpiSource
 from scaler.metadata import TriggerConfig, parse_metadata
-from scaler.queries import KpiUnavailable, capacity_sample_expr, parts, selector
+from scaler.queries import KpiUnavailable, capacity_sample_expr, parts, replicas_expr, selector, slo_signals
 from scaler.server import ScalerHandle, start_scaler
 from scaler.settings import ScalerSettings
 
@@ -283,6 +284,12 @@ def test_learned_capacity_and_settled_replicas_in_real_promql(prometheus: Promet
     assert float(prometheus.query(capacity_sample_expr(bounds))[0]["value"][1]) == pytest.approx(
         12500, rel=0.05
     )
+    # Capped at the burst headroom (a scalar to PromQL; under 1 counts as 1; absent: the fixed cap).
+    slos, replicas = slo_signals(bounds), sig.Replicas(replicas_expr(bounds))
+    for headroom, expected in (("vector(1.6)", 8000), ("vector(0.5)", 5000), ("absent_metric_eo", 12500)):
+        capped = sig.capacity_sample(slos, replicas, headroom=sig.Raw(headroom))
+        answer = prometheus.query(capped.promql(selector("demo", "llama")))
+        assert float(answer[0]["value"][1]) == pytest.approx(expected, rel=0.05), headroom
     o = PrometheusKpiSource(PrometheusAuth(url=prometheus.url)).observe(bounds)
     assert (o.ttft_ratio, o.itl_ratio) == (0.0, 0.0) and o.ttft_s is not None
     broken = parse_metadata({"workload": "llama", "ttftSloSeconds": "0.5", "itlSloSeconds": "0.02"}, "demo")

@@ -74,6 +74,41 @@ def test_the_capacity_sample_keeps_its_meaning(
         assert value is not None and math.isclose(value, expected, rel_tol=1e-9)
 
 
+ABSENT = sig.Filter(sig.Const(0.0), ">", 1.0)  # a part with no reading (a young workload's headroom)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "headroom", "expected"),
+    [
+        (0.0, sig.Const(1.4), 1400.0),  # no miss: at most the headroom the plan kept, not 2.5
+        (0.64, sig.Const(1.4), 1250.0),  # under the headroom: the stretch itself
+        (0.0, sig.Const(0.5), 1000.0),  # a headroom under 1 (a falling rate) stretches by nothing
+        (0.0, ABSENT, 2500.0),  # no headroom yet: the fixed cap
+        (1.5, sig.Const(1.4), None),  # a breached minute is still no sample
+    ],
+)
+def test_the_burst_headroom_caps_the_stretch(
+    ratio: float, headroom: sig.Expr, expected: float | None
+) -> None:
+    slo = sig.slo_signal("ttft", 1.0, 0.9, (sig.TTFT_HISTOGRAM,))
+    sample = sig.capacity_sample([slo], sig.Replicas("unused"), headroom=headroom)
+    value = sample.value(View(ratio), 60.0)
+    if expected is None:
+        assert value is None
+    else:
+        assert value is not None and math.isclose(value, expected, rel_tol=1e-9)
+
+
+def test_only_a_capacity_learned_from_nothing_is_capped_at_the_headroom() -> None:
+    llm = {"workload": "w", "ttftSloSeconds": "0.25"}
+    learned = queries.signals_for(parse_metadata(llm, "ns")).parts["capacity"]
+    floor = queries.signals_for(parse_metadata({**llm, "replicaCapacityRps": "4"}, "ns")).parts["capacity"]
+    sel = queries.selector("ns", "w")
+    headroom = queries.signals_for(parse_metadata(llm, "ns")).parts["burst_rise"].promql(sel)
+    assert "clamp_max(" in learned.promql(sel) and headroom in learned.promql(sel)
+    assert "clamp_max(" not in floor.promql(sel)
+
+
 def test_parts_are_rendered_once_per_trigger(monkeypatch: pytest.MonkeyPatch) -> None:
     trigger = parse_metadata({**LLM, "workload": "rendered-once"}, "ns")
     names = list(queries.parts(trigger))
